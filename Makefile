@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@PYTHON=$$(tools/find-python) && echo "using $$PYTHON" && \
+	  { [ -x $(PY) ] && $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 12))' || \
+	    $$PYTHON -m venv --clear $(VENV); }
+	$(PY) -m pip install --quiet --upgrade pip
+	# one resolution for everything: aiobotocore and boto3 (via moto) both pin botocore
+	$(PY) -m pip install --quiet -e '.[demo,test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/trollpush demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check trollpush tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	@echo "benchmarks arrive with the transfer-engine work (see docs/benchmarks.md)"
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,139 @@
+"""Announce: completion and failure messages, published with posttroll and replied.
+
+A completion has the input's type and metadata with each ``uri`` replaced by the
+object's full ``s3://`` URL; a failure has type ``failure`` so that no success
+subscriber can mistake it.  The formats are documented in ``docs/messages.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from posttroll.message import Message
+from posttroll.publisher import create_publisher_from_dict_config
+
+from .config import PublishConfig
+from .models import Job, Rejection, Request, UploadResult
+from .route import RouteFailure
+
+logger = logging.getLogger(__name__)
+
+FAILURE_TYPE = "failure"
+ACK_TYPE = "ack"
+MULTIPLE_TYPE = "multiple"
+
+
+def completion(job: Job, results: Sequence[UploadResult]) -> Message:
+    """The message announcing that every file of a job landed."""
+    request = job.request
+    data: dict[str, Any] = dict(job.metadata)
+    produced = iter(results)
+    if request.type == "file":
+        data.update(_object_fields(next(produced)))
+    elif request.type == "dataset":
+        data["dataset"] = _rebuild_items(request.data["dataset"], produced)
+    else:
+        data["collection"] = [
+            {**item, "dataset": _rebuild_items(item["dataset"], produced)}
+            if isinstance(item, Mapping) and "dataset" in item
+            else {**item, **_object_fields(next(produced))}
+            for item in request.data["collection"]]
+    data["endpoint"] = job.endpoint
+    return Message(job.publish_topic, request.type, data)
+
+
+def _object_fields(result: UploadResult) -> dict[str, Any]:
+    return {"uri": result.upload.url, "uid": posixpath.basename(result.upload.key),
+            "size": result.size}
+
+
+def _rebuild_items(items: Sequence[Mapping[str, Any]],
+                   produced: Iterator[UploadResult]) -> list[dict[str, Any]]:
+    return [{**item, **_object_fields(next(produced))} for item in items]
+
+
+def failure(topic: str, *, uri: str | None, destination: str | None, error: str, reason: str,
+            attempts: int = 0, target: str | None = None, endpoint: str | None = None,
+            metadata: Mapping[str, Any] | None = None, request_type: str | None = None
+            ) -> Message:
+    """The message announcing that one file (or one message) could not be delivered."""
+    data: dict[str, Any] = dict(metadata or {})
+    data.update({"uri": uri, "destination": destination, "error": error, "reason": reason,
+                 "attempts": attempts})
+    extras = {"target": target, "endpoint": endpoint, "request_type": request_type}
+    data.update({k: v for k, v in extras.items() if v is not None})
+    return Message(topic, FAILURE_TYPE, data)
+
+
+def ack(request: Request, destinations: Sequence[str]) -> Message:
+    """The early reply that a request was accepted (REQ/REP ``reply: accepted|both``)."""
+    return Message(request.subject or "/trollpush/ack", ACK_TYPE,
+                   {"id": request.id, "uri": request.files[0].uri, "files": len(request.files),
+                    "destinations": list(destinations)})
+
+
+def combine(messages: Sequence[Message], subject: str) -> Message:
+    """One reply for a request that fanned out to several targets."""
+    if len(messages) == 1:
+        return messages[0]
+    return Message(subject, MULTIPLE_TYPE, {"messages": [
+        {"subject": m.subject, "type": m.type, "data": m.data} for m in messages]})
+
+
+class Announcer:
+    """Publishes messages on one posttroll publisher kept for the process's lifetime."""
+
+    def __init__(self, config: PublishConfig | None) -> None:
+        self.config = config
+        self._publisher: Any = None
+        self.published = 0
+
+    def __repr__(self) -> str:
+        where = self.config.settings.get("address") if self.config else None
+        return f"<Announcer {where or 'disabled'} published={self.published}>"
+
+    @property
+    def failure_topic(self) -> str:
+        return self.config.failure_topic if self.config else PublishConfig.failure_topic
+
+    def start(self) -> None:
+        if self.config is not None:
+            self._publisher = create_publisher_from_dict_config(dict(self.config.settings))
+            self._publisher.start()
+
+    def stop(self) -> None:
+        if self._publisher is not None:
+            self._publisher.stop()
+            self._publisher = None
+
+    def publish(self, message: Message) -> None:
+        """Send one message; a publish error is logged, never raised into the pipeline."""
+        if self._publisher is None:
+            return
+        try:
+            self._publisher.send(message.encode())
+            self.published += 1
+        except Exception:
+            logger.exception("publish failed for %s %s", message.type, message.subject)
+
+    # --- the messages of the pipeline's outcomes --------------------------------------
+
+    def rejection(self, item: Rejection) -> Message:
+        return failure(self.failure_topic, uri=item.uri, destination=item.destination,
+                       error=item.detail, reason=item.reason, metadata=item.metadata)
+
+    def route_failure(self, request: Request, fail: RouteFailure) -> Message:
+        uri = fail.source.uri if fail.source else (request.files[0].uri if request.files else None)
+        return failure(self.failure_topic, uri=uri, destination=fail.destination,
+                       error=fail.detail, reason=fail.reason, target=fail.target,
+                       metadata=request.metadata, request_type=request.type)
+
+    def upload_failure(self, job: Job, result: UploadResult) -> Message:
+        return failure(self.failure_topic, uri=result.upload.source.uri,
+                       destination=result.upload.url, error=result.error or "unknown error",
+                       reason=result.reason or "upload_failed", attempts=result.attempts,
+                       target=job.target, endpoint=job.endpoint, metadata=job.request.metadata,
+                       request_type=job.request.type)

@@ -1,0 +1,176 @@
+"""Console script ``trollpush``: run, send, check, match, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import logging.config
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, TrollpushError
+
+LOG_FORMAT = "[%(asctime)s %(levelname)-8s %(name)s] %(message)s"
+logger = logging.getLogger("trollpush")
+
+
+def setup_logging(log_config: str | None, verbose: bool) -> None:
+    """pytroll habit: ``-c/--log-config`` takes a YAML dictConfig; else a plain console log."""
+    if log_config:
+        with open(log_config, encoding="utf-8") as fh:
+            logging.config.dictConfig(yaml.safe_load(fh))
+    else:
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT,
+                            stream=sys.stderr)
+    if verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+    # botocore and aiohttp are chatty at DEBUG and may echo request headers: keep them quiet
+    for name in ("botocore", "aiobotocore", "urllib3", "asyncio"):
+        logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.INFO))
+
+
+def _json_default(obj: object) -> str:
+    if isinstance(obj, (dt.datetime, dt.date)):
+        return obj.isoformat()
+    return str(obj)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .daemon import run_daemon
+
+    setup_logging(args.log_config, args.verbose)
+    config = load_config(args.config)
+    asyncio.run(run_daemon(config))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    config = load_config(args.config)
+    print(config.summary())
+    return 0
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    from posttroll.message import Message
+
+    from .client import parse_meta
+    from .config import load_config
+    from .receive import build_request
+    from .route import Router
+
+    config = load_config(args.config)
+    path = str(Path(args.file).absolute())
+    data = {**parse_meta(args.meta or []), "uri": path, "uid": Path(path).name}
+    request = build_request(Message(args.topic, "file", data), origin="cli", check=False)
+    result = Router(config).route(request)
+    for job in result.jobs:
+        for up in job.uploads:
+            print(f"{job.target}: {up.url} (endpoint {job.endpoint}, announce on "
+                  f"{job.publish_topic})")
+    for fail in result.failures:
+        print(f"{fail.target or '-'}: FAILS {fail.reason}: {fail.detail}")
+    if args.verbose or not result.jobs:
+        for name, why in result.skipped.items():
+            print(f"{name}: no match: {why}")
+    return 0 if result.jobs else 1
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from .client import Unreachable, parse_meta, send
+
+    try:
+        meta = parse_meta(args.meta or [])
+        result = send(args.file, args.dest, meta=meta, server=args.server, timeout=args.timeout,
+                      wait=not args.no_wait)
+    except Unreachable as err:
+        print(f"trollpush send: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"subject": result.message.subject, "type": result.message.type,
+                          "data": result.message.data}, default=_json_default))
+    if not result.ok:
+        print(f"trollpush send: upload failed: {result.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(config_path=args.config, files=args.files, verbose=args.verbose)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trollpush", description="Land announced files in S3 and announce them.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("config", help="YAML config file")
+    run.add_argument("-c", "--log-config", help="YAML logging dictConfig file")
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    run.set_defaults(func=cmd_run)
+
+    send = sub.add_parser("send", help="submit one file to a running daemon and wait")
+    send.add_argument("file")
+    send.add_argument("dest", help="s3://BUCKET/KEY or ALIAS/BUCKET/KEY; a trailing / appends "
+                                   "the file name")
+    send.add_argument("--meta", action="append", metavar="KEY=VALUE",
+                      help="metadata to pass on (repeatable)")
+    send.add_argument("--server", default="tcp://127.0.0.1:15556",
+                      help="the daemon's request address (default: %(default)s)")
+    send.add_argument("--timeout", type=float, default=30.0,
+                      help="seconds to wait for the daemon (default: %(default)s)")
+    send.add_argument("--no-wait", action="store_true",
+                      help="return once the daemon has accepted the request")
+    send.add_argument("--json", action="store_true", help="print the reply as JSON")
+    send.set_defaults(func=cmd_send)
+
+    check = sub.add_parser("check", help="validate a config and summarise it")
+    check.add_argument("config")
+    check.set_defaults(func=cmd_check)
+
+    match = sub.add_parser("match", help="dry run: where would this file go?")
+    match.add_argument("config")
+    match.add_argument("file")
+    match.add_argument("--topic", default="/", help="the message subject to assume")
+    match.add_argument("--meta", action="append", metavar="KEY=VALUE")
+    match.add_argument("-v", "--verbose", action="store_true",
+                       help="also say why the other targets do not match")
+    match.set_defaults(func=cmd_match)
+
+    demo = sub.add_parser("demo", help="the whole pipeline on an embedded local S3 server")
+    demo.add_argument("--config", help="demo config (default: examples/demo.yaml)")
+    demo.add_argument("--files", type=int, default=8, help="how many files to announce")
+    demo.add_argument("-v", "--verbose", action="store_true", help="show the daemon's log")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args: Any = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    except TrollpushError as err:
+        print(f"trollpush {args.command}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,499 @@
+"""Typed, frozen configuration, validated completely at load.
+
+Every problem is collected (not just the first) and names the key, the value and what
+was expected.  The YAML schema is documented in ``docs/config.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import trollsift
+import yaml
+
+from .errors import ConfigError, ConfigProblem
+
+Scalar = str | int | float | bool
+
+_FIELD_RE = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)")
+_ADDRESS_RE = re.compile(r"^(tcp://[^\s:]+:\d+|ipc://\S+|inproc://\S+)$")
+
+
+@dataclass(frozen=True)
+class SubscribeConfig:
+    """posttroll pub-sub input; ``settings`` goes to create_subscriber_from_dict_config."""
+
+    settings: Mapping[str, Any]
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return tuple(self.settings.get("topics", ()))
+
+
+@dataclass(frozen=True)
+class RequestsConfig:
+    """ZeroMQ REQ/REP input."""
+
+    address: str = "tcp://127.0.0.1:15556"
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """posttroll output; ``settings`` goes to create_publisher_from_dict_config."""
+
+    settings: Mapping[str, Any]
+    topic: str = "/trollpush/uploaded/"
+    failure_topic: str = "/trollpush/failed"
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """An S3 connection profile; one client (and pool) per endpoint for the daemon's life."""
+
+    name: str
+    url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    addressing_style: str = "auto"
+    max_connections: int = 32
+    tries: int = 3
+    attempt_timeout: float = 300.0
+    connect_timeout: float = 10.0
+    keepalive_timeout: float = 3600.0
+
+    def summary(self) -> str:
+        """One line for logs and ``check``: never shows secrets."""
+        creds = "explicit keys" if self.access_key_id else (
+            f"profile {self.profile}" if self.profile else "default credential chain")
+        return (f"{self.name}: {self.url or 'AWS'} region={self.region or 'default'} "
+                f"({creds}) max_connections={self.max_connections} tries={self.tries} "
+                f"attempt_timeout={self.attempt_timeout:g}s")
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Where files that match go, and where their completions are announced."""
+
+    name: str
+    destination: str
+    endpoint: str
+    topics: tuple[str, ...] = ()
+    pattern: str | None = None
+    conditions: Mapping[str, tuple[Scalar, ...]] = field(default_factory=dict)
+    excepts: Mapping[str, tuple[Scalar, ...]] = field(default_factory=dict)
+    aliases: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    publish_topic: str | None = None
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Bounds of the daemon itself."""
+
+    queue_size: int = 1000
+    max_in_flight: int = 256
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    endpoints: Mapping[str, EndpointConfig]
+    targets: tuple[TargetConfig, ...] = ()
+    subscribe: SubscribeConfig | None = None
+    requests: RequestsConfig | None = None
+    publish: PublishConfig | None = None
+    daemon: DaemonConfig = DaemonConfig()
+    source: str = "<config>"
+
+    def default_endpoint(self) -> str | None:
+        """The endpoint for requests that give an explicit destination but no endpoint."""
+        if "default" in self.endpoints:
+            return "default"
+        if len(self.endpoints) == 1:
+            return next(iter(self.endpoints))
+        return None
+
+    def summary(self) -> str:
+        """Human summary for ``trollpush check``; never contains secrets."""
+        lines = [f"config {self.source}: OK"]
+        if self.subscribe:
+            s = self.subscribe.settings
+            where = (f"nameserver {s['nameserver']}" if s.get("nameserver") not in (False, None)
+                     else ("addresses " + ", ".join(s.get("addresses", []))
+                           if s.get("nameserver") is False else "nameserver localhost"))
+            lines.append(f"input  subscribe: topics {list(self.subscribe.topics)} via {where}")
+        if self.requests:
+            lines.append(f"input  requests: REQ/REP on {self.requests.address}")
+        if self.publish:
+            lines.append(f"output publish: {self.publish.settings.get('address') or 'nameserver'}"
+                         f" as {self.publish.settings.get('name')!r}, default topic "
+                         f"{self.publish.topic}, failures on {self.publish.failure_topic}")
+        else:
+            lines.append("output publish: disabled (completions are not announced)")
+        for ep in self.endpoints.values():
+            lines.append(f"endpoint {ep.summary()}")
+        for t in self.targets:
+            extra = []
+            if t.topics:
+                extra.append(f"topics {list(t.topics)}")
+            if t.pattern:
+                extra.append(f"pattern {t.pattern}")
+            if t.conditions or t.excepts:
+                extra.append(f"{len(t.conditions)} condition(s), {len(t.excepts)} except")
+            lines.append(f"target {t.name}: -> {t.destination} @{t.endpoint}"
+                         + (f" ({'; '.join(extra)})" if extra else ""))
+        return "\n".join(lines)
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file; raise ConfigError listing every problem."""
+    src = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError([ConfigProblem("<file>", src, f"a readable file ({err.strerror})")],
+                          src) from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError([ConfigProblem("<yaml>", src, f"valid YAML ({err})")], src) from err
+    return parse_config(data, source=src)
+
+
+def parse_config(data: object, *, source: str = "<config>") -> Config:
+    """Validate an already-parsed mapping; raise ConfigError listing every problem."""
+    v = _Validator()
+    if not isinstance(data, Mapping):
+        raise ConfigError([ConfigProblem("<root>", data, "a mapping of sections")], source)
+    v.no_unknown(data, "", {"subscribe", "requests", "publish", "endpoints", "targets", "daemon"})
+    subscribe = _subscribe(v, data.get("subscribe"))
+    requests = _requests(v, data.get("requests"), present="requests" in data)
+    publish = _publish(v, data.get("publish"))
+    endpoints = _endpoints(v, data.get("endpoints"))
+    targets = _targets(v, data.get("targets"), endpoints)
+    daemon = _daemon(v, data.get("daemon"))
+    if subscribe is None and requests is None:
+        v.problem("subscribe/requests", None, "at least one input section (subscribe or requests)")
+    if subscribe is not None and not targets:
+        v.problem("targets", data.get("targets"),
+                  "at least one target when `subscribe` is set (messages need routes)")
+    if v.problems:
+        raise ConfigError(v.problems, source)
+    return Config(endpoints=MappingProxyType(endpoints), targets=tuple(targets),
+                  subscribe=subscribe, requests=requests, publish=publish, daemon=daemon,
+                  source=source)
+
+
+class _Validator:
+    """Collects problems while reading sections; getters return a usable default on error."""
+
+    def __init__(self) -> None:
+        self.problems: list[ConfigProblem] = []
+
+    def problem(self, key: str, value: object, expected: str) -> None:
+        self.problems.append(ConfigProblem(key, value, expected))
+
+    def no_unknown(self, data: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
+        for key in data:
+            if key not in allowed:
+                self.problem(f"{prefix}{key}", data[key],
+                             f"no such key (known: {', '.join(sorted(allowed))})")
+
+    def mapping(self, value: object, key: str) -> Mapping[str, Any] | None:
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            self.problem(key, value, "a mapping")
+            return None
+        return value
+
+    def string(self, data: Mapping[str, Any], key: str, prefix: str, *,
+               required: bool = False, default: str | None = None) -> str | None:
+        value = data.get(key)
+        if value is None:
+            if required:
+                self.problem(f"{prefix}{key}", value, "a string (required)")
+            return default
+        if not isinstance(value, str) or not value.strip():
+            self.problem(f"{prefix}{key}", value, "a non-empty string")
+            return default
+        return value
+
+    def number(self, data: Mapping[str, Any], key: str, prefix: str, default: float, *,
+               minimum: float = 0.0, integer: bool = False) -> Any:
+        value = data.get(key, default)
+        kind = "an integer" if integer else "a number"
+        ok_type = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, ok_type):
+            self.problem(f"{prefix}{key}", value, f"{kind} >= {minimum:g}")
+            return default
+        if value < minimum:
+            self.problem(f"{prefix}{key}", value, f"{kind} >= {minimum:g}")
+            return default
+        return value
+
+    def topic(self, value: object, key: str) -> str | None:
+        if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+            self.problem(key, value, "a posttroll subject: a non-empty string without whitespace")
+            return None
+        return value
+
+    def topics(self, value: object, key: str) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            self.problem(key, value, "a non-empty list of topic strings")
+            return ()
+        return tuple(t for i, t in enumerate(value) if self.topic(t, f"{key}[{i}]") is not None)
+
+
+def _subscribe(v: _Validator, raw: object) -> SubscribeConfig | None:
+    data = v.mapping(raw, "subscribe")
+    if data is None:
+        return None
+    settings = dict(data)
+    settings["topics"] = list(v.topics(data.get("topics"), "subscribe.topics"))
+    if not data.get("topics"):
+        v.problem("subscribe.topics", data.get("topics"), "a non-empty list of topic strings")
+    ns = data.get("nameserver", None)
+    if ns is not False and ns is not None and not isinstance(ns, str):
+        v.problem("subscribe.nameserver", ns, "false, or a nameserver host name")
+    addresses = data.get("addresses")
+    if ns is False:
+        if not isinstance(addresses, list) or not addresses:
+            v.problem("subscribe.addresses", addresses,
+                      "a non-empty list of tcp://HOST:PORT addresses when nameserver is false")
+        else:
+            for i, a in enumerate(addresses):
+                if not isinstance(a, str) or not _ADDRESS_RE.match(a):
+                    v.problem(f"subscribe.addresses[{i}]", a, "an address like tcp://HOST:PORT")
+    elif addresses is not None and not isinstance(addresses, list):
+        v.problem("subscribe.addresses", addresses, "a list of addresses")
+    return SubscribeConfig(settings=MappingProxyType(settings))
+
+
+def _requests(v: _Validator, raw: object, *, present: bool) -> RequestsConfig | None:
+    if raw is None:
+        return RequestsConfig() if present else None
+    data = v.mapping(raw, "requests")
+    if data is None:
+        return None
+    v.no_unknown(data, "requests.", {"address"})
+    address = v.string(data, "address", "requests.", default=RequestsConfig.address)
+    if address and not _ADDRESS_RE.match(address):
+        v.problem("requests.address", address, "an address like tcp://127.0.0.1:15556")
+    return RequestsConfig(address=address or RequestsConfig.address)
+
+
+def _publish(v: _Validator, raw: object) -> PublishConfig | None:
+    data = v.mapping(raw, "publish")
+    if data is None:
+        return None
+    settings = {k: val for k, val in data.items() if k not in ("topic", "failure_topic")}
+    if not settings.get("name"):
+        v.problem("publish.name", settings.get("name"), "a publisher name (a non-empty string)")
+    ns = settings.get("nameservers")
+    if ns is False:
+        addr, port = settings.get("address"), settings.get("port")
+        if addr is None and not port:
+            v.problem("publish.address", addr,
+                      "an address like tcp://127.0.0.1:40001 (or a port) when nameservers is false")
+        if addr is not None and (not isinstance(addr, str) or not _ADDRESS_RE.match(addr)):
+            v.problem("publish.address", addr, "an address like tcp://127.0.0.1:40001")
+    elif ns is not None and not (isinstance(ns, list) and all(isinstance(h, str) for h in ns)):
+        v.problem("publish.nameservers", ns, "false, or a list of nameserver host names")
+    topic = v.topic(data.get("topic", PublishConfig.topic), "publish.topic")
+    failure = v.topic(data.get("failure_topic", PublishConfig.failure_topic),
+                      "publish.failure_topic")
+    return PublishConfig(settings=MappingProxyType(settings), topic=topic or PublishConfig.topic,
+                         failure_topic=failure or PublishConfig.failure_topic)
+
+
+_ENDPOINT_KEYS = {"url", "region", "profile", "access_key_id", "secret_access_key",
+                  "session_token", "addressing_style", "max_connections", "tries",
+                  "attempt_timeout", "connect_timeout", "keepalive_timeout"}
+
+
+def _endpoints(v: _Validator, raw: object) -> dict[str, EndpointConfig]:
+    data = v.mapping(raw, "endpoints")
+    if not data:
+        v.problem("endpoints", raw, "a mapping of at least one named S3 endpoint")
+        return {}
+    out = {}
+    for name, ep in data.items():
+        p = f"endpoints.{name}."
+        e = v.mapping(ep if ep is not None else {}, f"endpoints.{name}")
+        if e is None:
+            continue
+        v.no_unknown(e, p, _ENDPOINT_KEYS)
+        url = v.string(e, "url", p)
+        if url and not re.match(r"^https?://[^\s/]+", url):
+            v.problem(f"{p}url", url, "an http:// or https:// URL")
+        if (e.get("access_key_id") is None) != (e.get("secret_access_key") is None):
+            v.problem(f"{p}secret_access_key", "<hidden>",
+                      "access_key_id and secret_access_key given together, or neither")
+        style = v.string(e, "addressing_style", p, default="auto") or "auto"
+        if style not in ("auto", "path", "virtual"):
+            v.problem(f"{p}addressing_style", style, "one of auto, path, virtual")
+        out[str(name)] = EndpointConfig(
+            name=str(name), url=url, region=v.string(e, "region", p),
+            profile=v.string(e, "profile", p),
+            access_key_id=v.string(e, "access_key_id", p),
+            secret_access_key=v.string(e, "secret_access_key", p),
+            session_token=v.string(e, "session_token", p), addressing_style=style,
+            max_connections=v.number(e, "max_connections", p, 32, minimum=1, integer=True),
+            tries=v.number(e, "tries", p, 3, minimum=1, integer=True),
+            attempt_timeout=float(v.number(e, "attempt_timeout", p, 300.0, minimum=0.001)),
+            connect_timeout=float(v.number(e, "connect_timeout", p, 10.0, minimum=0.001)),
+            keepalive_timeout=float(v.number(e, "keepalive_timeout", p, 3600.0, minimum=1)),
+        )
+    return out
+
+
+_TARGET_KEYS = {"name", "topics", "pattern", "conditions", "aliases", "destination",
+                "endpoint", "publish_topic"}
+
+
+def _targets(v: _Validator, raw: object,
+             endpoints: Mapping[str, EndpointConfig]) -> list[TargetConfig]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        v.problem("targets", raw, "a list of targets")
+        return []
+    out, names = [], set()
+    for i, t in enumerate(raw):
+        p = f"targets[{i}]."
+        if not isinstance(t, Mapping):
+            v.problem(f"targets[{i}]", t, "a mapping with at least `destination`")
+            continue
+        v.no_unknown(t, p, _TARGET_KEYS)
+        name = v.string(t, "name", p, default=f"target{i}") or f"target{i}"
+        if name in names:
+            v.problem(f"{p}name", name, "a name not used by another target")
+        names.add(name)
+        pattern = v.string(t, "pattern", p)
+        if pattern is not None:
+            pattern = _check_pattern(v, pattern, f"{p}pattern")
+        destination = v.string(t, "destination", p, required=True)
+        if destination is not None:
+            _check_destination(v, destination, f"{p}destination")
+        default_ep = "default" if "default" in endpoints else (
+            next(iter(endpoints)) if len(endpoints) == 1 else None)
+        endpoint = v.string(t, "endpoint", p, default=default_ep)
+        if endpoint is None:
+            v.problem(f"{p}endpoint", None,
+                      f"the name of an endpoint (one of: {', '.join(endpoints) or 'none defined'})")
+        elif endpoints and endpoint not in endpoints:
+            v.problem(f"{p}endpoint", endpoint, f"one of the endpoints: {', '.join(endpoints)}")
+        publish_topic = t.get("publish_topic")
+        if publish_topic is not None:
+            publish_topic = v.topic(publish_topic, f"{p}publish_topic")
+        conditions, excepts = _conditions(v, t.get("conditions"), f"{p}conditions")
+        out.append(TargetConfig(
+            name=name, destination=destination or "", endpoint=endpoint or "",
+            topics=v.topics(t.get("topics"), f"{p}topics"), pattern=pattern,
+            conditions=conditions, excepts=excepts,
+            aliases=_aliases(v, t.get("aliases"), f"{p}aliases"), publish_topic=publish_topic))
+    return out
+
+
+def _check_pattern(v: _Validator, pattern: str, key: str) -> str | None:
+    try:
+        trollsift.Parser(pattern).keys()
+        re.compile(trollsift.parser.regex_format(pattern))
+    except (ValueError, re.error, KeyError, IndexError) as err:
+        v.problem(key, pattern, f"a valid trollsift pattern ({err})")
+        return None
+    return pattern
+
+
+def _check_destination(v: _Validator, destination: str, key: str) -> None:
+    if not destination.startswith("s3://"):
+        v.problem(key, destination, "an s3://BUCKET/KEY template")
+        return
+    rest = destination[len("s3://"):]
+    bucket = rest.split("/", 1)[0]
+    if not bucket:
+        v.problem(key, destination, "a bucket name after s3://")
+    try:
+        trollsift.Parser(destination).keys()
+    except (ValueError, re.error, KeyError, IndexError) as err:
+        v.problem(key, destination, f"a valid trollsift template ({err})")
+
+
+def _scalars(v: _Validator, value: object, key: str) -> tuple[Scalar, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        v.problem(key, value, "a value or a non-empty list of values")
+    for i, item in enumerate(items):
+        if not isinstance(item, (str, int, float, bool)):
+            v.problem(key if len(items) == 1 else f"{key}[{i}]", item,
+                      "a string, number or boolean")
+    return tuple(x for x in items if isinstance(x, (str, int, float, bool)))
+
+
+def _conditions(v: _Validator, raw: object, key: str
+                ) -> tuple[Mapping[str, tuple[Scalar, ...]], Mapping[str, tuple[Scalar, ...]]]:
+    data = v.mapping(raw, key)
+    if data is None:
+        return {}, {}
+    conditions: dict[str, tuple[Scalar, ...]] = {}
+    excepts: dict[str, tuple[Scalar, ...]] = {}
+    for name, value in data.items():
+        if name == "except":
+            block = v.mapping(value, f"{key}.except")
+            if block is not None and not block:
+                v.problem(f"{key}.except", value, "a non-empty mapping of field: value(s)")
+            for ename, evalue in (block or {}).items():
+                excepts[str(ename)] = _scalars(v, evalue, f"{key}.except.{ename}")
+        else:
+            conditions[str(name)] = _scalars(v, value, f"{key}.{name}")
+    return MappingProxyType(conditions), MappingProxyType(excepts)
+
+
+def _aliases(v: _Validator, raw: object, key: str) -> Mapping[str, Mapping[str, str]]:
+    data = v.mapping(raw, key)
+    if data is None:
+        return {}
+    out: dict[str, Mapping[str, str]] = {}
+    for fname, table in data.items():
+        t = v.mapping(table, f"{key}.{fname}")
+        if t is None:
+            continue
+        bad = [k for k, val in t.items() if not isinstance(val, (str, int))]
+        for k in bad:
+            v.problem(f"{key}.{fname}.{k}", t[k], "a string alias")
+        out[str(fname)] = MappingProxyType({str(k): str(val) for k, val in t.items()})
+    return MappingProxyType(out)
+
+
+def _daemon(v: _Validator, raw: object) -> DaemonConfig:
+    data = v.mapping(raw, "daemon")
+    if data is None:
+        return DaemonConfig()
+    v.no_unknown(data, "daemon.", {"queue_size", "max_in_flight", "shutdown_grace"})
+    return DaemonConfig(
+        queue_size=v.number(data, "queue_size", "daemon.", 1000, minimum=1, integer=True),
+        max_in_flight=v.number(data, "max_in_flight", "daemon.", 256, minimum=1, integer=True),
+        shutdown_grace=float(v.number(data, "shutdown_grace", "daemon.", 30.0)),
+    )
+
+
+def template_fields(template: str) -> list[str]:
+    """Names of the fields a trollsift template uses, in order, without repeats."""
+    return list(dict.fromkeys(_FIELD_RE.findall(template)))

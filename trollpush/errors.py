@@ -1,0 +1,114 @@
+"""One exception root, with families by cause.
+
+Every error that trollpush raises on purpose derives from :class:`TrollpushError`.
+Errors about input carry a stable *reason code* (see ``docs/messages.md``) so that
+downstream consumers of failure announcements can branch on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class TrollpushError(Exception):
+    """Root of every trollpush error."""
+
+
+# --- configuration -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with a config: where, what was there, what was expected."""
+
+    key: str
+    value: object
+    expected: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: got {_show(self.value)}, expected {self.expected}"
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class ConfigError(TrollpushError):
+    """The configuration is unusable; ``problems`` lists every reason, not just the first."""
+
+    def __init__(self, problems: list[ConfigProblem], source: str = "config") -> None:
+        self.problems = list(problems)
+        self.source = source
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s)\n{lines}")
+
+
+# --- input: messages and requests ----------------------------------------------------
+
+
+class Reason:
+    """Stable reason codes carried by failure messages (documented in docs/messages.md)."""
+
+    BAD_MESSAGE = "bad_message"
+    UNSUPPORTED_TYPE = "unsupported_type"
+    MISSING_URI = "missing_uri"
+    REMOTE_FILE = "remote_file"
+    FILE_MISSING = "file_missing"
+    NOT_A_FILE = "not_a_file"
+    FILE_UNREADABLE = "file_unreadable"
+    BAD_DESTINATION = "bad_destination"
+    NO_ROUTE = "no_route"
+    COMPOSE_ERROR = "compose_error"
+    UPLOAD_FAILED = "upload_failed"
+    TIMEOUT = "timeout"
+    PERMANENT = "permanent_error"
+    SHUTDOWN = "shutdown"
+
+
+class MessageError(TrollpushError):
+    """An incoming message or request cannot be processed; ``reason`` is a stable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class RouteError(MessageError):
+    """A message was understood but could not be turned into destinations."""
+
+
+# --- transfer ------------------------------------------------------------------------
+
+
+class TransferError(TrollpushError):
+    """An upload did not complete."""
+
+    reason = Reason.UPLOAD_FAILED
+
+    def __init__(self, detail: str, *, attempts: int = 1) -> None:
+        self.detail = detail
+        self.attempts = attempts
+        super().__init__(detail)
+
+
+class TransferTimeout(TransferError):
+    """One attempt exceeded its time budget."""
+
+    reason = Reason.TIMEOUT
+
+
+class PermanentTransferError(TransferError):
+    """The store refused in a way that retrying cannot fix (no bucket, bad credentials)."""
+
+    reason = Reason.PERMANENT
+
+
+class RetriesExhausted(TransferError):
+    """Every try failed; ``last`` is the error of the final attempt."""
+
+    def __init__(self, last: TransferError, *, attempts: int) -> None:
+        self.last = last
+        self.reason = last.reason
+        super().__init__(f"{attempts} attempt(s) failed, last: {last.detail}", attempts=attempts)

@@ -1,0 +1,124 @@
+"""The data that flows one way through the stages: Request -> Job -> UploadResult.
+
+These are plain value objects; no stage logic lives here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+#: keys of a request's data that steer trollpush and are not passed on as metadata
+RESERVED_KEYS = frozenset({"destination", "reply", "endpoint"})
+#: keys that describe the files themselves rather than the product
+FILE_KEYS = frozenset({"uri", "uid", "dataset", "collection"})
+
+
+class Replier(Protocol):
+    """Answers the peer that sent a request (REQ/REP); absent for pub-sub messages."""
+
+    @property
+    def wants_ack(self) -> bool:
+        """Whether the peer asked to hear when the request is accepted."""
+
+    @property
+    def wants_final(self) -> bool:
+        """Whether the peer waits for the completion or failure."""
+
+    async def send(self, message: Any) -> None:
+        """Send one posttroll message back to the peer."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One local file named by a message."""
+
+    uri: str  # as the message gave it
+    path: Path  # local absolute path
+    uid: str  # the message's uid, else the basename
+    meta: Mapping[str, Any] = field(default_factory=dict)  # item-level extras (datasets)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A message or request that has been understood and may be accepted."""
+
+    id: str
+    subject: str
+    type: str  # file | dataset | collection
+    data: Mapping[str, Any]  # the original data, for rebuilding the output structure
+    metadata: Mapping[str, Any]  # data without file and reserved keys
+    files: tuple[SourceFile, ...]  # flattened, in the order of `data`
+    origin: str  # "subscribe" | "request" | "cli"
+    destination: str | None = None  # explicit s3:// destination: bypasses routing
+    endpoint: str | None = None  # explicit endpoint for an explicit destination
+    reply: Replier | None = None
+    received: float = field(default_factory=time.monotonic)
+
+    def describe(self) -> str:
+        """Short text for logs."""
+        first = self.files[0].uri if self.files else "?"
+        more = f" (+{len(self.files) - 1} files)" if len(self.files) > 1 else ""
+        return f"{self.type} {first}{more} [{self.id}]"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One local file to one object."""
+
+    source: SourceFile
+    bucket: str
+    key: str
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request sent to one target: every file of it, and where to announce."""
+
+    request: Request
+    target: str | None  # None for explicit destinations
+    endpoint: str
+    uploads: tuple[Upload, ...]
+    metadata: Mapping[str, Any]  # request metadata plus fields parsed from the filename
+    publish_topic: str
+
+    def describe(self) -> str:
+        return f"{self.request.describe()} -> {self.target or 'direct'}@{self.endpoint}"
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """What happened to one Upload."""
+
+    upload: Upload
+    size: int
+    attempts: int
+    seconds: float
+    etag: str | None = None
+    error: str | None = None  # None when the object landed
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A message or request refused before it became a Request, with the reason."""
+
+    reason: str
+    detail: str
+    origin: str
+    subject: str | None = None
+    uri: str | None = None
+    destination: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    reply: Replier | None = None

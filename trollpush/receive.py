@@ -1,0 +1,348 @@
+"""Receive: posttroll pub-sub and ZeroMQ REQ/REP in, Requests (or Rejections) out.
+
+Decoding never raises into the loops: every frame becomes either a Request or a
+Rejection that carries the reason, so one bad publisher cannot stop the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import stat
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import zmq
+import zmq.asyncio
+from posttroll.message import Message
+from posttroll.subscriber import create_subscriber_from_dict_config
+
+from .errors import MessageError, Reason
+from .models import FILE_KEYS, RESERVED_KEYS, Rejection, Replier, Request, SourceFile
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_TYPES = ("file", "dataset", "collection")
+REPLY_MODES = ("final", "accepted", "both")
+Sink = Callable[[Request | Rejection], Awaitable[None]]
+
+
+def _local_names() -> frozenset[str]:
+    names = {"", "localhost", "127.0.0.1", "::1"}
+    for fn in (socket.gethostname, socket.getfqdn):
+        try:
+            names.add(fn().lower())
+        except OSError:  # pragma: no cover - depends on the host's resolver
+            pass
+    return frozenset(names)
+
+
+LOCAL_NAMES = _local_names()
+
+
+def local_path(uri: str) -> Path:
+    """The local path a uri names; MessageError if it is remote or not a path."""
+    if not isinstance(uri, str) or not uri:
+        raise MessageError(Reason.MISSING_URI, f"uri must be a non-empty string, got {uri!r}")
+    if "://" not in uri:
+        path = uri
+    else:
+        parts = urlsplit(uri)
+        host = (parts.hostname or "").lower()
+        if parts.scheme not in ("file", "ssh", "scp", "sftp"):
+            raise MessageError(Reason.REMOTE_FILE,
+                               f"{uri}: scheme {parts.scheme!r} is not a local file")
+        if host not in LOCAL_NAMES:
+            raise MessageError(Reason.REMOTE_FILE,
+                               f"{uri}: the file is on host {host!r}, not on this host")
+        path = unquote(parts.path)
+    if not os.path.isabs(path):
+        raise MessageError(Reason.BAD_MESSAGE, f"{uri}: the path must be absolute")
+    return Path(os.path.normpath(path))
+
+
+def check_file(path: Path, uri: str) -> None:
+    """Refuse what is not an existing, readable regular file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as err:
+        raise MessageError(Reason.FILE_MISSING, f"{uri}: no such file") from err
+    except OSError as err:
+        raise MessageError(Reason.FILE_UNREADABLE, f"{uri}: {err.strerror}") from err
+    if not stat.S_ISREG(st.st_mode):
+        raise MessageError(Reason.NOT_A_FILE, f"{uri}: not a regular file")
+    if not os.access(path, os.R_OK):
+        raise MessageError(Reason.FILE_UNREADABLE, f"{uri}: permission denied")
+
+
+def _source(item: Mapping[str, Any], *, check: bool) -> SourceFile:
+    uri = item.get("uri")
+    if uri is None:
+        raise MessageError(Reason.MISSING_URI, "the message has no 'uri'")
+    path = local_path(uri)
+    if check:
+        check_file(path, uri)
+    uid = item.get("uid")
+    extras = {k: v for k, v in item.items() if k not in ("uri", "uid")}
+    return SourceFile(uri=uri, path=path, uid=uid if isinstance(uid, str) and uid else path.name,
+                      meta=extras)
+
+
+def _items(kind: str, data: Mapping[str, Any], *, check: bool) -> list[SourceFile]:
+    if kind == "file":
+        return [_source({"uri": data.get("uri"), "uid": data.get("uid")}, check=check)]
+    key = "dataset" if kind == "dataset" else "collection"
+    items = data.get(key)
+    if not isinstance(items, list) or not items:
+        raise MessageError(Reason.MISSING_URI, f"a {kind} message needs a non-empty {key!r} list")
+    out: list[SourceFile] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise MessageError(Reason.BAD_MESSAGE, f"{key}[{i}] is not a mapping")
+        if kind == "collection" and "dataset" in item:
+            out.extend(_items("dataset", item, check=check))
+        else:
+            out.append(_source(item, check=check))
+    return out
+
+
+def build_request(message: Message, *, origin: str, reply: Replier | None = None,
+                  check: bool = True) -> Request:
+    """A Request from a decoded posttroll message; MessageError says why not."""
+    kind = message.type
+    if kind not in MESSAGE_TYPES:
+        raise MessageError(Reason.UNSUPPORTED_TYPE,
+                           f"message type {kind!r} is not one of {', '.join(MESSAGE_TYPES)}")
+    data = message.data
+    if not isinstance(data, Mapping):
+        raise MessageError(Reason.BAD_MESSAGE, "the message data is not a mapping")
+    destination = endpoint = None
+    if origin == "request":
+        destination = data.get("destination")
+        endpoint = data.get("endpoint")
+        if destination is not None and not isinstance(destination, str):
+            raise MessageError(Reason.BAD_DESTINATION, f"destination {destination!r} is not a string")
+        if endpoint is not None and not isinstance(endpoint, str):
+            raise MessageError(Reason.BAD_DESTINATION, f"endpoint {endpoint!r} is not a string")
+    files = _items(kind, data, check=check)
+    hidden = FILE_KEYS | (RESERVED_KEYS if origin == "request" else frozenset())
+    metadata = {k: v for k, v in data.items() if k not in hidden}
+    return Request(id=uuid.uuid4().hex[:12], subject=message.subject, type=kind, data=data,
+                   metadata=metadata, files=tuple(files), origin=origin,
+                   destination=destination, endpoint=endpoint, reply=reply)
+
+
+def decode(raw: bytes, *, origin: str, reply: Replier | None = None) -> Request | Rejection:
+    """Turn one frame into a Request or a Rejection; never raises."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return Rejection(Reason.BAD_MESSAGE, f"frame is not UTF-8 ({err.reason} at byte "
+                         f"{err.start})", origin, reply=reply)
+    try:
+        message = Message.decode(text)
+    except Exception as err:  # posttroll raises MessageError, ValueError, IndexError, ...
+        return Rejection(Reason.BAD_MESSAGE, f"not a posttroll message ({type(err).__name__}: "
+                         f"{str(err)[:200]})", origin, reply=reply)
+    data = message.data if isinstance(message.data, Mapping) else {}
+    try:
+        return build_request(message, origin=origin, reply=reply)
+    except MessageError as err:
+        uri = data.get("uri") if isinstance(data.get("uri"), str) else None
+        dest = data.get("destination") if isinstance(data.get("destination"), str) else None
+        meta = {k: v for k, v in data.items() if k not in FILE_KEYS | RESERVED_KEYS}
+        return Rejection(err.reason, err.detail, origin, subject=message.subject, uri=uri,
+                         destination=dest, metadata=meta, reply=reply)
+
+
+# --- posttroll pub-sub -----------------------------------------------------------------
+
+
+class SubscribeReceiver:
+    """posttroll subscriber run in a thread, bridged to the event loop with backpressure.
+
+    posttroll builds the sockets (nameserver discovery, address updates); frames are read
+    raw here so that a malformed one is logged with its reason instead of ending the loop.
+    """
+
+    POLL_MS = 200
+
+    def __init__(self, settings: Mapping[str, Any], sink: Sink,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._settings = dict(settings)
+        self._sink = sink
+        self._loop = loop
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._subscriber: Any = None
+        self.received = 0
+
+    def __repr__(self) -> str:
+        return f"<SubscribeReceiver topics={self._settings.get('topics')} received={self.received}>"
+
+    def start(self) -> None:
+        """Create the subscriber (may wait for a nameserver) and start the reading thread."""
+        self._subscriber = create_subscriber_from_dict_config(dict(self._settings))
+        self._thread = threading.Thread(target=self._run, name="trollpush-subscribe",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop reading and close the subscriber; safe to call twice."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._subscriber is not None:
+            self._subscriber.close()
+            self._subscriber = None
+
+    def _run(self) -> None:
+        poller: zmq.Poller | None = None
+        sockets: list[Any] = []
+        while not self._stop.is_set():
+            current = list(self._subscriber.subscribers)
+            if poller is None or current != sockets:
+                poller, sockets = zmq.Poller(), current
+                for s in sockets:
+                    poller.register(s, zmq.POLLIN)
+            try:
+                ready = dict(poller.poll(self.POLL_MS))
+            except zmq.ZMQError as err:
+                if self._stop.is_set():
+                    return
+                logger.warning("subscribe poll failed: %s", err)
+                continue
+            for sock in sockets:
+                if ready.get(sock) != zmq.POLLIN:
+                    continue
+                while not self._stop.is_set():
+                    try:
+                        raw = sock.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    except zmq.ZMQError as err:
+                        logger.warning("subscribe receive failed: %s", err)
+                        break
+                    self.received += 1
+                    self._deliver(decode(raw, origin="subscribe"))
+
+    def _deliver(self, item: Request | Rejection) -> None:
+        future = asyncio.run_coroutine_threadsafe(self._sink(item), self._loop)
+        while not self._stop.is_set():
+            try:
+                future.result(timeout=0.5)
+                return
+            except TimeoutError:
+                continue
+            except Exception:  # the sink logs its own errors; keep the reader alive
+                logger.exception("subscribe delivery failed")
+                return
+        future.cancel()
+
+
+# --- ZeroMQ REQ/REP ---------------------------------------------------------------------
+
+
+class _RouterReply:
+    """Replies to one REQ (or REQ-style DEALER) peer through the shared ROUTER socket."""
+
+    def __init__(self, sock: zmq.asyncio.Socket, envelope: list[bytes], mode: str) -> None:
+        self._sock = sock
+        self._envelope = envelope
+        self.mode = mode
+        self.sent = 0
+
+    @property
+    def wants_ack(self) -> bool:
+        return self.mode in ("accepted", "both")
+
+    @property
+    def wants_final(self) -> bool:
+        return self.mode in ("final", "both")
+
+    async def send(self, message: Any) -> None:
+        limit = 2 if self.mode == "both" else 1
+        if self.sent >= limit:
+            return
+        self.sent += 1
+        try:
+            await self._sock.send_multipart([*self._envelope, b"", message.encode().encode()])
+        except zmq.ZMQError as err:
+            logger.warning("reply to a request failed: %s", err)
+
+
+class RequestServer:
+    """ROUTER socket serving REQ clients concurrently (a REP socket would serialise them)."""
+
+    def __init__(self, address: str, sink: Sink) -> None:
+        self.address = address
+        self._sink = sink
+        self._ctx = zmq.asyncio.Context()
+        self._sock: zmq.asyncio.Socket | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.received = 0
+
+    def __repr__(self) -> str:
+        return f"<RequestServer {self.address} received={self.received}>"
+
+    def start(self) -> None:
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.bind(self.address)
+        if self.address.endswith(":0"):
+            self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._sock = sock
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name="requests")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        self._ctx.term()
+
+    async def _serve(self) -> None:
+        assert self._sock is not None
+        while True:
+            frames = await self._sock.recv_multipart()
+            self.received += 1
+            try:
+                split = frames.index(b"")
+            except ValueError:
+                split = len(frames) - 1
+            envelope, body = frames[:split], frames[split + 1:]
+            if not envelope:
+                continue  # cannot be answered; ROUTER always gives an identity
+            if len(body) != 1:
+                reply = _RouterReply(self._sock, envelope, "final")
+                await self._sink(Rejection(Reason.BAD_MESSAGE,
+                                           f"expected one message frame, got {len(body)}",
+                                           "request", reply=reply))
+                continue
+            await self._sink(self._decode(body[0], envelope))
+
+    def _decode(self, raw: bytes, envelope: list[bytes]) -> Request | Rejection:
+        assert self._sock is not None
+        reply = _RouterReply(self._sock, envelope, "final")
+        item = decode(raw, origin="request", reply=reply)
+        data = item.data if isinstance(item, Request) else None
+        mode = data.get("reply", "final") if data is not None else "final"
+        if mode not in REPLY_MODES:
+            return Rejection(Reason.BAD_MESSAGE,
+                             f"reply {mode!r} is not one of {', '.join(REPLY_MODES)}",
+                             "request", reply=reply)
+        reply.mode = mode
+        return item

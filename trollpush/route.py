@@ -1,0 +1,206 @@
+"""Routing: which targets a request goes to, and the exact objects it becomes.
+
+Pure functions of the config and the request: no I/O, so ``trollpush match`` shows
+exactly what the daemon would do.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import trollsift
+
+from .config import Config, Scalar, TargetConfig
+from .errors import Reason, RouteError
+from .models import Job, Request, SourceFile, Upload
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOPIC = "/trollpush/uploaded/"
+
+
+@dataclass(frozen=True)
+class RouteFailure:
+    """A target that applies to a request but cannot be served (bad compose, partial match)."""
+
+    target: str | None
+    reason: str
+    detail: str
+    source: SourceFile | None = None
+    destination: str | None = None
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    """Jobs to run, failures to announce, and why the other targets were skipped."""
+
+    jobs: tuple[Job, ...]
+    failures: tuple[RouteFailure, ...]
+    skipped: Mapping[str, str]
+
+
+def parse_destination(dest: str, basename: str) -> tuple[str, str]:
+    """Split ``s3://bucket/key`` or mc-style ``alias/bucket/key`` into (bucket, key).
+
+    A key that is empty or ends in ``/`` gets ``basename`` appended.
+    """
+    if dest.startswith("s3://"):
+        rest = dest[len("s3://"):]
+    elif "://" in dest:
+        raise RouteError(Reason.BAD_DESTINATION, f"{dest!r}: expected s3://BUCKET/KEY")
+    else:
+        parts = dest.split("/", 1)
+        if len(parts) < 2 or not parts[0] or not parts[1]:
+            raise RouteError(Reason.BAD_DESTINATION,
+                             f"{dest!r}: expected s3://BUCKET/KEY or ALIAS/BUCKET/KEY")
+        rest = parts[1]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise RouteError(Reason.BAD_DESTINATION, f"{dest!r}: no bucket name")
+    if not key or key.endswith("/"):
+        key += basename
+    key = key.lstrip("/")
+    if not key:
+        raise RouteError(Reason.BAD_DESTINATION, f"{dest!r}: no object key")
+    return bucket, key
+
+
+class Router:
+    """Turns a Request into Jobs according to the config's targets."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._default_topic = config.publish.topic if config.publish else DEFAULT_TOPIC
+
+    def route(self, request: Request) -> RouteResult:
+        """Every job and failure for this request; a request nobody takes is a failure."""
+        if request.destination is not None:
+            return self._direct(request)
+        jobs: list[Job] = []
+        failures: list[RouteFailure] = []
+        skipped: dict[str, str] = {}
+        for target in self._config.targets:
+            outcome = self._apply(target, request)
+            if isinstance(outcome, Job):
+                jobs.append(outcome)
+            elif isinstance(outcome, RouteFailure):
+                failures.append(outcome)
+            else:
+                skipped[target.name] = outcome
+        if not jobs and not failures:
+            why = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no targets configured"
+            failures.append(RouteFailure(None, Reason.NO_ROUTE, f"no target matches ({why})",
+                                         request.files[0] if request.files else None))
+        return RouteResult(tuple(jobs), tuple(failures), skipped)
+
+    def _direct(self, request: Request) -> RouteResult:
+        endpoint = request.endpoint or self._config.default_endpoint()
+        dest = request.destination or ""
+        if endpoint not in self._config.endpoints:
+            known = ", ".join(self._config.endpoints)
+            fail = RouteFailure(None, Reason.BAD_DESTINATION,
+                                f"endpoint {endpoint!r} is not configured (known: {known})",
+                                request.files[0], dest)
+            return RouteResult((), (fail,), {})
+        if len(request.files) != 1 and not dest.endswith("/"):
+            fail = RouteFailure(None, Reason.BAD_DESTINATION,
+                                f"{len(request.files)} files need a destination ending in '/'",
+                                request.files[0] if request.files else None, dest)
+            return RouteResult((), (fail,), {})
+        try:
+            uploads = tuple(Upload(f, *parse_destination(dest, f.path.name))
+                            for f in request.files)
+        except RouteError as err:
+            fail = RouteFailure(None, err.reason, err.detail, request.files[0], dest)
+            return RouteResult((), (fail,), {})
+        job = Job(request=request, target=None, endpoint=endpoint, uploads=uploads,
+                  metadata=request.metadata, publish_topic=self._default_topic)
+        return RouteResult((job,), (), {})
+
+    def _apply(self, target: TargetConfig, request: Request) -> Job | RouteFailure | str:
+        """A Job, a RouteFailure, or the reason (str) why the target does not apply."""
+        if target.topics and not any(request.subject.startswith(t) for t in target.topics):
+            return f"subject {request.subject} is not under {list(target.topics)}"
+        metas: list[dict[str, Any]] = []
+        misses: list[str] = []
+        for f in request.files:
+            meta = {**request.metadata, **f.meta, "uid": f.uid}
+            if target.pattern:
+                try:
+                    meta.update(trollsift.parse(target.pattern, f.path.name))
+                except ValueError:
+                    misses.append(f"{f.path.name} does not match pattern {target.pattern}")
+                    continue
+            why = _check_conditions(target, meta)
+            if why:
+                misses.append(why)
+                continue
+            metas.append(meta)
+        if misses and not metas:
+            return misses[0]
+        if misses:
+            return RouteFailure(target.name, Reason.NO_ROUTE,
+                                f"target {target.name} takes {len(metas)} of "
+                                f"{len(request.files)} files of the {request.type}: {misses[0]}",
+                                request.files[0])
+        uploads = []
+        for f, meta in zip(request.files, metas, strict=True):
+            named = _aliased(meta, target.aliases)
+            try:
+                dest = _compose(target.destination, named, f"targets[{target.name}].destination")
+                uploads.append(Upload(f, *parse_destination(dest, f.path.name)))
+            except RouteError as err:
+                return RouteFailure(target.name, err.reason, err.detail, f, target.destination)
+        job_meta = metas[0] if request.type == "file" else dict(request.metadata)
+        job_meta.pop("uid", None)
+        topic = self._default_topic
+        if target.publish_topic:
+            try:
+                topic = _compose(target.publish_topic, _aliased(metas[0], target.aliases),
+                                 f"targets[{target.name}].publish_topic")
+            except RouteError as err:
+                return RouteFailure(target.name, err.reason, err.detail, request.files[0],
+                                    target.destination)
+        return Job(request=request, target=target.name, endpoint=target.endpoint,
+                   uploads=tuple(uploads), metadata=job_meta, publish_topic=topic)
+
+
+def _check_conditions(target: TargetConfig, meta: Mapping[str, Any]) -> str | None:
+    """None if the conditions hold, else the reason they don't."""
+    for key, allowed in target.conditions.items():
+        if key not in meta:
+            return f"condition on {key!r}: the message has no {key!r}"
+        if not _matches(meta[key], allowed):
+            return f"condition {key} in {list(allowed)}: got {meta[key]!r}"
+    if target.excepts and all(k in meta and _matches(meta[k], allowed)
+                              for k, allowed in target.excepts.items()):
+        return f"excepted by {dict(target.excepts)}"
+    return None
+
+
+def _matches(actual: Any, allowed: Iterable[Scalar]) -> bool:
+    values = actual if isinstance(actual, (list, tuple, set, frozenset)) else (actual,)
+    return any(a == b or str(a) == str(b) for a in values for b in allowed)
+
+
+def _aliased(meta: Mapping[str, Any], aliases: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    out = dict(meta)
+    for key, table in aliases.items():
+        if key in out and str(out[key]) in table:
+            out[key] = table[str(out[key])]
+    return out
+
+
+def _compose(template: str, meta: Mapping[str, Any], where: str) -> str:
+    try:
+        return str(trollsift.compose(template, meta))
+    except KeyError as err:
+        have = ", ".join(sorted(str(k) for k in meta))
+        raise RouteError(Reason.COMPOSE_ERROR,
+                         f"{where}: unknown field {{{err.args[0]}}} (have: {have})") from err
+    except (ValueError, TypeError) as err:
+        raise RouteError(Reason.COMPOSE_ERROR, f"{where}: cannot compose {template!r}: {err}"
+                         ) from err
