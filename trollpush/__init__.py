@@ -1,12 +1,30 @@
 """trollpush: land announced files in S3 object storage, then announce them."""
 
 from .client import SendResult, Unreachable, send
-from .config import (Config, DaemonConfig, EndpointConfig, PublishConfig, RequestsConfig,
-                     SubscribeConfig, TargetConfig, load_config, parse_config)
+from .config import (
+                     Config,
+                     DaemonConfig,
+                     EndpointConfig,
+                     PublishConfig,
+                     RequestsConfig,
+                     SubscribeConfig,
+                     TargetConfig,
+                     load_config,
+                     parse_config,
+)
 from .daemon import Daemon, run_daemon
-from .errors import (ConfigError, ConfigProblem, MessageError, PermanentTransferError, Reason,
-                     RetriesExhausted, RouteError, TransferError, TransferTimeout,
-                     TrollpushError)
+from .errors import (
+                     ConfigError,
+                     ConfigProblem,
+                     MessageError,
+                     PermanentTransferError,
+                     Reason,
+                     RetriesExhausted,
+                     RouteError,
+                     TransferError,
+                     TransferTimeout,
+                     TrollpushError,
+)
 from .journal import Journal, MemoryJournal
 from .models import Job, Rejection, Request, SourceFile, Upload, UploadResult
 from .route import Router, parse_destination

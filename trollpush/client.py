@@ -19,6 +19,7 @@ from posttroll.message import Message
 
 from .announce import ACK_TYPE, FAILURE_TYPE, MULTIPLE_TYPE
 from .errors import Reason, TrollpushError
+from .receive import decode_message
 from .route import parse_destination
 
 DEFAULT_SERVER = "tcp://127.0.0.1:15556"
@@ -119,4 +120,4 @@ def _receive(sock: zmq.Socket[bytes], deadline: float) -> Message | None:
             return None
         frames = sock.recv_multipart()
         if frames and frames[-1]:
-            return Message.decode(frames[-1].decode())
+            return decode_message(frames[-1].decode())

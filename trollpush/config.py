@@ -261,10 +261,18 @@ class _Validator:
         return tuple(t for i, t in enumerate(value) if self.topic(t, f"{key}[{i}]") is not None)
 
 
+#: keys passed on to posttroll's create_subscriber_from_dict_config / publisher equivalent
+_SUBSCRIBE_KEYS = {"topics", "nameserver", "addresses", "services", "addr_listener", "timeout",
+                   "translate"}
+_PUBLISH_KEYS = {"name", "address", "port", "nameservers", "aliases", "broadcast_interval",
+                 "min_port", "max_port", "topic", "failure_topic"}
+
+
 def _subscribe(v: _Validator, raw: object) -> SubscribeConfig | None:
     data = v.mapping(raw, "subscribe")
     if data is None:
         return None
+    v.no_unknown(data, "subscribe.", _SUBSCRIBE_KEYS)
     settings = dict(data)
     settings["topics"] = list(v.topics(data.get("topics"), "subscribe.topics"))
     if not data.get("topics"):
@@ -303,6 +311,7 @@ def _publish(v: _Validator, raw: object) -> PublishConfig | None:
     data = v.mapping(raw, "publish")
     if data is None:
         return None
+    v.no_unknown(data, "publish.", _PUBLISH_KEYS)
     settings = {k: val for k, val in data.items() if k not in ("topic", "failure_topic")}
     if not settings.get("name"):
         v.problem("publish.name", settings.get("name"), "a publisher name (a non-empty string)")
@@ -414,7 +423,7 @@ def _targets(v: _Validator, raw: object,
 
 def _check_pattern(v: _Validator, pattern: str, key: str) -> str | None:
     try:
-        trollsift.Parser(pattern).keys()
+        trollsift.parser.get_convert_dict(pattern)
         re.compile(trollsift.parser.regex_format(pattern))
     except (ValueError, re.error, KeyError, IndexError) as err:
         v.problem(key, pattern, f"a valid trollsift pattern ({err})")
@@ -431,7 +440,7 @@ def _check_destination(v: _Validator, destination: str, key: str) -> None:
     if not bucket:
         v.problem(key, destination, "a bucket name after s3://")
     try:
-        trollsift.Parser(destination).keys()
+        trollsift.parser.get_convert_dict(destination)
     except (ValueError, re.error, KeyError, IndexError) as err:
         v.problem(key, destination, f"a valid trollsift template ({err})")
 

@@ -7,13 +7,14 @@ Rejection that carries the reason, so one bad publisher cannot stop the daemon.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import stat
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -30,16 +31,14 @@ logger = logging.getLogger(__name__)
 
 MESSAGE_TYPES = ("file", "dataset", "collection")
 REPLY_MODES = ("final", "accepted", "both")
-Sink = Callable[[Request | Rejection], Awaitable[None]]
+Sink = Callable[[Request | Rejection], Coroutine[Any, Any, None]]
 
 
 def _local_names() -> frozenset[str]:
     names = {"", "localhost", "127.0.0.1", "::1"}
     for fn in (socket.gethostname, socket.getfqdn):
-        try:
+        with contextlib.suppress(OSError):  # depends on the host's resolver
             names.add(fn().lower())
-        except OSError:  # pragma: no cover - depends on the host's resolver
-            pass
     return frozenset(names)
 
 
@@ -127,7 +126,8 @@ def build_request(message: Message, *, origin: str, reply: Replier | None = None
         destination = data.get("destination")
         endpoint = data.get("endpoint")
         if destination is not None and not isinstance(destination, str):
-            raise MessageError(Reason.BAD_DESTINATION, f"destination {destination!r} is not a string")
+            raise MessageError(Reason.BAD_DESTINATION,
+                               f"destination {destination!r} is not a string")
         if endpoint is not None and not isinstance(endpoint, str):
             raise MessageError(Reason.BAD_DESTINATION, f"endpoint {endpoint!r} is not a string")
     files = _items(kind, data, check=check)
@@ -138,6 +138,17 @@ def build_request(message: Message, *, origin: str, reply: Replier | None = None
                    destination=destination, endpoint=endpoint, reply=reply)
 
 
+def decode_message(text: str) -> Message:
+    """Parse one posttroll wire string.
+
+    ``Message.decode`` of posttroll 1.16 emits a PendingDeprecationWarning on every call;
+    the pickle protocol runs the same parser without it.
+    """
+    message: Message = Message.__new__(Message)
+    message.__setstate__(text)
+    return message
+
+
 def decode(raw: bytes, *, origin: str, reply: Replier | None = None) -> Request | Rejection:
     """Turn one frame into a Request or a Rejection; never raises."""
     try:
@@ -146,7 +157,7 @@ def decode(raw: bytes, *, origin: str, reply: Replier | None = None) -> Request 
         return Rejection(Reason.BAD_MESSAGE, f"frame is not UTF-8 ({err.reason} at byte "
                          f"{err.start})", origin, reply=reply)
     try:
-        message = Message.decode(text)
+        message = decode_message(text)
     except Exception as err:  # posttroll raises MessageError, ValueError, IndexError, ...
         return Rejection(Reason.BAD_MESSAGE, f"not a posttroll message ({type(err).__name__}: "
                          f"{str(err)[:200]})", origin, reply=reply)

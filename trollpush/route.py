@@ -99,7 +99,7 @@ class Router:
     def _direct(self, request: Request) -> RouteResult:
         endpoint = request.endpoint or self._config.default_endpoint()
         dest = request.destination or ""
-        if endpoint not in self._config.endpoints:
+        if endpoint is None or endpoint not in self._config.endpoints:
             known = ", ".join(self._config.endpoints)
             fail = RouteFailure(None, Reason.BAD_DESTINATION,
                                 f"endpoint {endpoint!r} is not configured (known: {known})",

@@ -13,7 +13,8 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import aiohttp
 import botocore.exceptions
@@ -22,8 +23,7 @@ from aiobotocore.session import AioSession
 from botocore.handlers import add_expect_header
 
 from .config import EndpointConfig
-from .errors import (PermanentTransferError, Reason, RetriesExhausted, TransferError,
-                     TransferTimeout)
+from .errors import PermanentTransferError, RetriesExhausted, TransferError, TransferTimeout
 from .models import Upload, UploadResult
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,16 @@ def client_config(ep: EndpointConfig) -> AioConfig:
     )
 
 
+def _open(path: Path) -> tuple[BinaryIO, int]:
+    """Open for streaming (off the event loop: a slow disk must not stall it)."""
+    body = open(path, "rb")  # noqa: SIM115 - the caller closes it
+    try:
+        return body, os.fstat(body.fileno()).st_size
+    except BaseException:
+        body.close()
+        raise
+
+
 class _Endpoint:
     """A client and the slot counter bounding concurrent uploads through it."""
 
@@ -71,9 +81,13 @@ class TransferEngine:
         self.failed = 0
         self.retried = 0
 
+    @property
+    def active(self) -> int:
+        """Uploads in progress now, over all endpoints."""
+        return sum(e.active for e in self._endpoints.values())
+
     def __repr__(self) -> str:
-        active = sum(e.active for e in self._endpoints.values())
-        return (f"<TransferEngine endpoints={len(self._endpoints)} active={active} "
+        return (f"<TransferEngine endpoints={len(self._endpoints)} active={self.active} "
                 f"completed={self.completed} failed={self.failed} retried={self.retried}>")
 
     async def start(self) -> None:
@@ -134,12 +148,11 @@ class TransferEngine:
 
     async def _attempt(self, ep: _Endpoint, upload: Upload) -> tuple[int, str | None]:
         try:
-            body = open(upload.source.path, "rb")  # noqa: SIM115 - closed below
+            body, size = await asyncio.to_thread(_open, upload.source.path)
         except OSError as err:
             raise PermanentTransferError(f"cannot read {upload.source.path}: {err.strerror}"
                                          ) from err
         try:
-            size = os.fstat(body.fileno()).st_size
             async with asyncio.timeout(ep.config.attempt_timeout):
                 response = await ep.client.put_object(Bucket=upload.bucket, Key=upload.key,
                                                       Body=body, ContentLength=size)

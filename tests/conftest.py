@@ -1,0 +1,106 @@
+"""Fixtures: a real moto S3 server, isolated AWS env, fresh buckets, posttroll sockets."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from .helpers import Listener, Producer, free_port
+
+CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
+         "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_url() -> Iterator[str]:
+    """One moto server (server mode: aiohttp traffic goes over a real socket)."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's AWS settings; every test gets the same fake keys."""
+    for key in list(os.environ):
+        if key.startswith("AWS_"):
+            monkeypatch.delenv(key)
+    for key, value in CREDS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+def s3(s3_url: str) -> Any:
+    """A plain boto3 client on the test server, for setting up and checking the store."""
+    return boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", **{
+        "aws_access_key_id": CREDS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": CREDS["AWS_SECRET_ACCESS_KEY"]})
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    """A fresh, empty bucket for this test."""
+    name = f"tp-{uuid.uuid4().hex[:16]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def ports() -> dict[str, int]:
+    return {"sub": free_port(), "req": free_port(), "pub": free_port()}
+
+
+@pytest.fixture
+def base_config(s3_url: str, ports: dict[str, int], bucket: str) -> dict[str, Any]:
+    """A complete config on free ports with one target into this test's bucket."""
+    return {
+        "subscribe": {"topics": ["/new/file/"], "nameserver": False,
+                      "addresses": [f"tcp://127.0.0.1:{ports['sub']}"]},
+        "requests": {"address": f"tcp://127.0.0.1:{ports['req']}"},
+        "publish": {"name": "trollpush-test", "address": f"tcp://127.0.0.1:{ports['pub']}",
+                    "nameservers": False, "topic": "/uploaded/", "failure_topic": "/failed"},
+        "endpoints": {"default": {"url": s3_url, "region": "us-east-1", "tries": 2,
+                                  "attempt_timeout": 20}},
+        "targets": [{
+            "name": "viirs", "topics": ["/new/file/viirs/"],
+            "pattern": "{platform_name}_{start_time:%Y%m%d_%H%M}_{orbit:05d}.h5",
+            "aliases": {"platform_name": {"NOAA-20": "j01"}},
+            "destination": f"s3://{bucket}/{{platform_name}}/{{start_time:%Y/%m/%d}}/{{uid}}",
+            "publish_topic": "/uploaded/viirs/{platform_name}/"}],
+        "daemon": {"shutdown_grace": 10},
+    }
+
+
+@pytest.fixture
+def producer(ports: dict[str, int]) -> Iterator[Producer]:
+    p = Producer(f"tcp://127.0.0.1:{ports['sub']}")
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def listener(ports: dict[str, int]) -> Iterator[Listener]:
+    sub = Listener(f"tcp://127.0.0.1:{ports['pub']}")
+    yield sub
+    sub.close()
+
+
+@pytest.fixture
+def granule(tmp_path: Path) -> Path:
+    path = tmp_path / "NOAA-20_20261121_1005_12345.h5"
+    path.write_bytes(os.urandom(70_000))
+    return path

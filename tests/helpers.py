@@ -1,0 +1,144 @@
+"""Test helpers: real posttroll sockets, an in-process daemon, bounded waits."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from posttroll.message import Message
+from posttroll.publisher import create_publisher_from_dict_config
+from posttroll.subscriber import create_subscriber_from_dict_config
+
+from trollpush import Daemon, parse_config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    """Poll a condition with a bounded timeout (never a fixed sleep for correctness)."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+class Listener:
+    """An independent posttroll subscriber collecting messages in a thread."""
+
+    def __init__(self, address: str, topics: list[str] | None = None) -> None:
+        self._sub = create_subscriber_from_dict_config(
+            {"addresses": [address], "nameserver": False, "topics": topics or ["/"]})
+        self.messages: list[Message] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for m in self._sub.recv(timeout=0.05):
+            if self._stop.is_set():
+                return
+            if m is not None:
+                with self._lock:
+                    self.messages.append(m)
+
+    def of_type(self, kind: str) -> list[Message]:
+        with self._lock:
+            return [m for m in self.messages if m.type == kind]
+
+    def wait_for(self, pred: Callable[[list[Message]], bool], timeout: float = 15.0,
+                 what: str = "messages") -> list[Message]:
+        def check() -> bool:
+            with self._lock:
+                return pred(list(self.messages))
+        wait_until(check, timeout, what)
+        with self._lock:
+            return list(self.messages)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.messages.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sub.close()
+
+
+class Producer:
+    """A posttroll publisher standing in for a data producer."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._pub = create_publisher_from_dict_config(
+            {"name": "test-producer", "address": address, "nameservers": False})
+        self._pub.start()
+
+    def send(self, subject: str, kind: str, data: dict[str, Any]) -> None:
+        self._pub.send(Message(subject, kind, data).encode())
+
+    def send_raw(self, raw: str) -> None:
+        self._pub.send(raw)
+
+    def close(self) -> None:
+        self._pub.stop()
+
+
+PROBE_URI = "ssh://elsewhere.invalid/probe.h5"
+
+
+def link(producer: Producer, listener: Listener, subject: str, timeout: float = 15.0) -> None:
+    """Make sure both pub-sub links are joined: publish a message the daemon refuses (a file
+    on another host) until its failure announcement arrives; then forget it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        producer.send(subject, "file", {"uri": PROBE_URI})
+        try:
+            listener.wait_for(lambda ms: any(m.type == "failure" and m.data.get("uri") == PROBE_URI
+                                             for m in ms), timeout=0.2)
+        except AssertionError:
+            continue
+        listener.wait_for(lambda ms: True, timeout=0.1)
+        # let late duplicates of the probe arrive, then forget every probe failure
+        time.sleep(0.05)
+        listener.clear()
+        return
+    raise AssertionError("pub-sub link not established")
+
+
+@contextmanager
+def running_daemon(config: dict[str, Any]) -> Iterator[Daemon]:
+    """A daemon in a background thread with its own event loop; stopped on exit."""
+    daemon = Daemon(parse_config(config))
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(daemon.run())
+        except BaseException as err:  # surfaced in the test thread
+            errors.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    wait_until(lambda: daemon.ready.is_set() or bool(errors) or not thread.is_alive(), 20,
+               "daemon ready")
+    if errors:
+        raise errors[0]
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        thread.join(timeout=40)
+        assert not thread.is_alive(), "daemon did not stop"
+        if errors:
+            raise errors[0]

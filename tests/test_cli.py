@@ -1,0 +1,131 @@
+"""`trollpush run` as a subprocess, driven only through its sockets; `send` exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .helpers import Listener, Producer, free_port, link, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def trollpush(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "trollpush", *args], capture_output=True,
+                          text=True, timeout=timeout, env=os.environ.copy())
+
+
+@pytest.fixture
+def daemon_proc(base_config: dict[str, Any], tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """`trollpush run CONFIG` in its own process; stopped with SIGTERM by the test."""
+    cfg = tmp_path / "trollpush.yaml"
+    cfg.write_text(yaml.safe_dump(base_config))
+    log = tmp_path / "daemon.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "trollpush", "run", str(cfg)],
+                                stdout=out, stderr=subprocess.STDOUT, text=True,
+                                env=os.environ.copy())
+    try:
+        wait_until(lambda: "trollpush ready" in log.read_text() or proc.poll() is not None,
+                   30, "daemon ready")
+        assert proc.poll() is None, log.read_text()
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_send_exit_codes(daemon_proc: subprocess.Popen[str], ports: dict[str, int],
+                         granule: Path, s3: Any, bucket: str) -> None:
+    server = f"tcp://127.0.0.1:{ports['req']}"
+    ok = trollpush("send", str(granule), f"s3://{bucket}/in/", "--server", server)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == ""
+    assert s3.head_object(Bucket=bucket, Key=f"in/{granule.name}")["ContentLength"] == 70_000
+
+    js = trollpush("send", str(granule), f"myalias/{bucket}/renamed.h5", "--server", server,
+                   "--json", "--meta", "orbit=123", "--meta", "sensor=viirs")
+    assert js.returncode == 0, js.stderr
+    reply = json.loads(js.stdout)
+    assert reply["type"] == "file"
+    assert reply["data"]["uri"] == f"s3://{bucket}/renamed.h5"
+    assert reply["data"]["orbit"] == 123 and reply["data"]["sensor"] == "viirs"
+
+    failed = trollpush("send", str(granule), "s3://no-such-bucket-cli/x", "--server", server)
+    assert failed.returncode == 1
+    assert "NoSuchBucket" in failed.stderr and "permanent_error" in failed.stderr
+
+    missing = trollpush("send", str(granule.parent / "nope.h5"), f"s3://{bucket}/x",
+                        "--server", server)
+    assert missing.returncode == 1 and "file_missing" in missing.stderr
+
+    usage = trollpush("send", str(granule), "http://not-s3/x", "--server", server)
+    assert usage.returncode == 2 and "s3://" in usage.stderr
+
+    nowait = trollpush("send", str(granule), f"s3://{bucket}/later/", "--server", server,
+                       "--no-wait")
+    assert nowait.returncode == 0, nowait.stderr
+    wait_until(lambda: bool(s3.list_objects_v2(Bucket=bucket, Prefix="later/")
+                            .get("KeyCount")), 15, "no-wait upload")
+
+    # SIGHUP is reserved for config reload: it must not kill the daemon
+    daemon_proc.send_signal(signal.SIGHUP)
+    again = trollpush("send", str(granule), f"s3://{bucket}/after-hup/", "--server", server)
+    assert again.returncode == 0, again.stderr
+
+    daemon_proc.send_signal(signal.SIGTERM)
+    assert daemon_proc.wait(timeout=30) == 0
+
+
+def test_send_unreachable_daemon_exits_2(granule: Path) -> None:
+    start = time.monotonic()
+    res = trollpush("send", str(granule), "s3://b/k", "--server",
+                    f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.5")
+    assert res.returncode == 2 and "no answer" in res.stderr
+    assert time.monotonic() - start < 20
+
+
+def test_pubsub_through_the_process(daemon_proc: subprocess.Popen[str], producer: Producer,
+                                    listener: Listener, granule: Path, s3: Any,
+                                    bucket: str) -> None:
+    """Independent posttroll publisher in, independent subscriber out, a separate daemon."""
+    link(producer, listener, "/new/file/viirs/")
+    producer.send("/new/file/viirs/", "file", {"uri": f"file://{granule}", "sensor": "viirs"})
+    msgs = listener.wait_for(lambda ms: any(m.type == "file" for m in ms), 20)
+    done = next(m for m in msgs if m.type == "file")
+    assert done.data["uri"] == f"s3://{bucket}/j01/2026/11/21/{granule.name}"
+    body = s3.get_object(Bucket=bucket, Key=f"j01/2026/11/21/{granule.name}")["Body"].read()
+    assert body == granule.read_bytes()
+    daemon_proc.send_signal(signal.SIGTERM)
+    assert daemon_proc.wait(timeout=30) == 0
+
+
+def test_run_with_broken_config_exits_1(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("endpoints: {}\ntargets: 3\n")
+    res = trollpush("run", str(cfg))
+    assert res.returncode == 1
+    assert "endpoints" in res.stderr and "targets" in res.stderr
+
+
+def test_demo_runs_end_to_end() -> None:
+    """`trollpush demo`: embedded S3, daemon, producer, subscriber; everything stopped."""
+    res = trollpush("demo", "--files", "4", timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "4/4 granules uploaded to both targets" in res.stdout
+    assert "demo OK; daemon exited with 0" in res.stdout

@@ -1,0 +1,182 @@
+"""The whole pipeline in-process: real posttroll sockets, a real moto S3 server."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import zmq
+from posttroll.message import Message
+
+from trollpush import send
+from trollpush.receive import decode_message
+
+from .helpers import Listener, Producer, link, running_daemon
+
+
+def _body(s3: Any, bucket: str, key: str) -> bytes:
+    return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def test_file_message_lands_and_is_announced(base_config: dict[str, Any], producer: Producer,
+                                             listener: Listener, granule: Path, s3: Any,
+                                             bucket: str) -> None:
+    """A `file` message from an independent publisher ends as an object and a completion."""
+    with running_daemon(base_config):
+        link(producer, listener, "/new/file/viirs/")
+        producer.send("/new/file/viirs/", "file",
+                      {"uri": str(granule), "uid": granule.name, "sensor": "viirs",
+                       "orbit_number": 12345})
+        msgs = listener.wait_for(lambda ms: any(m.type == "file" for m in ms))
+    done = [m for m in msgs if m.type == "file"]
+    assert len(done) == 1
+    m = done[0]
+    key = f"j01/2026/11/21/{granule.name}"
+    assert m.subject == "/uploaded/viirs/j01/"
+    assert m.data["uri"] == f"s3://{bucket}/{key}"
+    assert m.data["uid"] == granule.name
+    assert m.data["size"] == granule.stat().st_size
+    assert m.data["endpoint"] == "default"
+    assert m.data["sensor"] == "viirs" and m.data["orbit_number"] == 12345
+    assert m.data["platform_name"] == "NOAA-20"  # parsed, un-aliased
+    assert _body(s3, bucket, key) == granule.read_bytes()
+
+
+def test_fan_out_and_dataset_announced_once_whole(base_config: dict[str, Any],
+                                                  producer: Producer, listener: Listener,
+                                                  tmp_path: Path, s3: Any, bucket: str) -> None:
+    """A dataset goes to every matching target; each target announces it once, whole."""
+    base_config["targets"].append({"name": "archive", "destination": f"s3://{bucket}/archive/",
+                                   "publish_topic": "/uploaded/archive/"})
+    files = []
+    for i in range(3):
+        p = tmp_path / f"NOAA-20_20261121_10{i:02d}_1234{i}.h5"
+        p.write_bytes(os.urandom(1000 + i))
+        files.append(p)
+    with running_daemon(base_config):
+        link(producer, listener, "/new/file/viirs/")
+        producer.send("/new/file/viirs/", "dataset", {
+            "dataset": [{"uri": str(p), "uid": p.name} for p in files], "sensor": "viirs"})
+        msgs = listener.wait_for(lambda ms: len([m for m in ms if m.type == "dataset"]) >= 2)
+        # nothing more than one announcement per target arrives
+        listener.wait_for(lambda ms: True, timeout=0.1)
+    sets = {m.subject: m for m in listener.of_type("dataset")}
+    assert len(listener.of_type("dataset")) == 2
+    assert set(sets) == {"/uploaded/viirs/j01/", "/uploaded/archive/"}
+    for m in sets.values():
+        assert [d["uid"] for d in m.data["dataset"]] == [p.name for p in files]
+        assert [d["size"] for d in m.data["dataset"]] == [1000, 1001, 1002]
+        assert m.data["sensor"] == "viirs"
+    archived = [d["uri"] for d in sets["/uploaded/archive/"].data["dataset"]]
+    assert archived == [f"s3://{bucket}/archive/{p.name}" for p in files]
+    for p in files:
+        assert _body(s3, bucket, f"archive/{p.name}") == p.read_bytes()
+    assert not msgs or all(m.type in ("dataset", "failure") for m in msgs)
+
+
+def test_bad_messages_are_announced_and_the_daemon_keeps_going(
+        base_config: dict[str, Any], producer: Producer, listener: Listener, granule: Path,
+        tmp_path: Path, ports: dict[str, int]) -> None:
+    """Missing files, no route, compose errors, malformed frames: each a failure, never a stop."""
+    base_config["targets"].append({"name": "needs-orbit", "topics": ["/new/file/other/"],
+                                   "destination": "s3://b/{orbit}/"})
+    with running_daemon(base_config) as daemon:
+        link(producer, listener, "/new/file/viirs/")
+        producer.send("/new/file/viirs/", "file", {"uri": str(tmp_path / "gone.h5")})
+        producer.send("/new/file/viirs/", "file", {"uri": str(tmp_path)})
+        producer.send("/new/file/viirs/", "file", {"uid": "no-uri.h5"})
+        producer.send("/new/file/viirs/", "info", {"uri": str(granule)})
+        producer.send("/new/file/viirs/", "file", {"uri": str(tmp_path / "x.txt")})
+        (tmp_path / "x.txt").write_text("x")
+        producer.send("/new/file/other/", "file", {"uri": str(tmp_path / "x.txt")})
+        producer.send_raw("pytroll://new/file/viirs/ file")  # too few fields
+        producer.send_raw("not a posttroll message at all")
+        # non-UTF-8 bytes through a raw PUB on the same address is impossible (bound),
+        # so send them through the daemon's REQ side below; then a good one must still work
+        producer.send("/new/file/viirs/", "file", {"uri": str(granule)})
+        msgs = listener.wait_for(lambda ms: any(m.type == "file" for m in ms))
+        reasons = {m.data["reason"] for m in msgs if m.type == "failure"}
+        assert {"file_missing", "not_a_file", "missing_uri", "unsupported_type",
+                "no_route", "compose_error"} <= reasons, reasons
+        fail = next(m for m in msgs if m.type == "failure" and m.data["reason"] == "compose_error")
+        assert "{orbit}" in fail.data["error"] and fail.data["target"] == "needs-orbit"
+        assert daemon.counts["rejected"] >= 4
+
+
+def test_request_reply_plain_req_socket(base_config: dict[str, Any], granule: Path, s3: Any,
+                                        bucket: str, ports: dict[str, int]) -> None:
+    """A plain REQ client (s3daemon style, destination given) gets the completion as reply;
+    malformed frames get a failure reply, not silence."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 15000)
+    try:
+        with running_daemon(base_config):
+            sock.connect(f"tcp://127.0.0.1:{ports['req']}")
+            req = Message("/whatever/", "file", {"uri": str(granule),
+                                                 "destination": f"s3://{bucket}/direct/"})
+            sock.send_string(req.encode())
+            reply = decode_message(sock.recv_string())
+            assert reply.type == "file"
+            assert reply.data["uri"] == f"s3://{bucket}/direct/{granule.name}"
+            assert "destination" not in reply.data and "reply" not in reply.data
+            for bad in (b"\xff\xfe\x00garbage", b"pytroll://x file", b""):
+                sock.send(bad)
+                reply = decode_message(sock.recv_string())
+                assert reply.type == "failure" and reply.data["reason"] == "bad_message"
+            sock.send_string(Message("/x/", "file", {"uri": str(granule),
+                                                     "destination": "http://nope"}).encode())
+            reply = decode_message(sock.recv_string())
+            assert reply.type == "failure" and reply.data["reason"] == "bad_destination"
+    finally:
+        sock.close()
+        ctx.term()
+    assert _body(s3, bucket, f"direct/{granule.name}") == granule.read_bytes()
+
+
+def test_fifty_concurrent_sends(base_config: dict[str, Any], tmp_path: Path, s3: Any,
+                                bucket: str, ports: dict[str, int]) -> None:
+    """50 clients at once are all served, each with its own answer."""
+    paths = []
+    for i in range(50):
+        p = tmp_path / f"f{i:02d}.bin"
+        p.write_bytes(os.urandom(2000 + i))
+        paths.append(p)
+    results: dict[int, Any] = {}
+
+    def one(i: int) -> None:
+        results[i] = send(str(paths[i]), f"s3://{bucket}/many/", timeout=60,
+                          server=f"tcp://127.0.0.1:{ports['req']}")
+
+    with running_daemon(base_config):
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=90)
+    assert len(results) == 50
+    for i, r in results.items():
+        assert r.ok, r.error
+        assert r.message.data["uri"] == f"s3://{bucket}/many/{paths[i].name}"
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert keys == {f"many/{p.name}" for p in paths}
+
+
+def test_upload_failure_is_announced_with_attempts(base_config: dict[str, Any],
+                                                   producer: Producer, listener: Listener,
+                                                   granule: Path, ports: dict[str, int]) -> None:
+    """A store error is announced on the failure topic and answered to the requester."""
+    with running_daemon(base_config):
+        result = send(str(granule), "s3://no-such-bucket-here/x", timeout=30,
+                      server=f"tcp://127.0.0.1:{ports['req']}")
+        link(producer, listener, "/new/file/viirs/")
+    assert not result.ok
+    data = result.message.data
+    assert result.message.type == "failure"
+    assert data["reason"] == "permanent_error" and "NoSuchBucket" in data["error"]
+    assert data["attempts"] == 1  # permanent: not retried
+    assert data["uri"] == str(granule)
+    assert data["destination"] == "s3://no-such-bucket-here/x"

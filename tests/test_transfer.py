@@ -1,0 +1,154 @@
+"""The transfer stage against a real S3 server (moto) and real failing sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trollpush import EndpointConfig, SourceFile, TransferEngine, Upload
+
+from .helpers import free_port
+
+
+def _upload(path: Path, bucket: str, key: str) -> Upload:
+    return Upload(SourceFile(uri=str(path), path=path, uid=path.name), bucket, key)
+
+
+async def _engine(url: str, **kw: Any) -> TransferEngine:
+    engine = TransferEngine({"default": EndpointConfig(name="default", url=url,
+                                                       region="us-east-1", **kw)})
+    await engine.start()
+    return engine
+
+
+async def test_upload_streams_file_and_sends_no_expect_header(
+        s3_url: str, s3: Any, bucket: str, tmp_path: Path) -> None:
+    """A 12 MiB file lands byte for byte; no request carries Expect: 100-continue."""
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(12 * 1024 * 1024))
+    engine = await _engine(s3_url)
+    headers: list[dict[str, str]] = []
+
+    def capture(request: Any, **_: Any) -> None:
+        headers.append({k.lower(): str(v) for k, v in request.headers.items()})
+
+    engine.client("default").meta.events.register("before-send.s3", capture)
+    try:
+        result = await engine.upload(_upload(path, bucket, "a/big.bin"), "default")
+    finally:
+        await engine.close()
+    assert result.ok, result.error
+    assert result.size == path.stat().st_size and result.attempts == 1
+    assert headers and all("expect" not in h for h in headers)
+    body = s3.get_object(Bucket=bucket, Key="a/big.bin")["Body"].read()
+    assert body == path.read_bytes()
+
+
+async def test_uploads_are_bounded_by_max_connections(s3_url: str, s3: Any, bucket: str,
+                                                      tmp_path: Path) -> None:
+    """Never more uploads at once than the endpoint's max_connections."""
+    engine = await _engine(s3_url, max_connections=3)
+    seen: list[int] = []
+    engine.client("default").meta.events.register(
+        "before-send.s3", lambda **_: seen.append(engine.active))
+    paths = []
+    for i in range(12):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(os.urandom(50_000))
+        paths.append(p)
+    try:
+        results = await asyncio.gather(*(engine.upload(_upload(p, bucket, p.name), "default")
+                                         for p in paths))
+    finally:
+        await engine.close()
+    assert all(r.ok for r in results)
+    assert max(seen) == 3
+    assert "completed=12" in repr(engine)
+
+
+async def test_permanent_error_is_not_retried(s3_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    engine = await _engine(s3_url, tries=4)
+    try:
+        result = await engine.upload(_upload(path, "no-such-bucket-zz", "k"), "default")
+    finally:
+        await engine.close()
+    assert not result.ok and result.attempts == 1
+    assert result.reason == "permanent_error" and "NoSuchBucket" in (result.error or "")
+
+
+async def test_file_vanishing_before_upload_fails_cleanly(s3_url: str, tmp_path: Path) -> None:
+    engine = await _engine(s3_url, tries=3)
+    try:
+        result = await engine.upload(_upload(tmp_path / "gone", "b", "k"), "default")
+    finally:
+        await engine.close()
+    assert not result.ok and result.attempts == 1 and "cannot read" in (result.error or "")
+
+
+async def test_connection_refused_is_retried_then_fails(tmp_path: Path) -> None:
+    """A dead endpoint costs `tries` attempts, then a failure with the last reason."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    engine = await _engine(f"http://127.0.0.1:{free_port()}", tries=3, connect_timeout=2)
+    try:
+        result = await engine.upload(_upload(path, "b", "k"), "default")
+    finally:
+        await engine.close()
+    assert not result.ok and result.attempts == 3
+    assert result.reason == "upload_failed"
+    assert "3 attempt(s) failed" in (result.error or "")
+    assert "retried=2" in repr(engine)
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A TCP server that accepts, reads, and never answers: an attempt must time out."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.1)
+    stop = threading.Event()
+    conns: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(0.1)
+            conns.append(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    for c in conns:
+        c.close()
+    srv.close()
+
+
+async def test_attempt_timeout_then_retry(silent_server: str, tmp_path: Path) -> None:
+    """Each attempt gets attempt_timeout; a hung store costs tries x that, then `timeout`."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    engine = await _engine(silent_server, tries=2, attempt_timeout=0.5)
+    start = time.monotonic()
+    try:
+        result = await engine.upload(_upload(path, "b", "k"), "default")
+    finally:
+        await engine.close()
+    elapsed = time.monotonic() - start
+    assert not result.ok and result.attempts == 2 and result.reason == "timeout"
+    assert 0.9 < elapsed < 10
