@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from posttroll.message import Message
 from trollpush import send
 from trollpush.receive import decode_message
 
-from .helpers import Listener, Producer, link, running_daemon
+from .helpers import Listener, Producer, link, running_daemon, wait_until
 
 
 def _body(s3: Any, bucket: str, key: str) -> bytes:
@@ -180,3 +181,25 @@ def test_upload_failure_is_announced_with_attempts(base_config: dict[str, Any],
     assert data["attempts"] == 1  # permanent: not retried
     assert data["uri"] == str(granule)
     assert data["destination"] == "s3://no-such-bucket-here/x"
+
+
+def test_sigterm_grace_answers_cut_off_requests(base_config: dict[str, Any], granule: Path,
+                                                silent_server: str,
+                                                ports: dict[str, int]) -> None:
+    """Shutdown waits `shutdown_grace`, then fails what is left loudly (and answers it)."""
+    base_config["endpoints"]["hung"] = {"url": silent_server, "attempt_timeout": 60,
+                                        "tries": 1}
+    base_config["daemon"]["shutdown_grace"] = 1
+    results: list[Any] = []
+    with running_daemon(base_config) as daemon:
+        worker = threading.Thread(target=lambda: results.append(send(
+            str(granule), "s3://b/k", server=f"tcp://127.0.0.1:{ports['req']}", timeout=60,
+            endpoint="hung")))
+        worker.start()
+        wait_until(lambda: daemon.transfer.active == 1, 15, "upload in progress")
+        start = time.monotonic()
+    stopped_after = time.monotonic() - start
+    worker.join(timeout=30)
+    assert stopped_after < 10  # grace 1 s, not the 60 s attempt timeout
+    assert results and not results[0].ok
+    assert results[0].message.data["reason"] == "shutdown"

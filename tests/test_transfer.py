@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from trollpush import EndpointConfig, SourceFile, TransferEngine, Upload
 
@@ -108,35 +103,6 @@ async def test_connection_refused_is_retried_then_fails(tmp_path: Path) -> None:
     assert result.reason == "upload_failed"
     assert "3 attempt(s) failed" in (result.error or "")
     assert "retried=2" in repr(engine)
-
-
-@pytest.fixture
-def silent_server() -> Iterator[str]:
-    """A TCP server that accepts, reads, and never answers: an attempt must time out."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    srv.settimeout(0.1)
-    stop = threading.Event()
-    conns: list[socket.socket] = []
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            conn.settimeout(0.1)
-            conns.append(conn)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
-    stop.set()
-    thread.join(timeout=5)
-    for c in conns:
-        c.close()
-    srv.close()
 
 
 async def test_attempt_timeout_then_retry(silent_server: str, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from .errors import (
                      TransferError,
                      TransferTimeout,
                      TrollpushError,
+    UsageError,
 )
 from .journal import Journal, MemoryJournal
 from .models import Job, Rejection, Request, SourceFile, Upload, UploadResult
@@ -46,5 +47,5 @@ __all__ = [
     # errors
     "TrollpushError", "ConfigError", "ConfigProblem", "MessageError", "RouteError", "Reason",
     "TransferError", "TransferTimeout", "PermanentTransferError", "RetriesExhausted",
-    "__version__",
+    "UsageError", "__version__",
 ]

@@ -90,8 +90,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     try:
         meta = parse_meta(args.meta or [])
-        result = send(args.file, args.dest, meta=meta, server=args.server, timeout=args.timeout,
-                      wait=not args.no_wait)
+        result = send(args.file, args.dest, meta=meta, endpoint=args.endpoint,
+                      server=args.server, timeout=args.timeout, wait=not args.no_wait)
     except Unreachable as err:
         print(f"trollpush send: {err}", file=sys.stderr)
         return 2
@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the file name")
     send.add_argument("--meta", action="append", metavar="KEY=VALUE",
                       help="metadata to pass on (repeatable)")
+    send.add_argument("--endpoint", help="the daemon's endpoint to use (default: the one "
+                                         "named `default`, or the only one)")
     send.add_argument("--server", default="tcp://127.0.0.1:15556",
                       help="the daemon's request address (default: %(default)s)")
     send.add_argument("--timeout", type=float, default=30.0,

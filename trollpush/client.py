@@ -18,7 +18,7 @@ import zmq
 from posttroll.message import Message
 
 from .announce import ACK_TYPE, FAILURE_TYPE, MULTIPLE_TYPE
-from .errors import Reason, TrollpushError
+from .errors import Reason, TrollpushError, UsageError
 from .receive import decode_message
 from .route import parse_destination
 
@@ -61,7 +61,7 @@ def parse_meta(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--meta {pair!r}: expected KEY=VALUE")
+            raise UsageError(f"--meta {pair!r}: expected KEY=VALUE")
         try:
             parsed = yaml.safe_load(value) if value else ""
         except yaml.YAMLError:
@@ -71,21 +71,28 @@ def parse_meta(pairs: list[str]) -> dict[str, Any]:
 
 
 def request_message(path: str, destination: str, *, meta: Mapping[str, Any] | None = None,
-                    wait: bool = True, subject: str = SEND_SUBJECT) -> Message:
-    """The request for one file; raises ValueError for a bad destination."""
+                    endpoint: str | None = None, wait: bool = True,
+                    subject: str = SEND_SUBJECT) -> Message:
+    """The request for one file; raises RouteError for a bad destination."""
     abspath = os.path.abspath(path)
     name = os.path.basename(abspath)
     bucket, key = parse_destination(destination, name)
     data = dict(meta or {})
     data.update({"uri": abspath, "uid": name, "destination": f"s3://{bucket}/{key}",
                  "reply": "both" if wait else "accepted"})
+    if endpoint is not None:
+        data["endpoint"] = endpoint
     return Message(subject, "file", data)
 
 
 def send(path: str, destination: str, *, meta: Mapping[str, Any] | None = None,
-         server: str = DEFAULT_SERVER, timeout: float = 30.0, wait: bool = True) -> SendResult:
-    """Submit one file and return the daemon's answer; Unreachable if it does not answer."""
-    message = request_message(path, destination, meta=meta, wait=wait)
+         endpoint: str | None = None, server: str = DEFAULT_SERVER, timeout: float = 30.0,
+         wait: bool = True) -> SendResult:
+    """Submit one file and return the daemon's answer; Unreachable if it does not answer.
+
+    A bad destination raises RouteError (reason ``bad_destination``) before anything is sent.
+    """
+    message = request_message(path, destination, meta=meta, endpoint=endpoint, wait=wait)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)

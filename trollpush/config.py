@@ -353,7 +353,7 @@ def _endpoints(v: _Validator, raw: object) -> dict[str, EndpointConfig]:
         if url and not re.match(r"^https?://[^\s/]+", url):
             v.problem(f"{p}url", url, "an http:// or https:// URL")
         if (e.get("access_key_id") is None) != (e.get("secret_access_key") is None):
-            v.problem(f"{p}secret_access_key", "<hidden>",
+            v.problem(f"{p}secret_access_key", e.get("secret_access_key"),
                       "access_key_id and secret_access_key given together, or neither")
         style = v.string(e, "addressing_style", p, default="auto") or "auto"
         if style not in ("auto", "path", "virtual"):

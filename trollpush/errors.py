@@ -7,6 +7,7 @@ downstream consumers of failure announcements can branch on it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -26,10 +27,16 @@ class ConfigProblem:
     expected: str
 
     def __str__(self) -> str:
-        return f"{self.key}: got {_show(self.value)}, expected {self.expected}"
+        return f"{self.key}: got {_show(self.key, self.value)}, expected {self.expected}"
 
 
-def _show(value: object) -> str:
+_SECRET_RE = re.compile(r"(secret|token|password|passwd|credential|private)", re.IGNORECASE)
+
+
+def _show(key: str, value: object) -> str:
+    """The value for an error message; hidden when the key looks like it holds a secret."""
+    if value is not None and _SECRET_RE.search(key.rsplit(".", 1)[-1]):
+        return "<hidden>"
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -42,6 +49,10 @@ class ConfigError(TrollpushError):
         self.source = source
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{source}: {len(self.problems)} problem(s)\n{lines}")
+
+
+class UsageError(TrollpushError):
+    """A command-line or API call was given arguments it cannot use."""
 
 
 # --- input: messages and requests ----------------------------------------------------

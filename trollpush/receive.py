@@ -214,11 +214,21 @@ class SubscribeReceiver:
             self._subscriber.close()
             self._subscriber = None
 
+    def _hooks(self) -> dict[Any, Callable[[Message], None]]:
+        """posttroll's hook sockets (the nameserver address listener, ``addr_listener``).
+
+        posttroll serves them inside its own receive loop and has no public accessor, so
+        they are read from its backend here; without them only static addresses work.
+        """
+        backend = getattr(self._subscriber, "_subscriber", None)
+        return dict(getattr(backend, "_hooks_cb", {}) or {})
+
     def _run(self) -> None:
         poller: zmq.Poller | None = None
         sockets: list[Any] = []
         while not self._stop.is_set():
-            current = list(self._subscriber.subscribers)
+            hooks = self._hooks()
+            current = list(self._subscriber.subscribers) + list(hooks)
             if poller is None or current != sockets:
                 poller, sockets = zmq.Poller(), current
                 for s in sockets:
@@ -241,8 +251,18 @@ class SubscribeReceiver:
                     except zmq.ZMQError as err:
                         logger.warning("subscribe receive failed: %s", err)
                         break
+                    if sock in hooks:
+                        self._hook(hooks[sock], raw)
+                        continue
                     self.received += 1
                     self._deliver(decode(raw, origin="subscribe"))
+
+    @staticmethod
+    def _hook(callback: Callable[[Message], None], raw: bytes) -> None:
+        try:
+            callback(decode_message(raw.decode("utf-8")))
+        except Exception as err:  # a bad address announcement must not stop the reader
+            logger.warning("nameserver address message ignored: %s", err)
 
     def _deliver(self, item: Request | Rejection) -> None:
         future = asyncio.run_coroutine_threadsafe(self._sink(item), self._loop)
