@@ -129,3 +129,28 @@ def test_demo_runs_end_to_end() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert "4/4 granules uploaded to both targets" in res.stdout
     assert "demo OK; daemon exited with 0" in res.stdout
+
+
+def test_log_config_dictconfig(base_config: dict[str, Any], tmp_path: Path) -> None:
+    """`-c/--log-config` takes a YAML dictConfig, as in the other pytroll daemons."""
+    logfile = tmp_path / "trollpush.log"
+    logcfg = tmp_path / "log.yaml"
+    logcfg.write_text(yaml.safe_dump({
+        "version": 1,
+        "formatters": {"plain": {"format": "%(levelname)s %(name)s %(message)s"}},
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(logfile),
+                              "formatter": "plain"}},
+        "root": {"level": "INFO", "handlers": ["file"]}}))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(base_config))
+    proc = subprocess.Popen([sys.executable, "-m", "trollpush", "run", str(cfg), "-c",
+                             str(logcfg)], env=os.environ.copy())
+    try:
+        wait_until(lambda: logfile.exists() and "trollpush ready" in logfile.read_text(), 30,
+                   "ready line in the configured log file")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    text = logfile.read_text()
+    assert "INFO trollpush.daemon stopped" in text
+    assert "testing-secret" not in text

@@ -203,3 +203,34 @@ def test_sigterm_grace_answers_cut_off_requests(base_config: dict[str, Any], gra
     assert stopped_after < 10  # grace 1 s, not the 60 s attempt timeout
     assert results and not results[0].ok
     assert results[0].message.data["reason"] == "shutdown"
+
+
+def test_requests_only_without_publishing(base_config: dict[str, Any], tmp_path: Path,
+                                          s3: Any, bucket: str, ports: dict[str, int]) -> None:
+    """No subscribe, no publish: a pure REQ/REP uploader (s3daemon's role); a dataset of
+    several files to a directory destination is answered once, whole."""
+    del base_config["subscribe"], base_config["publish"], base_config["targets"]
+    files = [tmp_path / f"seg{i}.dat" for i in range(3)]
+    for p in files:
+        p.write_bytes(os.urandom(3000))
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 15000)
+    try:
+        with running_daemon(base_config) as daemon:
+            sock.connect(f"tcp://127.0.0.1:{ports['req']}")
+            sock.send_string(Message("/x/", "dataset", {
+                "dataset": [{"uri": str(p), "uid": p.name} for p in files],
+                "destination": f"s3://{bucket}/segments/", "platform_name": "Metop-C"}).encode())
+            reply = decode_message(sock.recv_string())
+            assert "disabled" in repr(daemon.announcer)
+    finally:
+        sock.close()
+        ctx.term()
+    assert reply.type == "dataset" and reply.data["platform_name"] == "Metop-C"
+    assert [d["uri"] for d in reply.data["dataset"]] == [
+        f"s3://{bucket}/segments/{p.name}" for p in files]
+    for p in files:
+        assert s3.get_object(Bucket=bucket, Key=f"segments/{p.name}")["Body"].read() == \
+            p.read_bytes()

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, TrollpushError
+from .errors import ConfigError, TrollpushError, UsageError
 
 LOG_FORMAT = "[%(asctime)s %(levelname)-8s %(name)s] %(message)s"
 logger = logging.getLogger("trollpush")
@@ -24,8 +24,14 @@ logger = logging.getLogger("trollpush")
 def setup_logging(log_config: str | None, verbose: bool) -> None:
     """pytroll habit: ``-c/--log-config`` takes a YAML dictConfig; else a plain console log."""
     if log_config:
-        with open(log_config, encoding="utf-8") as fh:
-            logging.config.dictConfig(yaml.safe_load(fh))
+        try:
+            with open(log_config, encoding="utf-8") as fh:
+                settings = yaml.safe_load(fh)
+            # trollpush's module loggers exist before this runs: keep them unless told otherwise
+            settings.setdefault("disable_existing_loggers", False)
+            logging.config.dictConfig(settings)
+        except (OSError, yaml.YAMLError, ValueError, TypeError, AttributeError) as err:
+            raise UsageError(f"--log-config {log_config}: {err}") from err
     else:
         logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT,
                             stream=sys.stderr)
