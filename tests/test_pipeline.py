@@ -234,3 +234,13 @@ def test_requests_only_without_publishing(base_config: dict[str, Any], tmp_path:
     for p in files:
         assert s3.get_object(Bucket=bucket, Key=f"segments/{p.name}")["Body"].read() == \
             p.read_bytes()
+
+
+def test_no_wait_request_that_cannot_start_gets_the_failure(
+        base_config: dict[str, Any], granule: Path, ports: dict[str, int]) -> None:
+    """`--no-wait` returns on acceptance; a request that cannot even start is not 'accepted'."""
+    with running_daemon(base_config):
+        res = send(str(granule), "s3://b/k", server=f"tcp://127.0.0.1:{ports['req']}",
+                   timeout=15, wait=False, endpoint="nope")
+    assert not res.ok and res.message.data["reason"] == "bad_destination"
+    assert "nope" in (res.error or "")

@@ -201,7 +201,8 @@ class Daemon:
         await self.journal.accepted(request)
         self.counts["accepted"] += 1
         result = self.router.route(request)
-        if request.reply is not None and request.reply.wants_ack:
+        reply = request.reply
+        if reply is not None and reply.wants_ack and result.jobs:
             dests = [u.url for job in result.jobs for u in job.uploads]
             await request.reply.send(announce.ack(request, dests))
         messages: list[Message] = []
@@ -219,8 +220,9 @@ class Daemon:
             raise
         messages.extend(m for out in outcomes for m in out)
         await self.journal.finished(request)
-        if request.reply is not None and request.reply.wants_final and messages:
-            await request.reply.send(announce.combine(messages, request.subject))
+        # a request that could not start gets its failure even if it asked only for the ack
+        if reply is not None and (reply.wants_final or not result.jobs) and messages:
+            await reply.send(announce.combine(messages, request.subject))
 
     async def _run_job(self, job: Job) -> list[Message]:
         await self.journal.transferring(job)
