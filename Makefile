@@ -31,7 +31,7 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 bench: $(STAMP)
-	@echo "benchmarks arrive with the transfer-engine work (see docs/benchmarks.md)"
+	@echo "no benchmarks yet: they arrive with the long-haul transfer engine"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

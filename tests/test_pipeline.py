@@ -244,3 +244,44 @@ def test_no_wait_request_that_cannot_start_gets_the_failure(
                    timeout=15, wait=False, endpoint="nope")
     assert not res.ok and res.message.data["reason"] == "bad_destination"
     assert "nope" in (res.error or "")
+
+
+def test_send_notices_a_daemon_that_goes_away(base_config: dict[str, Any], granule: Path,
+                                              silent_server: str,
+                                              ports: dict[str, int]) -> None:
+    """The daemon accepted, then its connection closed: `send` ends with daemon_gone instead
+    of waiting forever.  (A graceful stop answers first, so the socket is torn down here the
+    hard way, as a crash would.)"""
+    base_config["endpoints"]["hung"] = {"url": silent_server, "attempt_timeout": 60, "tries": 1}
+    base_config["daemon"]["shutdown_grace"] = 0.5
+    results: list[Any] = []
+    with running_daemon(base_config) as daemon:
+        worker = threading.Thread(target=lambda: results.append(send(
+            str(granule), "s3://b/k", server=f"tcp://127.0.0.1:{ports['req']}",
+            endpoint="hung")))
+        worker.start()
+        wait_until(lambda: daemon.transfer.active == 1, 15, "upload in progress")
+        server = daemon.requests
+        assert server is not None and daemon._loop is not None
+        daemon._loop.call_soon_threadsafe(server.close)  # the socket dies as in a crash
+        worker.join(timeout=20)
+        assert not worker.is_alive()
+    assert results and not results[0].ok
+    assert results[0].message.data["reason"] == "daemon_gone"
+
+
+def test_own_announcements_heard_back_are_not_refused_loudly(
+        base_config: dict[str, Any], producer: Producer, listener: Listener,
+        granule: Path) -> None:
+    """failure/ack/multiple messages arriving as input are dropped quietly: refusing them
+    with a failure announcement would feed a loop when a daemon hears its own publisher."""
+    with running_daemon(base_config) as daemon:
+        link(producer, listener, "/new/file/viirs/")
+        before = daemon.counts["rejected"]  # the link probes were refused on purpose
+        for kind in ("failure", "ack", "multiple", "beat"):
+            producer.send("/new/file/viirs/", kind, {"uri": str(granule), "reason": "x"})
+        producer.send("/new/file/viirs/", "file", {"uri": str(granule)})
+        msgs = listener.wait_for(lambda ms: any(m.type == "file" for m in ms))
+        rejected = daemon.counts["rejected"] - before
+    assert [m.type for m in msgs] == ["file"]
+    assert rejected == 0

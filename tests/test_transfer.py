@@ -81,15 +81,6 @@ async def test_permanent_error_is_not_retried(s3_url: str, tmp_path: Path) -> No
     assert result.reason == "permanent_error" and "NoSuchBucket" in (result.error or "")
 
 
-async def test_file_vanishing_before_upload_fails_cleanly(s3_url: str, tmp_path: Path) -> None:
-    engine = await _engine(s3_url, tries=3)
-    try:
-        result = await engine.upload(_upload(tmp_path / "gone", "b", "k"), "default")
-    finally:
-        await engine.close()
-    assert not result.ok and result.attempts == 1 and "cannot read" in (result.error or "")
-
-
 async def test_connection_refused_is_retried_then_fails(tmp_path: Path) -> None:
     """A dead endpoint costs `tries` attempts, then a failure with the last reason."""
     path = tmp_path / "f"
@@ -118,3 +109,14 @@ async def test_attempt_timeout_then_retry(silent_server: str, tmp_path: Path) ->
     elapsed = time.monotonic() - start
     assert not result.ok and result.attempts == 2 and result.reason == "timeout"
     assert 0.9 < elapsed < 10
+
+
+async def test_file_gone_at_upload_time_is_file_missing(s3_url: str, tmp_path: Path) -> None:
+    """A file deleted between its announcement and its upload fails as file_missing."""
+    engine = await _engine(s3_url, tries=3)
+    try:
+        result = await engine.upload(_upload(tmp_path / "gone", "b", "k"), "default")
+    finally:
+        await engine.close()
+    assert not result.ok and result.attempts == 1 and "cannot read" in (result.error or "")
+    assert result.reason == "file_missing"

@@ -71,13 +71,15 @@ def cmd_match(args: argparse.Namespace) -> int:
 
     from .client import parse_meta
     from .config import load_config
-    from .receive import build_request
+    from .receive import build_request, decode_message
     from .route import Router
 
     config = load_config(args.config)
     path = str(Path(args.file).absolute())
     data = {**parse_meta(args.meta or []), "uri": path, "uid": Path(path).name}
-    request = build_request(Message(args.topic, "file", data), origin="cli", check=False)
+    # through the wire format, so values are typed exactly as the daemon would see them
+    message = decode_message(Message(args.topic, "file", data).encode())
+    request = build_request(message, origin="cli", check=False)
     result = Router(config).route(request)
     for job in result.jobs:
         for up in job.uploads:
@@ -97,7 +99,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     try:
         meta = parse_meta(args.meta or [])
         result = send(args.file, args.dest, meta=meta, endpoint=args.endpoint,
-                      server=args.server, timeout=args.timeout, wait=not args.no_wait)
+                      server=args.server, timeout=args.timeout,
+                      result_timeout=args.result_timeout, wait=not args.no_wait)
     except Unreachable as err:
         print(f"trollpush send: {err}", file=sys.stderr)
         return 2
@@ -137,8 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
                                          "named `default`, or the only one)")
     send.add_argument("--server", default="tcp://127.0.0.1:15556",
                       help="the daemon's request address (default: %(default)s)")
-    send.add_argument("--timeout", type=float, default=30.0,
-                      help="seconds to wait for the daemon (default: %(default)s)")
+    send.add_argument("--timeout", type=float, default=10.0,
+                      help="seconds to wait for the daemon to accept the request; exit 2 "
+                           "past it (default: %(default)s)")
+    send.add_argument("--result-timeout", type=float, default=None,
+                      help="seconds to wait for the result once accepted; exit 1 past it "
+                           "(default: as long as the daemon works on it)")
     send.add_argument("--no-wait", action="store_true",
                       help="return once the daemon has accepted the request")
     send.add_argument("--json", action="store_true", help="print the reply as JSON")

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 import zmq
 from posttroll.message import Message
+from zmq.utils.monitor import recv_monitor_message
 
 from .announce import ACK_TYPE, FAILURE_TYPE, MULTIPLE_TYPE
 from .errors import Reason, TrollpushError, UsageError
@@ -86,45 +87,71 @@ def request_message(path: str, destination: str, *, meta: Mapping[str, Any] | No
 
 
 def send(path: str, destination: str, *, meta: Mapping[str, Any] | None = None,
-         endpoint: str | None = None, server: str = DEFAULT_SERVER, timeout: float = 30.0,
-         wait: bool = True) -> SendResult:
-    """Submit one file and return the daemon's answer; Unreachable if it does not answer.
+         endpoint: str | None = None, server: str = DEFAULT_SERVER, timeout: float = 10.0,
+         result_timeout: float | None = None, wait: bool = True) -> SendResult:
+    """Submit one file and return the daemon's answer.
 
+    ``timeout`` bounds the wait for the daemon to accept (else Unreachable);
+    ``result_timeout`` bounds the wait for the result after that (None: as long as the
+    daemon works on it; a daemon that goes away ends the wait with ``daemon_gone``).
     A bad destination raises RouteError (reason ``bad_destination``) before anything is sent.
     """
     message = request_message(path, destination, meta=meta, endpoint=endpoint, wait=wait)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    deadline = time.monotonic() + timeout
+    # ZMTP heartbeats notice a daemon host that vanished without closing the connection
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 5000)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 30000)
+    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     try:
         sock.connect(server)
         sock.send_multipart([b"", message.encode().encode()])
-        first = _receive(sock, deadline)
-        if first is None:
+        first = _receive(sock, None, time.monotonic() + timeout)
+        if not isinstance(first, Message):
             raise Unreachable(f"no answer from the daemon at {server} within {timeout:g} s")
         if first.type != ACK_TYPE or not wait:
-            return SendResult(first.type not in (FAILURE_TYPE, MULTIPLE_TYPE)
-                              or not _failures(first), first)
-        final = _receive(sock, deadline)
+            return SendResult(not _failures(first), first)
+        deadline = None if result_timeout is None else time.monotonic() + result_timeout
+        final = _receive(sock, monitor, deadline)
+        if isinstance(final, Message):
+            return SendResult(not _failures(final), final)
         if final is None:
-            timeout_msg = Message(first.subject, FAILURE_TYPE, {
-                "uri": message.data["uri"], "destination": message.data["destination"],
-                "reason": Reason.TIMEOUT, "attempts": 0,
-                "error": f"accepted, but no result within {timeout:g} s "
-                         "(the daemon carries on with the upload)"})
-            return SendResult(False, timeout_msg)
-        return SendResult(not _failures(final), final)
+            reason, error = Reason.TIMEOUT, (f"accepted, but no result within "
+                                             f"{result_timeout:g} s (the daemon carries on)")
+        else:
+            reason, error = Reason.DAEMON_GONE, ("the daemon accepted the request, then its "
+                                                 "connection closed before the result")
+        return SendResult(False, Message(first.subject, FAILURE_TYPE, {
+            "uri": message.data["uri"], "destination": message.data["destination"],
+            "reason": reason, "error": error, "attempts": 0}))
     finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
         sock.close(linger=0)
         ctx.term()
 
 
-def _receive(sock: zmq.Socket[bytes], deadline: float) -> Message | None:
+_GONE = object()
+
+
+def _receive(sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes] | None,
+             deadline: float | None) -> Message | object | None:
+    """The next reply; None at the deadline; _GONE if the connection to the daemon closed."""
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    if monitor is not None:
+        poller.register(monitor, zmq.POLLIN)
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or not sock.poll(int(left * 1000) + 1):
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
             return None
-        frames = sock.recv_multipart()
-        if frames and frames[-1]:
-            return decode_message(frames[-1].decode())
+        ready = dict(poller.poll(None if left is None else int(left * 1000) + 1))
+        if ready.get(sock):
+            frames = sock.recv_multipart()
+            if frames and frames[-1]:
+                return decode_message(frames[-1].decode())
+        elif monitor is not None and ready.get(monitor):
+            event = recv_monitor_message(monitor)
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                return _GONE

@@ -6,7 +6,9 @@ was expected.  The YAML schema is documented in ``docs/config.md``.
 
 from __future__ import annotations
 
+import math
 import re
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,8 @@ from .errors import ConfigError, ConfigProblem
 
 Scalar = str | int | float | bool
 
-_FIELD_RE = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)")
+#: a named field, optionally indexed or with attributes: {sensor[0]}, {start_time.year}
+_NAMED_FIELD_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*|\[[^\]]+\])*")
 _ADDRESS_RE = re.compile(r"^(tcp://[^\s:]+:\d+|ipc://\S+|inproc://\S+)$")
 
 
@@ -134,8 +137,13 @@ class Config:
         if self.requests:
             lines.append(f"input  requests: REQ/REP on {self.requests.address}")
         if self.publish:
-            lines.append(f"output publish: {self.publish.settings.get('address') or 'nameserver'}"
-                         f" as {self.publish.settings.get('name')!r}, default topic "
+            s = self.publish.settings
+            if s.get("nameservers") is False:
+                where = s.get("address") or f"port {s.get('port')}"
+            else:
+                ns = s.get("nameservers") or "multicast"
+                where = f"a random port, registered with {ns}"
+            lines.append(f"output publish: {where} as {s.get('name')!r}, default topic "
                          f"{self.publish.topic}, failures on {self.publish.failure_topic}")
         else:
             lines.append("output publish: disabled (completions are not announced)")
@@ -165,10 +173,18 @@ def load_config(path: str | Path) -> Config:
     except OSError as err:
         raise ConfigError([ConfigProblem("<file>", src, f"a readable file ({err.strerror})")],
                           src) from err
+    except UnicodeDecodeError as err:
+        raise ConfigError([ConfigProblem("<file>", src, f"UTF-8 text (byte {err.start} is not)")],
+                          src) from err
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError([ConfigProblem("<yaml>", src, f"valid YAML ({err})")], src) from err
+        # only the problem and its position: PyYAML's snippet could echo a secret
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError([ConfigProblem("<yaml>", src, f"valid YAML ({what}{where})")],
+                          src) from err
     return parse_config(data, source=src)
 
 
@@ -186,6 +202,7 @@ def parse_config(data: object, *, source: str = "<config>") -> Config:
     daemon = _daemon(v, data.get("daemon"))
     if subscribe is None and requests is None:
         v.problem("subscribe/requests", None, "at least one input section (subscribe or requests)")
+    _check_loop(v, subscribe, publish, targets)
     if subscribe is not None and not targets:
         v.problem("targets", data.get("targets"),
                   "at least one target when `subscribe` is set (messages need routes)")
@@ -239,8 +256,9 @@ class _Validator:
         if isinstance(value, bool) or not isinstance(value, ok_type):
             self.problem(f"{prefix}{key}", value, f"{kind} >= {minimum:g}")
             return default
-        if value < minimum:
-            self.problem(f"{prefix}{key}", value, f"{kind} >= {minimum:g}")
+        if not math.isfinite(value) or value < minimum:
+            self.problem(f"{prefix}{key}", value, f"a finite {kind[2:] if integer else 'number'}"
+                         f" >= {minimum:g}")
             return default
         return value
 
@@ -262,8 +280,7 @@ class _Validator:
 
 
 #: keys passed on to posttroll's create_subscriber_from_dict_config / publisher equivalent
-_SUBSCRIBE_KEYS = {"topics", "nameserver", "addresses", "services", "addr_listener", "timeout",
-                   "translate"}
+_SUBSCRIBE_KEYS = {"topics", "nameserver", "addresses", "services", "addr_listener", "timeout"}
 _PUBLISH_KEYS = {"name", "address", "port", "nameservers", "aliases", "broadcast_interval",
                  "min_port", "max_port", "topic", "failure_topic"}
 
@@ -275,8 +292,8 @@ def _subscribe(v: _Validator, raw: object) -> SubscribeConfig | None:
     v.no_unknown(data, "subscribe.", _SUBSCRIBE_KEYS)
     settings = dict(data)
     settings["topics"] = list(v.topics(data.get("topics"), "subscribe.topics"))
-    if not data.get("topics"):
-        v.problem("subscribe.topics", data.get("topics"), "a non-empty list of topic strings")
+    if data.get("topics") is None:
+        v.problem("subscribe.topics", None, "a non-empty list of topic strings")
     ns = data.get("nameserver", None)
     if ns is not False and ns is not None and not isinstance(ns, str):
         v.problem("subscribe.nameserver", ns, "false, or a nameserver host name")
@@ -412,6 +429,8 @@ def _targets(v: _Validator, raw: object,
         publish_topic = t.get("publish_topic")
         if publish_topic is not None:
             publish_topic = v.topic(publish_topic, f"{p}publish_topic")
+            if publish_topic is not None:
+                _check_template(v, publish_topic, f"{p}publish_topic")
         conditions, excepts = _conditions(v, t.get("conditions"), f"{p}conditions")
         out.append(TargetConfig(
             name=name, destination=destination or "", endpoint=endpoint or "",
@@ -439,10 +458,21 @@ def _check_destination(v: _Validator, destination: str, key: str) -> None:
     bucket = rest.split("/", 1)[0]
     if not bucket:
         v.problem(key, destination, "a bucket name after s3://")
+    _check_template(v, destination, key)
+
+
+def _check_template(v: _Validator, template: str, key: str) -> None:
+    """A trollsift template whose fields are all named ({name} or {name:format})."""
     try:
-        trollsift.parser.get_convert_dict(destination)
+        trollsift.parser.get_convert_dict(template)
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except (ValueError, re.error, KeyError, IndexError) as err:
-        v.problem(key, destination, f"a valid trollsift template ({err})")
+        v.problem(key, template, f"a valid trollsift template ({err})")
+        return
+    for name in fields:
+        if not _NAMED_FIELD_RE.fullmatch(name):
+            v.problem(key, template, f"named fields like {{platform_name}}, not {{{name}}}")
+            return
 
 
 def _scalars(v: _Validator, value: object, key: str) -> tuple[Scalar, ...]:
@@ -466,7 +496,7 @@ def _conditions(v: _Validator, raw: object, key: str
     for name, value in data.items():
         if name == "except":
             block = v.mapping(value, f"{key}.except")
-            if block is not None and not block:
+            if value is None or (block is not None and not block):
                 v.problem(f"{key}.except", value, "a non-empty mapping of field: value(s)")
             for ename, evalue in (block or {}).items():
                 excepts[str(ename)] = _scalars(v, evalue, f"{key}.except.{ename}")
@@ -491,6 +521,35 @@ def _aliases(v: _Validator, raw: object, key: str) -> Mapping[str, Mapping[str, 
     return MappingProxyType(out)
 
 
+def _check_loop(v: _Validator, subscribe: SubscribeConfig | None, publish: PublishConfig | None,
+                targets: list[TargetConfig]) -> None:
+    """Refuse a daemon that would hear its own announcements: each would come back as input."""
+    if subscribe is None or publish is None:
+        return
+    sub, pub = subscribe.settings, publish.settings
+    if sub.get("nameserver") is False:
+        hears_self = pub.get("address") in (sub.get("addresses") or [])
+    else:
+        services = sub.get("services", "")
+        services = [services] if isinstance(services, str) else list(services or [])
+        hears_self = pub.get("nameservers") is not False and (
+            not services or "" in services or pub.get("name") in services)
+    if not hears_self:
+        return
+    outputs = {"publish.topic": publish.topic, "publish.failure_topic": publish.failure_topic}
+    outputs.update({f"targets[{i}].publish_topic": t.publish_topic
+                    for i, t in enumerate(targets) if t.publish_topic})
+    for i, topic in enumerate(subscribe.topics):
+        for key, out in outputs.items():
+            static = out.split("{", 1)[0]
+            if static.startswith(topic) or ("{" in out and topic.startswith(static)):
+                v.problem(f"subscribe.topics[{i}]", topic,
+                          f"a topic that does not match trollpush's own {key} {out!r} "
+                          "(the daemon subscribes to its own publisher: announcements would "
+                          "come back as input)")
+                break  # one problem per topic is enough
+
+
 def _daemon(v: _Validator, raw: object) -> DaemonConfig:
     data = v.mapping(raw, "daemon")
     if data is None:
@@ -502,7 +561,3 @@ def _daemon(v: _Validator, raw: object) -> DaemonConfig:
         shutdown_grace=float(v.number(data, "shutdown_grace", "daemon.", 30.0)),
     )
 
-
-def template_fields(template: str) -> list[str]:
-    """Names of the fields a trollsift template uses, in order, without repeats."""
-    return list(dict.fromkeys(_FIELD_RE.findall(template)))

@@ -28,8 +28,11 @@ from .transfer import TransferEngine
 
 logger = logging.getLogger(__name__)
 
-#: message types that are normal pub-sub traffic, not requests: dropped quietly
-QUIET_TYPES = frozenset({"beat"})
+#: pub-sub message types that are never requests, dropped with a debug line: heartbeats,
+#: and trollpush's own announcements (refusing those loudly would feed a loop when a
+#: daemon hears its own publisher)
+QUIET_TYPES = frozenset({"beat", announce.FAILURE_TYPE, announce.ACK_TYPE,
+                         announce.MULTIPLE_TYPE})
 
 
 class Daemon:
@@ -136,10 +139,10 @@ class Daemon:
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if isinstance(item, Request):
-                await self._refuse(Rejection(Reason.SHUTDOWN, "the daemon stopped before "
-                                             "starting this request", item.origin,
-                                             subject=item.subject, uri=item.files[0].uri,
-                                             metadata=item.metadata, reply=item.reply))
+                item = Rejection(Reason.SHUTDOWN, "the daemon stopped before starting this "
+                                 "request", item.origin, subject=item.subject,
+                                 uri=item.files[0].uri, metadata=item.metadata, reply=item.reply)
+            await self._refuse(item)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -183,9 +186,8 @@ class Daemon:
             logger.error("request task crashed", exc_info=task.exception())
 
     async def _refuse(self, item: Rejection) -> None:
-        if item.reason == Reason.UNSUPPORTED_TYPE and item.origin == "subscribe" and any(
-                item.detail.startswith(f"message type {t!r}") for t in QUIET_TYPES):
-            logger.debug("ignored %s", item.detail)
+        if item.origin == "subscribe" and item.message_type in QUIET_TYPES:
+            logger.debug("ignored %s message on %s", item.message_type, item.subject)
             return
         self.counts["rejected"] += 1
         logger.warning("rejected %s message%s: %s (%s)", item.origin,
@@ -204,7 +206,7 @@ class Daemon:
         reply = request.reply
         if reply is not None and reply.wants_ack and result.jobs:
             dests = [u.url for job in result.jobs for u in job.uploads]
-            await request.reply.send(announce.ack(request, dests))
+            await reply.send(announce.ack(request, dests))
         messages: list[Message] = []
         for fail in result.failures:
             self.counts["failed"] += 1

@@ -27,7 +27,7 @@ import yaml
 from .client import Unreachable, send
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_CONFIG = HERE.parent / "examples" / "demo.yaml"
+DEFAULT_CONFIG = HERE / "demo.yaml"  # examples/demo.yaml, shipped inside the package
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo-secret",
                "AWS_DEFAULT_REGION": "us-east-1"}
 

@@ -26,17 +26,56 @@ class ConfigProblem:
     value: object
     expected: str
 
+    def __post_init__(self) -> None:
+        # a value that may be (or contain) a secret is never kept, so no str/repr can leak it
+        object.__setattr__(self, "value", _safe(self.key, self.value))
+
     def __str__(self) -> str:
-        return f"{self.key}: got {_show(self.key, self.value)}, expected {self.expected}"
+        return f"{self.key}: got {_show(self.value)}, expected {self.expected}"
 
 
 _SECRET_RE = re.compile(r"(secret|token|password|passwd|credential|private)", re.IGNORECASE)
 
 
-def _show(key: str, value: object) -> str:
-    """The value for an error message; hidden when the key looks like it holds a secret."""
-    if value is not None and _SECRET_RE.search(key.rsplit(".", 1)[-1]):
+class _Hidden:
+    def __repr__(self) -> str:
         return "<hidden>"
+
+
+class _Summary:
+    """What stands for a value that holds credentials."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _safe(key: str, value: object) -> object:
+    if value is not None and _is_secret_key(key.rsplit(".", 1)[-1]):
+        return _Hidden()
+    if _holds_secret(value):
+        if isinstance(value, dict):
+            return _Summary(f"a mapping with keys [{', '.join(str(k) for k in value)}]")
+        return _Summary("a value holding credentials")
+    return value
+
+
+def _is_secret_key(key: object) -> bool:
+    return isinstance(key, str) and _SECRET_RE.search(key) is not None
+
+
+def _holds_secret(value: object) -> bool:
+    """Whether a (nested) mapping has a key that looks like it holds a secret."""
+    if isinstance(value, dict):
+        return any(_is_secret_key(k) or _holds_secret(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_secret(v) for v in value)
+    return False
+
+
+def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -75,6 +114,7 @@ class Reason:
     TIMEOUT = "timeout"
     PERMANENT = "permanent_error"
     SHUTDOWN = "shutdown"
+    DAEMON_GONE = "daemon_gone"  # client side: the daemon went away after accepting
 
 
 class MessageError(TrollpushError):
@@ -98,9 +138,11 @@ class TransferError(TrollpushError):
 
     reason = Reason.UPLOAD_FAILED
 
-    def __init__(self, detail: str, *, attempts: int = 1) -> None:
+    def __init__(self, detail: str, *, attempts: int = 1, reason: str | None = None) -> None:
         self.detail = detail
         self.attempts = attempts
+        if reason is not None:
+            self.reason = reason
         super().__init__(detail)
 
 

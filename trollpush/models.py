@@ -122,3 +122,4 @@ class Rejection:
     destination: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     reply: Replier | None = None
+    message_type: str | None = None  # the posttroll type, when the frame decoded that far

@@ -49,11 +49,16 @@ def local_path(uri: str) -> Path:
     """The local path a uri names; MessageError if it is remote or not a path."""
     if not isinstance(uri, str) or not uri:
         raise MessageError(Reason.MISSING_URI, f"uri must be a non-empty string, got {uri!r}")
+    if "\x00" in uri:
+        raise MessageError(Reason.BAD_MESSAGE, f"{uri!r}: NUL in the uri")
     if "://" not in uri:
         path = uri
     else:
-        parts = urlsplit(uri)
-        host = (parts.hostname or "").lower()
+        try:
+            parts = urlsplit(uri)
+            host = (parts.hostname or "").lower()
+        except ValueError as err:
+            raise MessageError(Reason.BAD_MESSAGE, f"{uri!r}: not a valid URI ({err})") from err
         if parts.scheme not in ("file", "ssh", "scp", "sftp"):
             raise MessageError(Reason.REMOTE_FILE,
                                f"{uri}: scheme {parts.scheme!r} is not a local file")
@@ -61,6 +66,8 @@ def local_path(uri: str) -> Path:
             raise MessageError(Reason.REMOTE_FILE,
                                f"{uri}: the file is on host {host!r}, not on this host")
         path = unquote(parts.path)
+        if "\x00" in path:
+            raise MessageError(Reason.BAD_MESSAGE, f"{uri!r}: NUL in the path")
     if not os.path.isabs(path):
         raise MessageError(Reason.BAD_MESSAGE, f"{uri}: the path must be absolute")
     return Path(os.path.normpath(path))
@@ -74,6 +81,8 @@ def check_file(path: Path, uri: str) -> None:
         raise MessageError(Reason.FILE_MISSING, f"{uri}: no such file") from err
     except OSError as err:
         raise MessageError(Reason.FILE_UNREADABLE, f"{uri}: {err.strerror}") from err
+    except ValueError as err:  # e.g. a lone surrogate the file system cannot encode
+        raise MessageError(Reason.BAD_MESSAGE, f"{uri!r}: not a usable path ({err})") from err
     if not stat.S_ISREG(st.st_mode):
         raise MessageError(Reason.NOT_A_FILE, f"{uri}: not a regular file")
     if not os.access(path, os.R_OK):
@@ -169,7 +178,12 @@ def decode(raw: bytes, *, origin: str, reply: Replier | None = None) -> Request 
         dest = data.get("destination") if isinstance(data.get("destination"), str) else None
         meta = {k: v for k, v in data.items() if k not in FILE_KEYS | RESERVED_KEYS}
         return Rejection(err.reason, err.detail, origin, subject=message.subject, uri=uri,
-                         destination=dest, metadata=meta, reply=reply)
+                         destination=dest, metadata=meta, reply=reply, message_type=message.type)
+    except Exception as err:  # last line of defence: one frame must never stop a loop
+        logger.exception("unexpected error decoding a %s message", origin)
+        return Rejection(Reason.BAD_MESSAGE, f"cannot read the message ({type(err).__name__})",
+                         origin, subject=message.subject, reply=reply,
+                         message_type=message.type)
 
 
 # --- posttroll pub-sub -----------------------------------------------------------------
@@ -340,10 +354,12 @@ class RequestServer:
             self._task = None
 
     def close(self) -> None:
+        """Close the socket (peers see the connection end); safe to call twice."""
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
-        self._ctx.term()
+        if not self._ctx.closed:
+            self._ctx.term()
 
     async def _serve(self) -> None:
         assert self._sock is not None
@@ -372,8 +388,11 @@ class RequestServer:
         data = item.data if isinstance(item, Request) else None
         mode = data.get("reply", "final") if data is not None else "final"
         if mode not in REPLY_MODES:
+            assert isinstance(item, Request)
             return Rejection(Reason.BAD_MESSAGE,
                              f"reply {mode!r} is not one of {', '.join(REPLY_MODES)}",
-                             "request", reply=reply)
+                             "request", subject=item.subject, uri=item.files[0].uri,
+                             destination=item.destination, metadata=item.metadata, reply=reply,
+                             message_type=item.type)
         reply.mode = mode
         return item

@@ -201,6 +201,6 @@ def _compose(template: str, meta: Mapping[str, Any], where: str) -> str:
         have = ", ".join(sorted(str(k) for k in meta))
         raise RouteError(Reason.COMPOSE_ERROR,
                          f"{where}: unknown field {{{err.args[0]}}} (have: {have})") from err
-    except (ValueError, TypeError) as err:
-        raise RouteError(Reason.COMPOSE_ERROR, f"{where}: cannot compose {template!r}: {err}"
-                         ) from err
+    except Exception as err:  # trollsift/format raise many kinds (Index, Attribute, Value...)
+        raise RouteError(Reason.COMPOSE_ERROR, f"{where}: cannot compose {template!r}: "
+                         f"{type(err).__name__}: {err}") from err

@@ -23,7 +23,7 @@ from aiobotocore.session import AioSession
 from botocore.handlers import add_expect_header
 
 from .config import EndpointConfig
-from .errors import PermanentTransferError, RetriesExhausted, TransferError, TransferTimeout
+from .errors import PermanentTransferError, Reason, RetriesExhausted, TransferError, TransferTimeout
 from .models import Upload, UploadResult
 
 logger = logging.getLogger(__name__)
@@ -150,8 +150,10 @@ class TransferEngine:
         try:
             body, size = await asyncio.to_thread(_open, upload.source.path)
         except OSError as err:
-            raise PermanentTransferError(f"cannot read {upload.source.path}: {err.strerror}"
-                                         ) from err
+            reason = (Reason.FILE_MISSING if isinstance(err, FileNotFoundError)
+                      else Reason.FILE_UNREADABLE)
+            raise PermanentTransferError(f"cannot read {upload.source.path}: {err.strerror}",
+                                         reason=reason) from err
         try:
             async with asyncio.timeout(ep.config.attempt_timeout):
                 response = await ep.client.put_object(Bucket=upload.bucket, Key=upload.key,
