@@ -7,12 +7,12 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# one resolution for everything: aiobotocore and boto3 (via moto) both pin botocore
 $(STAMP): pyproject.toml
 	@PYTHON=$$(tools/find-python) && echo "using $$PYTHON" && \
 	  { [ -x $(PY) ] && $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 12))' || \
 	    $$PYTHON -m venv --clear $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
-	# one resolution for everything: aiobotocore and boto3 (via moto) both pin botocore
 	$(PY) -m pip install --quiet -e '.[demo,test]'
 	@touch $(STAMP)
 
@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/trollpush demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check trollpush tests benchmarks
+	$(VENV)/bin/ruff check trollpush tests $(wildcard benchmarks/*.py)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
