@@ -188,7 +188,7 @@ def test_sigterm_grace_answers_cut_off_requests(base_config: dict[str, Any], gra
                                                 ports: dict[str, int]) -> None:
     """Shutdown waits `shutdown_grace`, then fails what is left loudly (and answers it)."""
     base_config["endpoints"]["hung"] = {"url": silent_server, "attempt_timeout": 60,
-                                        "tries": 1}
+                                        "tries": 1, "connect_timeout": 0.5}
     base_config["daemon"]["shutdown_grace"] = 1
     results: list[Any] = []
     with running_daemon(base_config) as daemon:
@@ -252,7 +252,8 @@ def test_send_notices_a_daemon_that_goes_away(base_config: dict[str, Any], granu
     """The daemon accepted, then its connection closed: `send` ends with daemon_gone instead
     of waiting forever.  (A graceful stop answers first, so the socket is torn down here the
     hard way, as a crash would.)"""
-    base_config["endpoints"]["hung"] = {"url": silent_server, "attempt_timeout": 60, "tries": 1}
+    base_config["endpoints"]["hung"] = {"url": silent_server, "attempt_timeout": 60, "tries": 1,
+                                        "connect_timeout": 0.5}
     base_config["daemon"]["shutdown_grace"] = 0.5
     results: list[Any] = []
     with running_daemon(base_config) as daemon:

@@ -50,7 +50,7 @@ async def test_upload_streams_file_and_sends_no_expect_header(
 async def test_uploads_are_bounded_by_max_connections(s3_url: str, s3: Any, bucket: str,
                                                       tmp_path: Path) -> None:
     """Never more uploads at once than the endpoint's max_connections."""
-    engine = await _engine(s3_url, max_connections=3)
+    engine = await _engine(s3_url, max_parallel=3)
     seen: list[int] = []
     engine.client("default").meta.events.register(
         "before-send.s3", lambda **_: seen.append(engine.active))
@@ -118,5 +118,5 @@ async def test_file_gone_at_upload_time_is_file_missing(s3_url: str, tmp_path: P
         result = await engine.upload(_upload(tmp_path / "gone", "b", "k"), "default")
     finally:
         await engine.close()
-    assert not result.ok and result.attempts == 1 and "cannot read" in (result.error or "")
+    assert not result.ok and result.attempts == 0 and "cannot read" in (result.error or "")
     assert result.reason == "file_missing"

@@ -46,8 +46,11 @@ def completion(job: Job, results: Sequence[UploadResult]) -> Message:
 
 
 def _object_fields(result: UploadResult) -> dict[str, Any]:
-    return {"uri": result.upload.url, "uid": posixpath.basename(result.upload.key),
-            "size": result.size}
+    fields: dict[str, Any] = {"uri": result.upload.url,
+                              "uid": posixpath.basename(result.upload.key), "size": result.size}
+    if result.checksum:
+        fields["checksum"] = f"{result.checksum_algorithm}:{result.checksum}"
+    return fields
 
 
 def _rebuild_items(items: Sequence[Mapping[str, Any]],

@@ -18,9 +18,23 @@ from typing import Any
 import trollsift
 import yaml
 
+from .checksum import ALGORITHMS
 from .errors import ConfigError, ConfigProblem
 
 Scalar = str | int | float | bool
+MiB = 1024 * 1024
+_BYTE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2,
+               "g": 1000**3, "gb": 1000**3, "kib": 1024, "mib": MiB, "gib": 1024**3}
+_BIT_UNITS = {"": 1, "bit": 1, "bps": 1, "kbit": 1e3, "kbps": 1e3, "mbit": 1e6, "mbps": 1e6,
+              "gbit": 1e9, "gbps": 1e9}
+_QUANTITY_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*(?:/s)?\s*$")
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", MiB), ("KiB", 1024)):
+        if n >= scale:
+            return f"{n / scale:g}{unit}"
+    return f"{n:g}B"
 
 #: a named field, optionally indexed or with attributes: {sensor[0]}, {start_time.year}
 _NAMED_FIELD_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*|\[[^\]]+\])*")
@@ -66,19 +80,43 @@ class EndpointConfig:
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
     addressing_style: str = "auto"
+    # pool: connections opened at start and kept warm through idle gaps
     max_connections: int = 32
-    tries: int = 3
-    attempt_timeout: float = 300.0
-    connect_timeout: float = 10.0
+    prewarm: int = 8
+    keepalive_interval: float = 15.0
     keepalive_timeout: float = 3600.0
+    tcp_keepalive: bool = True
+    connect_timeout: float = 5.0
+    # concurrency and multipart (names as in s3transfer)
+    max_parallel: int = 32
+    queue_timeout: float = 300.0
+    multipart_threshold: int = 64 * MiB
+    multipart_chunksize: int = 16 * MiB
+    max_parts_in_flight: int = 8
+    # time budget per attempt: (attempt_timeout + bytes / min_throughput) x factor^(n-1)
+    attempt_timeout: float = 10.0
+    min_throughput: float = 1 * MiB
+    timeout_factor: float = 1.5
+    tries: int = 4
+    bandwidth_limit: float | None = None  # bits per second, shared by all uploads
+    checksum: str = "crc32c"
+
+    def attempt_budget(self, size: int, attempt: int) -> float:
+        """Seconds allowed for attempt number ``attempt`` (1-based) of a ``size``-byte body."""
+        base = self.attempt_timeout + size / self.min_throughput
+        return float(base * self.timeout_factor ** (attempt - 1))
 
     def summary(self) -> str:
         """One line for logs and ``check``: never shows secrets."""
         creds = "explicit keys" if self.access_key_id else (
             f"profile {self.profile}" if self.profile else "default credential chain")
+        limit = (f" bandwidth_limit={self.bandwidth_limit / 1e6:g}Mbit/s"
+                 if self.bandwidth_limit else "")
         return (f"{self.name}: {self.url or 'AWS'} region={self.region or 'default'} "
-                f"({creds}) max_connections={self.max_connections} tries={self.tries} "
-                f"attempt_timeout={self.attempt_timeout:g}s")
+                f"({creds}) max_parallel={self.max_parallel} prewarm={self.prewarm} "
+                f"tries={self.tries} attempt_timeout={self.attempt_timeout:g}s "
+                f"multipart>={_human(self.multipart_threshold)} "
+                f"checksum={self.checksum}{limit}")
 
 
 @dataclass(frozen=True)
@@ -124,6 +162,15 @@ class Config:
         if len(self.endpoints) == 1:
             return next(iter(self.endpoints))
         return None
+
+    def warm_buckets(self) -> dict[str, str]:
+        """A bucket per endpoint whose HEAD keeps connections warm (a fixed target bucket)."""
+        out: dict[str, str] = {}
+        for t in self.targets:
+            bucket = t.destination[len("s3://"):].split("/", 1)[0]
+            if "{" not in bucket:
+                out.setdefault(t.endpoint, bucket)
+        return out
 
     def summary(self) -> str:
         """Human summary for ``trollpush check``; never contains secrets."""
@@ -262,6 +309,33 @@ class _Validator:
             return default
         return value
 
+    def quantity(self, data: Mapping[str, Any], key: str, prefix: str, default: float | None,
+                 units: Mapping[str, float], example: str, *, minimum: float = 0.0
+                 ) -> float | None:
+        """A number, or a string with a unit (``16MiB``, ``100Mbit``)."""
+        value = data.get(key)
+        if value is None:
+            return default
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number: float | None = float(value)
+        elif isinstance(value, str) and (m := _QUANTITY_RE.match(value)) and \
+                m.group(2).lower() in units:
+            number = float(m.group(1)) * units[m.group(2).lower()]
+        else:
+            number = None
+        if number is None or not math.isfinite(number) or number < minimum:
+            self.problem(f"{prefix}{key}", value,
+                         f"a number >= {minimum:g} or a string with a unit like {example}")
+            return default
+        return number
+
+    def boolean(self, data: Mapping[str, Any], key: str, prefix: str, default: bool) -> bool:
+        value = data.get(key, default)
+        if not isinstance(value, bool):
+            self.problem(f"{prefix}{key}", value, "true or false")
+            return default
+        return value
+
     def topic(self, value: object, key: str) -> str | None:
         if not isinstance(value, str) or not value or any(c.isspace() for c in value):
             self.problem(key, value, "a posttroll subject: a non-empty string without whitespace")
@@ -350,8 +424,13 @@ def _publish(v: _Validator, raw: object) -> PublishConfig | None:
 
 
 _ENDPOINT_KEYS = {"url", "region", "profile", "access_key_id", "secret_access_key",
-                  "session_token", "addressing_style", "max_connections", "tries",
-                  "attempt_timeout", "connect_timeout", "keepalive_timeout"}
+                  "session_token", "addressing_style", "max_connections", "prewarm",
+                  "keepalive_interval", "keepalive_timeout", "tcp_keepalive",
+                  "connect_timeout", "max_parallel", "queue_timeout", "multipart_threshold",
+                  "multipart_chunksize", "max_parts_in_flight", "attempt_timeout",
+                  "min_throughput", "timeout_factor", "tries", "bandwidth_limit", "checksum"}
+_MIN_PART = 5 * MiB
+_MAX_PART = 5 * 1024 * MiB
 
 
 def _endpoints(v: _Validator, raw: object) -> dict[str, EndpointConfig]:
@@ -375,17 +454,62 @@ def _endpoints(v: _Validator, raw: object) -> dict[str, EndpointConfig]:
         style = v.string(e, "addressing_style", p, default="auto") or "auto"
         if style not in ("auto", "path", "virtual"):
             v.problem(f"{p}addressing_style", style, "one of auto, path, virtual")
+        checksum = v.string(e, "checksum", p, default="crc32c") or "crc32c"
+        if checksum not in ALGORITHMS:
+            v.problem(f"{p}checksum", checksum, f"one of {', '.join(ALGORITHMS)}")
+            checksum = "crc32c"
+        d = EndpointConfig
+        # each defaults to follow the other, so setting either one is enough
+        max_connections = v.number(e, "max_connections", p,
+                                   max(d.max_connections, e.get("max_parallel") or 0)
+                                   if isinstance(e.get("max_parallel"), int) else
+                                   d.max_connections, minimum=1, integer=True)
+        max_parallel = v.number(e, "max_parallel", p, min(d.max_parallel, max_connections),
+                                minimum=1, integer=True)
+        if max_connections < max_parallel:
+            v.problem(f"{p}max_connections", max_connections,
+                      f"at least max_parallel ({max_parallel}): every upload needs a connection")
+        prewarm = v.number(e, "prewarm", p, min(d.prewarm, max_connections), integer=True)
+        if prewarm > max_connections:
+            v.problem(f"{p}prewarm", prewarm, f"at most max_connections ({max_connections})")
+        chunk = v.quantity(e, "multipart_chunksize", p, d.multipart_chunksize, _BYTE_UNITS,
+                           "16MiB", minimum=_MIN_PART) or d.multipart_chunksize
+        if chunk > _MAX_PART:
+            v.problem(f"{p}multipart_chunksize", e.get("multipart_chunksize"),
+                      "at most 5GiB (S3's largest part)")
         out[str(name)] = EndpointConfig(
             name=str(name), url=url, region=v.string(e, "region", p),
             profile=v.string(e, "profile", p),
             access_key_id=v.string(e, "access_key_id", p),
             secret_access_key=v.string(e, "secret_access_key", p),
             session_token=v.string(e, "session_token", p), addressing_style=style,
-            max_connections=v.number(e, "max_connections", p, 32, minimum=1, integer=True),
-            tries=v.number(e, "tries", p, 3, minimum=1, integer=True),
-            attempt_timeout=float(v.number(e, "attempt_timeout", p, 300.0, minimum=0.001)),
-            connect_timeout=float(v.number(e, "connect_timeout", p, 10.0, minimum=0.001)),
-            keepalive_timeout=float(v.number(e, "keepalive_timeout", p, 3600.0, minimum=1)),
+            max_connections=max_connections, prewarm=prewarm,
+            keepalive_interval=float(v.number(e, "keepalive_interval", p,
+                                              d.keepalive_interval)),
+            keepalive_timeout=float(v.number(e, "keepalive_timeout", p, d.keepalive_timeout,
+                                             minimum=1)),
+            tcp_keepalive=v.boolean(e, "tcp_keepalive", p, d.tcp_keepalive),
+            connect_timeout=float(v.number(e, "connect_timeout", p, d.connect_timeout,
+                                           minimum=0.001)),
+            max_parallel=max_parallel,
+            queue_timeout=float(v.number(e, "queue_timeout", p, d.queue_timeout,
+                                         minimum=0.001)),
+            multipart_threshold=int(v.quantity(e, "multipart_threshold", p,
+                                               d.multipart_threshold, _BYTE_UNITS, "64MiB",
+                                               minimum=_MIN_PART) or d.multipart_threshold),
+            multipart_chunksize=int(chunk),
+            max_parts_in_flight=v.number(e, "max_parts_in_flight", p, d.max_parts_in_flight,
+                                         minimum=1, integer=True),
+            attempt_timeout=float(v.number(e, "attempt_timeout", p, d.attempt_timeout,
+                                           minimum=0.001)),
+            min_throughput=v.quantity(e, "min_throughput", p, d.min_throughput, _BYTE_UNITS,
+                                      "1MiB", minimum=1) or d.min_throughput,
+            timeout_factor=float(v.number(e, "timeout_factor", p, d.timeout_factor,
+                                          minimum=1)),
+            tries=v.number(e, "tries", p, d.tries, minimum=1, integer=True),
+            bandwidth_limit=v.quantity(e, "bandwidth_limit", p, None, _BIT_UNITS, "100Mbit",
+                                       minimum=8000),
+            checksum=checksum,
         )
     return out
 

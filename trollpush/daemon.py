@@ -42,7 +42,7 @@ class Daemon:
         self.config = config
         self.journal: Journal = journal if journal is not None else MemoryJournal()
         self.router = Router(config)
-        self.transfer = TransferEngine(config.endpoints)
+        self.transfer = TransferEngine(config.endpoints, warm_buckets=config.warm_buckets())
         self.announcer = Announcer(config.publish)
         self.requests: RequestServer | None = None
         self.subscriber: SubscribeReceiver | None = None

@@ -114,6 +114,7 @@ class Reason:
     TIMEOUT = "timeout"
     PERMANENT = "permanent_error"
     SHUTDOWN = "shutdown"
+    QUEUE_TIMEOUT = "queue_timeout"
     DAEMON_GONE = "daemon_gone"  # client side: the daemon went away after accepting
 
 
@@ -138,9 +139,11 @@ class TransferError(TrollpushError):
 
     reason = Reason.UPLOAD_FAILED
 
-    def __init__(self, detail: str, *, attempts: int = 1, reason: str | None = None) -> None:
+    def __init__(self, detail: str, *, attempts: int = 1, reason: str | None = None,
+                 throttled: bool = False) -> None:
         self.detail = detail
         self.attempts = attempts
+        self.throttled = throttled  # the store asked to slow down: pause before retrying
         if reason is not None:
             self.reason = reason
         super().__init__(detail)

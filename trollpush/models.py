@@ -104,6 +104,9 @@ class UploadResult:
     etag: str | None = None
     error: str | None = None  # None when the object landed
     reason: str | None = None
+    checksum: str | None = None  # base64, as the store verified it ("-N": multipart)
+    checksum_algorithm: str | None = None
+    parts: int = 0  # 0: a single PUT
 
     @property
     def ok(self) -> bool:

@@ -1,8 +1,10 @@
-"""Transfer: one warm aiobotocore client per endpoint, concurrent bounded uploads.
+"""Transfer: uploads with tries, a time budget per attempt, and bounded concurrency.
 
-The client (and its connection pool) lives as long as the daemon.  botocore's
-``Expect: 100-continue`` is removed (it costs one round trip per PUT) and botocore's
-own retries are off: the tries and per-attempt time budget here are the policy.
+Policy (s3nd's model): each attempt gets ``attempt_budget`` seconds, growing by
+``timeout_factor`` per retry; timeouts and transient errors are retried at once (with a
+short pause only when the store asks to slow down); permanent errors fail at once.
+``max_parallel`` slots bound the requests in flight per endpoint: a single PUT takes one,
+a multipart upload one per part in flight.  Files are read from disk as they are sent.
 """
 
 from __future__ import annotations
@@ -10,168 +12,308 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, BinaryIO
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import aiohttp
 import botocore.exceptions
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession
-from botocore.handlers import add_expect_header
 
+from . import checksum
 from .config import EndpointConfig
 from .errors import PermanentTransferError, Reason, RetriesExhausted, TransferError, TransferTimeout
 from .models import Upload, UploadResult
+from .pool import EndpointPool
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: S3 error codes that no retry can fix
 PERMANENT_CODES = frozenset({
     "NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
     "InvalidBucketName", "AllAccessDisabled", "AccountProblem", "InvalidRequest",
     "NotImplemented", "KeyTooLongError", "EntityTooLarge", "MethodNotAllowed",
+    "NoSuchUpload", "InvalidArgument",
 })
+#: codes that mean "slow down": retried after a short pause, not at once
+THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException",
+                            "RequestLimitExceeded", "ServiceUnavailable", "503"})
+MIN_PART = 5 * 1024 * 1024
+MAX_PARTS = 10_000
 
 
-def client_config(ep: EndpointConfig) -> AioConfig:
-    """aiobotocore settings for a warm, long-lived pool that trollpush retries itself."""
-    return AioConfig(
-        max_pool_connections=ep.max_connections,
-        connect_timeout=ep.connect_timeout,
-        read_timeout=ep.attempt_timeout,
-        retries={"total_max_attempts": 1},
-        s3={"addressing_style": ep.addressing_style},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        connector_args={"keepalive_timeout": ep.keepalive_timeout},
-    )
+def part_size(size: int, chunksize: int) -> int:
+    """The part size for ``size`` bytes: >= 5 MiB, and at most 10,000 parts."""
+    chunk = max(chunksize, MIN_PART)
+    if math.ceil(size / chunk) > MAX_PARTS:
+        chunk = math.ceil(size / MAX_PARTS / (1024 * 1024)) * 1024 * 1024
+    return chunk
 
 
-def _open(path: Path) -> tuple[BinaryIO, int]:
-    """Open for streaming (off the event loop: a slow disk must not stall it)."""
-    body = open(path, "rb")  # noqa: SIM115 - the caller closes it
-    try:
-        return body, os.fstat(body.fileno()).st_size
-    except BaseException:
-        body.close()
-        raise
+def classify(err: BaseException) -> TransferError:
+    """Translate botocore/aiohttp/OS errors into trollpush's transfer errors (one place)."""
+    if isinstance(err, TransferError):
+        return err
+    if isinstance(err, botocore.exceptions.ClientError):
+        info = err.response.get("Error", {})
+        code = str(info.get("Code", "?"))
+        detail = f"{code}: {info.get('Message', err)}"
+        if code in PERMANENT_CODES:
+            return PermanentTransferError(detail)
+        return TransferError(detail, throttled=code in THROTTLE_CODES)
+    if isinstance(err, (botocore.exceptions.NoCredentialsError,
+                        botocore.exceptions.PartialCredentialsError,
+                        botocore.exceptions.ParamValidationError)):
+        return PermanentTransferError(f"{type(err).__name__}: {err}")
+    if isinstance(err, FileNotFoundError):
+        return PermanentTransferError(f"cannot read {err.filename}: {err.strerror}",
+                                      reason=Reason.FILE_MISSING)
+    if isinstance(err, PermissionError):
+        return PermanentTransferError(f"cannot read {err.filename}: {err.strerror}",
+                                      reason=Reason.FILE_UNREADABLE)
+    if isinstance(err, (botocore.exceptions.BotoCoreError, aiohttp.ClientError, OSError)):
+        return TransferError(f"{type(err).__name__}: {err}")
+    raise err
 
 
-class _Endpoint:
-    """A client and the slot counter bounding concurrent uploads through it."""
-
-    def __init__(self, config: EndpointConfig, client: Any) -> None:
-        self.config = config
-        self.client = client
-        self.slots = asyncio.Semaphore(config.max_connections)
-        self.active = 0
+@dataclass
+class _Outcome:
+    etag: str | None
+    checksum: str | None
+    parts: int
 
 
 class TransferEngine:
-    """Uploads files to S3; ``start()`` opens one client per endpoint, ``close()`` ends them."""
+    """Uploads files to S3 through one warm pool per endpoint."""
 
-    def __init__(self, endpoints: Mapping[str, EndpointConfig]) -> None:
+    def __init__(self, endpoints: Mapping[str, EndpointConfig],
+                 warm_buckets: Mapping[str, str] | None = None) -> None:
         self._configs = dict(endpoints)
-        self._endpoints: dict[str, _Endpoint] = {}
-        self._stack = contextlib.AsyncExitStack()
+        self._warm = dict(warm_buckets or {})
+        self._pools: dict[str, EndpointPool] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}
         self.completed = 0
         self.failed = 0
         self.retried = 0
 
     @property
     def active(self) -> int:
-        """Uploads in progress now, over all endpoints."""
-        return sum(e.active for e in self._endpoints.values())
+        """Requests (PUTs and parts) in progress now, over all endpoints."""
+        return sum(p.active for p in self._pools.values())
 
     def __repr__(self) -> str:
-        return (f"<TransferEngine endpoints={len(self._endpoints)} active={self.active} "
+        return (f"<TransferEngine endpoints={len(self._pools)} active={self.active} "
                 f"completed={self.completed} failed={self.failed} retried={self.retried}>")
 
     async def start(self) -> None:
         for name, ep in self._configs.items():
-            session = AioSession(profile=ep.profile) if ep.profile else AioSession()
-            client = await self._stack.enter_async_context(session.create_client(
-                "s3", endpoint_url=ep.url, region_name=ep.region,
-                aws_access_key_id=ep.access_key_id, aws_secret_access_key=ep.secret_access_key,
-                aws_session_token=ep.session_token, config=client_config(ep)))
-            client.meta.events.unregister("before-call.s3", add_expect_header)
-            self._endpoints[name] = _Endpoint(ep, client)
+            pool = EndpointPool(ep, self._warm.get(name))
+            await pool.start()
+            self._pools[name] = pool
+            self._slots[name] = asyncio.Semaphore(ep.max_parallel)
             logger.info("endpoint %s ready", ep.summary())
 
     async def close(self) -> None:
-        await self._stack.aclose()
-        self._endpoints.clear()
+        for pool in self._pools.values():
+            await pool.close()
+        self._pools.clear()
+
+    def pool(self, endpoint: str) -> EndpointPool:
+        return self._pools[endpoint]
 
     def client(self, endpoint: str) -> Any:
         """The endpoint's live client (for tools and tests that inspect the store)."""
-        return self._endpoints[endpoint].client
+        return self._pools[endpoint].client
+
+    # --- one file -------------------------------------------------------------------------
 
     async def upload(self, upload: Upload, endpoint: str) -> UploadResult:
-        """Upload one file with tries and a per-attempt time budget; never raises."""
-        ep = self._endpoints[endpoint]
+        """Upload one file; never raises (the result says what happened)."""
+        pool = self._pools[endpoint]
+        ep = pool.config
         start = time.monotonic()
-        attempts = 0
+        counter = _Counter()
         size = -1
-        async with ep.slots:
-            ep.active += 1
+        try:
             try:
-                while True:
-                    attempts += 1
-                    try:
-                        size, etag = await self._attempt(ep, upload)
-                    except TransferError as err:
-                        if isinstance(err, PermanentTransferError) or attempts >= ep.config.tries:
-                            final = err if attempts == 1 else RetriesExhausted(err,
-                                                                              attempts=attempts)
-                            self.failed += 1
-                            logger.warning("upload failed %s -> %s after %d attempt(s): %s",
-                                           upload.source.uri, upload.url, attempts, err.detail)
-                            return UploadResult(upload, size, attempts,
-                                                time.monotonic() - start,
-                                                error=final.detail, reason=final.reason)
-                        self.retried += 1
-                        logger.info("upload retry %s -> %s (attempt %d): %s",
-                                    upload.source.uri, upload.url, attempts, err.detail)
-                        if not isinstance(err, TransferTimeout):
-                            await asyncio.sleep(min(0.2 * 2 ** (attempts - 1), 5.0))
-                        continue
-                    self.completed += 1
-                    seconds = time.monotonic() - start
-                    logger.info("upload complete %s -> %s (%d bytes, %.3f s, %d attempt(s))",
-                                upload.source.uri, upload.url, size, seconds, attempts)
-                    return UploadResult(upload, size, attempts, seconds, etag=etag)
-            finally:
-                ep.active -= 1
+                size = await asyncio.to_thread(_size_of, upload.source.path)
+            except OSError as err:
+                raise classify(err) from err
+            if size >= ep.multipart_threshold:
+                out = await self._multipart(pool, endpoint, upload, size, counter)
+            else:
+                out = await self._single(pool, endpoint, upload, size, counter)
+        except TransferError as err:
+            self.failed += 1
+            logger.warning("upload failed %s -> %s after %d attempt(s): %s",
+                           upload.source.uri, upload.url, counter.attempts, err.detail)
+            return UploadResult(upload, size, counter.attempts, time.monotonic() - start,
+                                error=err.detail, reason=err.reason)
+        self.completed += 1
+        seconds = time.monotonic() - start
+        logger.info("upload complete %s -> %s (%d bytes, %.3f s, %d attempt(s)%s)",
+                    upload.source.uri, upload.url, size, seconds, counter.attempts,
+                    f", {out.parts} parts" if out.parts else "")
+        return UploadResult(upload, size, counter.attempts, seconds, etag=out.etag,
+                            checksum=out.checksum,
+                            checksum_algorithm=None if ep.checksum == "none" else ep.checksum,
+                            parts=out.parts)
 
-    async def _attempt(self, ep: _Endpoint, upload: Upload) -> tuple[int, str | None]:
+    async def _single(self, pool: EndpointPool, endpoint: str, upload: Upload, size: int,
+                      counter: _Counter) -> _Outcome:
+        ep = pool.config
+        algo = ep.checksum
+        async with self._slot(endpoint):
+            if size <= ep.multipart_chunksize:  # small: one read, kept for every attempt
+                body, value = await asyncio.to_thread(checksum.read_all, upload.source.path,
+                                                      algo)
+
+                async def put() -> Any:
+                    return await pool.client.put_object(
+                        Bucket=upload.bucket, Key=upload.key, Body=body,
+                        ContentLength=len(body), **checksum.put_params(algo, value))
+            else:  # larger: checksum first, then stream from disk
+                value = await asyncio.to_thread(checksum.of_file, upload.source.path, algo)
+
+                async def put() -> Any:
+                    fh = await asyncio.to_thread(open, upload.source.path, "rb")
+                    try:
+                        return await pool.client.put_object(
+                            Bucket=upload.bucket, Key=upload.key, Body=fh, ContentLength=size,
+                            **checksum.put_params(algo, value))
+                    finally:
+                        fh.close()
+
+            response = await self._tries(pool, size, counter, put, f"PUT {upload.url}")
+        return _Outcome(response.get("ETag"), value, 0)
+
+    async def _multipart(self, pool: EndpointPool, endpoint: str, upload: Upload, size: int,
+                         counter: _Counter) -> _Outcome:
+        ep = pool.config
+        algo = ep.checksum
+        chunk = part_size(size, ep.multipart_chunksize)
+        count = math.ceil(size / chunk)
+        client = pool.client
+        created = await self._tries(pool, 0, counter, lambda: client.create_multipart_upload(
+            Bucket=upload.bucket, Key=upload.key, **checksum.create_params(algo)),
+            f"create {upload.url}")
+        upload_id = created["UploadId"]
+        # from here on, any way out but success aborts the upload: no parts left behind
         try:
-            body, size = await asyncio.to_thread(_open, upload.source.path)
-        except OSError as err:
-            reason = (Reason.FILE_MISSING if isinstance(err, FileNotFoundError)
-                      else Reason.FILE_UNREADABLE)
-            raise PermanentTransferError(f"cannot read {upload.source.path}: {err.strerror}",
-                                         reason=reason) from err
+            fd = await asyncio.to_thread(os.open, upload.source.path, os.O_RDONLY)
+            try:
+                in_flight = asyncio.Semaphore(ep.max_parts_in_flight)
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(self._part(
+                        pool, endpoint, upload, upload_id, fd, number, chunk, size, in_flight,
+                        counter)) for number in range(1, count + 1)]
+            finally:
+                os.close(fd)
+            parts = [t.result() for t in tasks]
+            done = await self._tries(pool, 0, counter, lambda: client.complete_multipart_upload(
+                Bucket=upload.bucket, Key=upload.key, UploadId=upload_id,
+                MultipartUpload={"Parts": [p for p, _ in parts]}), f"complete {upload.url}")
+        except BaseException as err:
+            await asyncio.shield(self._abort(pool, upload, upload_id))
+            if isinstance(err, BaseExceptionGroup):
+                first = err.exceptions[0]
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                if isinstance(first, TransferError):
+                    raise first from err
+                raise classify(first) from err
+            raise
+        return _Outcome(done.get("ETag"), checksum.composite(algo, [v for _, v in parts]),
+                        count)
+
+    async def _part(self, pool: EndpointPool, endpoint: str, upload: Upload, upload_id: str,
+                    fd: int, number: int, chunk: int, size: int, in_flight: asyncio.Semaphore,
+                    counter: _Counter) -> tuple[dict[str, Any], str | None]:
+        algo = pool.config.checksum
+        offset = (number - 1) * chunk
+        length = min(chunk, size - offset)
+        async with in_flight, self._slot(endpoint):
+            try:
+                body, value = await asyncio.to_thread(checksum.read_part, fd, offset, length,
+                                                      algo)
+            except OSError as err:
+                raise PermanentTransferError(f"reading part {number}: {err}") from err
+            response = await self._tries(pool, length, counter, lambda: pool.client.upload_part(
+                Bucket=upload.bucket, Key=upload.key, UploadId=upload_id, PartNumber=number,
+                Body=body, ContentLength=length, **checksum.put_params(algo, value)),
+                f"part {number} of {upload.url}")
+        return {"PartNumber": number, "ETag": response["ETag"],
+                **checksum.part_record(algo, value)}, value
+
+    async def _abort(self, pool: EndpointPool, upload: Upload, upload_id: str) -> None:
+        counter = _Counter()
         try:
-            async with asyncio.timeout(ep.config.attempt_timeout):
-                response = await ep.client.put_object(Bucket=upload.bucket, Key=upload.key,
-                                                      Body=body, ContentLength=size)
-            return size, response.get("ETag")
+            await self._tries(pool, 0, counter, lambda: pool.client.abort_multipart_upload(
+                Bucket=upload.bucket, Key=upload.key, UploadId=upload_id),
+                f"abort {upload.url}")
+            logger.info("multipart upload aborted %s (%s)", upload.url, upload_id)
+        except TransferError as err:
+            logger.error("could not abort multipart upload %s (%s): %s: parts remain until "
+                         "a lifecycle rule removes them", upload.url, upload_id, err.detail)
+
+    # --- the policy -----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, endpoint: str) -> Any:
+        """One of ``max_parallel`` slots, waiting at most ``queue_timeout``."""
+        ep = self._configs[endpoint]
+        slots = self._slots[endpoint]
+        try:
+            async with asyncio.timeout(ep.queue_timeout):
+                await slots.acquire()
         except TimeoutError as err:
-            raise TransferTimeout(f"attempt exceeded {ep.config.attempt_timeout:g} s") from err
-        except botocore.exceptions.ClientError as err:
-            code = err.response.get("Error", {}).get("Code", "?")
-            detail = f"{code}: {err.response.get('Error', {}).get('Message', err)}"
-            if code in PERMANENT_CODES:
-                raise PermanentTransferError(detail) from err
-            raise TransferError(detail) from err
-        except (botocore.exceptions.NoCredentialsError,
-                botocore.exceptions.PartialCredentialsError,
-                botocore.exceptions.ParamValidationError) as err:
-            raise PermanentTransferError(f"{type(err).__name__}: {err}") from err
-        except (botocore.exceptions.BotoCoreError, aiohttp.ClientError, OSError) as err:
-            raise TransferError(f"{type(err).__name__}: {err}") from err
+            raise TransferError(f"no upload slot free within queue_timeout "
+                                f"{ep.queue_timeout:g} s", reason=Reason.QUEUE_TIMEOUT
+                                ) from err
+        try:
+            yield
         finally:
-            body.close()
+            slots.release()
+
+    async def _tries(self, pool: EndpointPool, size: int, counter: _Counter,
+                     call: Callable[[], Awaitable[T]], what: str) -> T:
+        """Run ``call`` with the per-attempt budget until it succeeds or tries run out."""
+        ep = pool.config
+        for attempt in range(1, ep.tries + 1):
+            counter.attempts += 1
+            budget = ep.attempt_budget(size, attempt)
+            pool.begin()
+            try:
+                async with asyncio.timeout(budget):
+                    return await call()
+            except TimeoutError:
+                error: TransferError = TransferTimeout(f"{what}: attempt {attempt} exceeded "
+                                                       f"{budget:.3g} s")
+            except Exception as exc:
+                error = classify(exc)
+                error.detail = f"{what}: {error.detail}"
+            finally:
+                pool.end()
+            if isinstance(error, PermanentTransferError) or attempt == ep.tries:
+                if attempt == 1:
+                    raise error
+                raise RetriesExhausted(error, attempts=attempt)
+            self.retried += 1
+            logger.info("retry %s (attempt %d failed: %s)", what, attempt, error.detail)
+            if error.throttled:
+                await asyncio.sleep(min(0.2 * 2 ** attempt, 5.0))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _Counter:
+    """Attempts made for one file, over all its requests (parts included)."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+
+def _size_of(path: os.PathLike[str] | str) -> int:
+    return os.stat(path).st_size

@@ -1,0 +1,121 @@
+"""Checksums that the store verifies: computed while reading, sent with each PUT or part.
+
+crc32c (hardware-accelerated), sha256 and md5 map onto S3's ``x-amz-checksum-*`` and
+``Content-MD5`` headers; the store rejects a body whose checksum differs (BadDigest), so
+a body corrupted in flight is retried, never stored.  Multipart objects get S3's
+composite form: the checksum of the parts' checksums, suffixed ``-N``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from typing import Any, Protocol
+
+import crc32c
+
+ALGORITHMS = ("crc32c", "sha256", "md5", "none")
+READ_SIZE = 1024 * 1024
+
+
+class _Hash(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
+class _Crc32c:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes, /) -> None:
+        self.value = crc32c.crc32c(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(4, "big")
+
+
+class _NoHash:
+    def update(self, data: bytes, /) -> None:
+        pass
+
+    def digest(self) -> bytes:
+        return b""
+
+
+def new(algorithm: str) -> _Hash:
+    if algorithm == "crc32c":
+        return _Crc32c()
+    if algorithm in ("sha256", "md5"):
+        return hashlib.new(algorithm)
+    return _NoHash()
+
+
+def encode(h: _Hash) -> str | None:
+    raw = h.digest()
+    return base64.b64encode(raw).decode() if raw else None
+
+
+def read_all(path: os.PathLike[str] | str, algorithm: str) -> tuple[bytes, str | None]:
+    """A small file's bytes and checksum (one read; run in a worker thread)."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    h = new(algorithm)
+    h.update(data)
+    return data, encode(h)
+
+
+def of_file(path: os.PathLike[str] | str, algorithm: str) -> str | None:
+    """A file's checksum, read in chunks (run in a worker thread)."""
+    h = new(algorithm)
+    if algorithm == "none":
+        return None
+    with open(path, "rb") as fh:
+        while chunk := fh.read(READ_SIZE):
+            h.update(chunk)
+    return encode(h)
+
+
+def read_part(fd: int, offset: int, length: int, algorithm: str) -> tuple[bytes, str | None]:
+    """One part's bytes and checksum, read at ``offset`` (run in a worker thread)."""
+    chunks = []
+    left = length
+    while left > 0:
+        chunk = os.pread(fd, min(left, 8 * READ_SIZE), offset + length - left)
+        if not chunk:
+            raise OSError(f"file ended {left} bytes early (truncated while uploading?)")
+        chunks.append(chunk)
+        left -= len(chunk)
+    data = b"".join(chunks)
+    h = new(algorithm)
+    h.update(data)
+    return data, encode(h)
+
+
+def composite(algorithm: str, part_values: list[str | None]) -> str | None:
+    """S3's multipart form: the checksum of the parts' raw checksums, then ``-N``."""
+    if algorithm == "none" or any(v is None for v in part_values):
+        return None
+    h = new(algorithm)
+    for value in part_values:
+        h.update(base64.b64decode(value or ""))
+    return f"{encode(h)}-{len(part_values)}"
+
+
+_PARAM = {"crc32c": "ChecksumCRC32C", "sha256": "ChecksumSHA256", "md5": "ContentMD5"}
+_CREATE = {"crc32c": "CRC32C", "sha256": "SHA256"}
+
+
+def put_params(algorithm: str, value: str | None) -> dict[str, Any]:
+    """Parameters for put_object / upload_part that carry the checksum."""
+    return {_PARAM[algorithm]: value} if value is not None and algorithm in _PARAM else {}
+
+
+def create_params(algorithm: str) -> dict[str, Any]:
+    """Parameters for create_multipart_upload (md5 needs none: Content-MD5 is per part)."""
+    return {"ChecksumAlgorithm": _CREATE[algorithm]} if algorithm in _CREATE else {}
+
+
+def part_record(algorithm: str, value: str | None) -> dict[str, Any]:
+    """What complete_multipart_upload needs to know of a part's checksum."""
+    return {_PARAM[algorithm]: value} if value is not None and algorithm in _CREATE else {}
