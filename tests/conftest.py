@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,3 +136,31 @@ def silent_server() -> Iterator[str]:
     for c in conns:
         c.close()
     srv.close()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One SeaweedFS for the session: verifies checksums, keeps connections alive."""
+    from .servers import SeaweedFS
+
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def weed_bucket(seaweed: str) -> str:
+    """A fresh bucket on the SeaweedFS server."""
+    client = boto3.client("s3", endpoint_url=seaweed, region_name="us-east-1",
+                          aws_access_key_id=CREDS["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=CREDS["AWS_SECRET_ACCESS_KEY"])
+    name = f"tp-{uuid.uuid4().hex[:16]}"
+    deadline = time.monotonic() + 30
+    while True:  # the filer may still be settling right after start
+        try:
+            client.create_bucket(Bucket=name)
+            return name
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

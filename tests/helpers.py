@@ -142,3 +142,13 @@ def running_daemon(config: dict[str, Any]) -> Iterator[Daemon]:
         assert not thread.is_alive(), "daemon did not stop"
         if errors:
             raise errors[0]
+
+
+async def wait_until_async(pred: Callable[[], bool], limit: float = 15.0,
+                           what: str = "condition") -> None:
+    """wait_until for code running on the event loop."""
+    for _ in range(int(limit / 0.01)):
+        if pred():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out after {limit} s waiting for {what}")
