@@ -6,6 +6,7 @@ import asyncio
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,7 +15,7 @@ from posttroll.message import Message
 from posttroll.publisher import create_publisher_from_dict_config
 from posttroll.subscriber import create_subscriber_from_dict_config
 
-from trollpush import Daemon, parse_config
+from trollpush import Daemon, Journal, parse_config
 
 
 def free_port() -> int:
@@ -39,6 +40,7 @@ class Listener:
         self._sub = create_subscriber_from_dict_config(
             {"addresses": [address], "nameserver": False, "topics": topics or ["/"]})
         self.messages: list[Message] = []
+        self.ignored: set[str] = set()  # uris whose announcements are dropped (link probes)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -48,7 +50,8 @@ class Listener:
         for m in self._sub.recv(timeout=0.05):
             if self._stop.is_set():
                 return
-            if m is not None:
+            if m is not None and not (isinstance(m.data, dict)
+                                      and m.data.get("uri") in self.ignored):
                 with self._lock:
                     self.messages.append(m)
 
@@ -94,32 +97,32 @@ class Producer:
         self._pub.stop()
 
 
-PROBE_URI = "ssh://elsewhere.invalid/probe.h5"
-
-
 def link(producer: Producer, listener: Listener, subject: str, timeout: float = 15.0) -> None:
     """Make sure both pub-sub links are joined: publish a message the daemon refuses (a file
-    on another host) until its failure announcement arrives; then forget it."""
+    on another host) until its failure announcement arrives.  The probe's uri is unique and
+    the listener drops its announcements from then on, so late duplicates never show."""
+    probe = f"ssh://elsewhere.invalid/probe-{uuid.uuid4().hex}.h5"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        producer.send(subject, "file", {"uri": PROBE_URI})
+        producer.send(subject, "file", {"uri": probe})
         try:
-            listener.wait_for(lambda ms: any(m.type == "failure" and m.data.get("uri") == PROBE_URI
+            listener.wait_for(lambda ms: any(m.type == "failure" and m.data.get("uri") == probe
                                              for m in ms), timeout=0.2)
         except AssertionError:
             continue
-        listener.wait_for(lambda ms: True, timeout=0.1)
-        # let late duplicates of the probe arrive, then forget every probe failure
-        time.sleep(0.05)
-        listener.clear()
+        with listener._lock:
+            listener.ignored.add(probe)
+            listener.messages = [m for m in listener.messages
+                                 if not (isinstance(m.data, dict) and m.data.get("uri") == probe)]
         return
     raise AssertionError("pub-sub link not established")
 
 
 @contextmanager
-def running_daemon(config: dict[str, Any]) -> Iterator[Daemon]:
+def running_daemon(config: dict[str, Any], journal: Journal | None = None
+                   ) -> Iterator[Daemon]:
     """A daemon in a background thread with its own event loop; stopped on exit."""
-    daemon = Daemon(parse_config(config))
+    daemon = Daemon(parse_config(config), journal=journal)
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -130,8 +133,13 @@ def running_daemon(config: dict[str, Any]) -> Iterator[Daemon]:
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    wait_until(lambda: daemon.ready.is_set() or bool(errors) or not thread.is_alive(), 20,
-               "daemon ready")
+    try:
+        wait_until(lambda: daemon.ready.is_set() or bool(errors) or not thread.is_alive(), 20,
+                   "daemon ready")
+    except AssertionError:
+        daemon.stop()
+        thread.join(timeout=40)
+        raise
     if errors:
         raise errors[0]
     try:

@@ -148,9 +148,12 @@ def test_log_config_dictconfig(base_config: dict[str, Any], tmp_path: Path) -> N
     try:
         wait_until(lambda: logfile.exists() and "trollpush ready" in logfile.read_text(), 30,
                    "ready line in the configured log file")
-    finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     text = logfile.read_text()
     assert "INFO trollpush.daemon stopped" in text
     assert "testing-secret" not in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,8 @@ def test_subscribe_through_nameserver(nameserver: None, base_config: dict[str, A
 
             def linked() -> bool:
                 producer.send(probe.encode())
-                return any(m.type == "failure" for m in listener.messages)
+                time.sleep(0.1)  # paces the probes (bounded by wait_until's timeout)
+                return bool(listener.of_type("failure"))
 
             wait_until(linked, 20, "the daemon to find the producer via the nameserver")
             producer.send(Message("/new/file/viirs/", "file", {"uri": str(granule)}).encode())

@@ -519,3 +519,12 @@ def test_match_cli_exits_1_when_nothing_matches(tmp_path: Path) -> None:
     assert "s3://" not in proc.stdout
     assert "viirs: no match" in proc.stdout and "readme.txt" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_a_composed_topic_with_whitespace_is_a_compose_error() -> None:
+    """A subject may not hold whitespace: the wire format splits on it."""
+    target = {"name": "spaced", "pattern": "{platform_name}_{rest}.h5",
+              "destination": "s3://b/", "publish_topic": "/up/{platform_name}/"}
+    result = route(make_config(target), granule("NOAA 20_x.h5"))
+    assert [f.reason for f in result.failures] == [Reason.COMPOSE_ERROR]
+    assert "whitespace" in result.failures[0].detail

@@ -18,6 +18,7 @@ def _upload(path: Path, bucket: str, key: str) -> Upload:
 
 
 async def _engine(url: str, **kw: Any) -> TransferEngine:
+    kw.setdefault("prewarm", 0)
     engine = TransferEngine({"default": EndpointConfig(name="default", url=url,
                                                        region="us-east-1", **kw)})
     await engine.start()

@@ -21,6 +21,7 @@ from .errors import (
                      Reason,
                      RetriesExhausted,
                      RouteError,
+    SetupError,
                      TransferError,
                      TransferTimeout,
                      TrollpushError,
@@ -47,5 +48,5 @@ __all__ = [
     # errors
     "TrollpushError", "ConfigError", "ConfigProblem", "MessageError", "RouteError", "Reason",
     "TransferError", "TransferTimeout", "PermanentTransferError", "RetriesExhausted",
-    "UsageError", "__version__",
+    "UsageError", "SetupError", "__version__",
 ]

@@ -7,6 +7,7 @@ subscriber can mistake it.  The formats are documented in ``docs/messages.md``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import posixpath
 from collections.abc import Iterator, Mapping, Sequence
@@ -16,6 +17,7 @@ from posttroll.message import Message
 from posttroll.publisher import create_publisher_from_dict_config
 
 from .config import PublishConfig
+from .errors import SetupError
 from .models import Job, Rejection, Request, UploadResult
 from .route import RouteFailure
 
@@ -103,9 +105,18 @@ class Announcer:
         return self.config.failure_topic if self.config else PublishConfig.failure_topic
 
     def start(self) -> None:
-        if self.config is not None:
-            self._publisher = create_publisher_from_dict_config(dict(self.config.settings))
-            self._publisher.start()
+        if self.config is None:
+            return
+        publisher = create_publisher_from_dict_config(dict(self.config.settings))
+        try:
+            publisher.start()
+        except Exception as err:
+            with contextlib.suppress(Exception):
+                publisher.stop()
+            where = self.config.settings.get("address") or "a nameserver-registered port"
+            raise SetupError(f"publish: cannot start the publisher on {where} ({err})"
+                             ) from err
+        self._publisher = publisher
 
     def stop(self) -> None:
         if self._publisher is not None:

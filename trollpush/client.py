@@ -105,7 +105,10 @@ def send(path: str, destination: str, *, meta: Mapping[str, Any] | None = None,
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 30000)
     monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     try:
-        sock.connect(server)
+        try:
+            sock.connect(server)
+        except zmq.ZMQError as err:
+            raise UsageError(f"--server {server!r}: {err}") from err
         sock.send_multipart([b"", message.encode().encode()])
         first = _receive(sock, None, time.monotonic() + timeout)
         if not isinstance(first, Message):
@@ -150,7 +153,11 @@ def _receive(sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes] | None,
         if ready.get(sock):
             frames = sock.recv_multipart()
             if frames and frames[-1]:
-                return decode_message(frames[-1].decode())
+                try:
+                    return decode_message(frames[-1].decode())
+                except Exception as err:
+                    raise TrollpushError(f"the daemon's reply is not a posttroll message "
+                                         f"({type(err).__name__}: {err})") from err
         elif monitor is not None and ready.get(monitor):
             event = recv_monitor_message(monitor)
             if event["event"] == zmq.EVENT_DISCONNECTED:

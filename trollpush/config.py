@@ -156,12 +156,8 @@ class Config:
     source: str = "<config>"
 
     def default_endpoint(self) -> str | None:
-        """The endpoint for requests that give an explicit destination but no endpoint."""
-        if "default" in self.endpoints:
-            return "default"
-        if len(self.endpoints) == 1:
-            return next(iter(self.endpoints))
-        return None
+        """The endpoint for requests and targets that name none."""
+        return default_endpoint(self.endpoints)
 
     def warm_buckets(self) -> dict[str, str]:
         """A bucket per endpoint whose HEAD keeps connections warm (a fixed target bucket)."""
@@ -207,6 +203,13 @@ class Config:
             lines.append(f"target {t.name}: -> {t.destination} @{t.endpoint}"
                          + (f" ({'; '.join(extra)})" if extra else ""))
         return "\n".join(lines)
+
+
+def default_endpoint(endpoints: Mapping[str, EndpointConfig]) -> str | None:
+    """The one named ``default``, else the only one, else none."""
+    if "default" in endpoints:
+        return "default"
+    return next(iter(endpoints)) if len(endpoints) == 1 else None
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -542,9 +545,7 @@ def _targets(v: _Validator, raw: object,
         destination = v.string(t, "destination", p, required=True)
         if destination is not None:
             _check_destination(v, destination, f"{p}destination")
-        default_ep = "default" if "default" in endpoints else (
-            next(iter(endpoints)) if len(endpoints) == 1 else None)
-        endpoint = v.string(t, "endpoint", p, default=default_ep)
+        endpoint = v.string(t, "endpoint", p, default=default_endpoint(endpoints))
         if endpoint is None:
             v.problem(f"{p}endpoint", None,
                       f"the name of an endpoint (one of: {', '.join(endpoints) or 'none defined'})")

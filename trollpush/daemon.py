@@ -1,25 +1,27 @@
 """The daemon: wires receive -> journal -> route -> transfer -> announce.
 
 Bounded everywhere: a queue between the receivers and the dispatcher, a limit on
-requests in flight, and per-endpoint upload slots.  SIGINT/SIGTERM stop intake and
-let work in progress finish for ``daemon.shutdown_grace`` seconds.
+requests in flight, and per-endpoint upload slots.  SIGINT/SIGTERM stop intake and let
+work in progress finish for ``daemon.shutdown_grace`` seconds; whatever is left is
+answered and announced as a ``shutdown`` failure, never dropped in silence.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
 from collections import Counter
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
 from posttroll.message import Message
 
 from . import announce
 from .announce import Announcer
 from .config import Config
-from .errors import Reason
+from .errors import Reason, SetupError
 from .journal import Journal, MemoryJournal
 from .models import Job, Rejection, Request, UploadResult
 from .receive import RequestServer, SubscribeReceiver
@@ -35,6 +37,11 @@ QUIET_TYPES = frozenset({"beat", announce.FAILURE_TYPE, announce.ACK_TYPE,
                          announce.MULTIPLE_TYPE})
 
 
+def _shutdown(request: Request, detail: str) -> Rejection:
+    return Rejection(Reason.SHUTDOWN, detail, request.origin, subject=request.subject,
+                     uri=request.files[0].uri, metadata=request.metadata, reply=request.reply)
+
+
 class Daemon:
     """One trollpush daemon; ``await run()`` until ``stop()`` or a signal."""
 
@@ -48,11 +55,13 @@ class Daemon:
         self.subscriber: SubscribeReceiver | None = None
         self.counts: Counter[str] = Counter()
         self.ready = threading.Event()
+        self._stop_requested = threading.Event()
         self._queue: asyncio.Queue[Request | Rejection] | None = None
         self._slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._fatal: BaseException | None = None
 
     def __repr__(self) -> str:
         queued = self._queue.qsize() if self._queue else 0
@@ -60,13 +69,24 @@ class Daemon:
                 f"{self.transfer!r}>")
 
     def stop(self) -> None:
-        """Ask the daemon to shut down; safe from any thread."""
-        if self._loop is not None and self._stopping is not None:
-            self._loop.call_soon_threadsafe(self._stopping.set)
+        """Ask the daemon to shut down; safe from any thread, before or after run()."""
+        self._stop_requested.set()
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: nothing to stop
+                loop.call_soon_threadsafe(stopping.set)
+
+    def fatal(self, what: str, err: BaseException) -> None:
+        """An intake died: stop the daemon loudly rather than run on deaf."""
+        logger.error("%s stopped working, shutting down: %s", what, err, exc_info=err)
+        self._fatal = err
+        self.stop()
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        if self._stop_requested.is_set():
+            self._stopping.set()
         self._queue = asyncio.Queue(self.config.daemon.queue_size)
         self._slots = asyncio.Semaphore(self.config.daemon.max_in_flight)
         self._install_signals()
@@ -83,16 +103,19 @@ class Daemon:
         finally:
             await self._close()
             self.ready.clear()
-            logger.info("stopped: %s", ", ".join(f"{v} {k}" for k, v in sorted(
-                self.counts.items())) or "nothing done")
+            t = self.transfer
+            logger.info("stopped: %s; uploads: %d completed, %d failed, %d retried",
+                        ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()))
+                        or "no requests", t.completed, t.failed, t.retried)
+        if self._fatal is not None:
+            raise SetupError(f"intake failed: {self._fatal}") from self._fatal
 
     def _inputs(self) -> list[str]:
         out = []
         if self.requests:
             out.append(f"requests on {self.requests.address}")
-        if self.subscriber:
-            out.append(f"subscribed to {list(self.config.subscribe.topics)}"  # type: ignore[union-attr]
-                       )
+        if self.config.subscribe:
+            out.append(f"subscribed to {list(self.config.subscribe.topics)}")
         return out
 
     def _install_signals(self) -> None:
@@ -108,12 +131,13 @@ class Daemon:
         await self.transfer.start()
         await asyncio.to_thread(self.announcer.start)
         if self.config.requests is not None:
-            self.requests = RequestServer(self.config.requests.address, self.submit)
+            self.requests = RequestServer(self.config.requests.address, self.submit,
+                                          on_fatal=self.fatal)
             self.requests.start()
         if self.config.subscribe is not None:
             assert self._loop is not None
             self.subscriber = SubscribeReceiver(self.config.subscribe.settings, self.submit,
-                                                self._loop)
+                                                self._loop, on_fatal=self.fatal)
             await asyncio.to_thread(self.subscriber.start)
 
     async def _stop_intake(self) -> None:
@@ -132,27 +156,38 @@ class Daemon:
                 while self._tasks:
                     await asyncio.gather(*self._tasks, return_exceptions=True)
         except TimeoutError:
-            logger.warning("grace period of %g s over: cancelling %d request(s)", grace,
-                           len(self._tasks) + self._queue.qsize())
+            logger.warning("grace period of %g s over: cancelling %d running and %d waiting "
+                           "request(s)", grace, len(self._tasks),
+                           self._queue.qsize())
         dispatcher.cancel()
         await asyncio.gather(dispatcher, return_exceptions=True)
+        left = [item for intake in (self.requests, self.subscriber) if intake is not None
+                for item in intake.undelivered]
         while not self._queue.empty():
-            item = self._queue.get_nowait()
+            left.append(self._queue.get_nowait())
+        for item in left:
             if isinstance(item, Request):
-                item = Rejection(Reason.SHUTDOWN, "the daemon stopped before starting this "
-                                 "request", item.origin, subject=item.subject,
-                                 uri=item.files[0].uri, metadata=item.metadata, reply=item.reply)
+                self.counts["abandoned"] += 1
+                item = _shutdown(item, "the daemon stopped before starting this request")
             await self._refuse(item)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _close(self) -> None:
-        await self._stop_intake()
-        await self.transfer.close()
-        self.announcer.stop()
+        """Release everything; one failing step must not skip the others."""
+        steps: list[tuple[str, Callable[[], Awaitable[None] | None]]] = [
+            ("intake", self._stop_intake), ("transfer", self.transfer.close),
+            ("publisher", self.announcer.stop)]
         if self.requests is not None:
-            self.requests.close()
+            steps.append(("request socket", self.requests.close))
+        for name, step in steps:
+            try:
+                result = step()
+                if result is not None:
+                    await result
+            except Exception:
+                logger.exception("shutdown: closing the %s failed", name)
 
     # --- intake -------------------------------------------------------------------------
 
@@ -164,12 +199,17 @@ class Daemon:
     async def _dispatch(self) -> None:
         assert self._queue is not None and self._slots is not None
         while True:
-            item = await self._queue.get()
+            await self._slots.acquire()  # before taking an item: nothing is held here
+            try:
+                item = await self._queue.get()
+            except BaseException:
+                self._slots.release()
+                raise
             try:
                 if isinstance(item, Rejection):
+                    self._slots.release()
                     await self._refuse(item)
                     continue
-                await self._slots.acquire()
                 task = asyncio.create_task(self._process(item), name=f"request-{item.id}")
                 self._tasks.add(task)
                 task.add_done_callback(self._done)
@@ -189,7 +229,8 @@ class Daemon:
         if item.origin == "subscribe" and item.message_type in QUIET_TYPES:
             logger.debug("ignored %s message on %s", item.message_type, item.subject)
             return
-        self.counts["rejected"] += 1
+        if item.reason != Reason.SHUTDOWN:  # shutdown leftovers are counted as abandoned
+            self.counts["rejected"] += 1
         logger.warning("rejected %s message%s: %s (%s)", item.origin,
                        f" {item.subject}" if item.subject else "", item.detail, item.reason)
         message = self.announcer.rejection(item)
@@ -200,62 +241,95 @@ class Daemon:
     # --- one request ----------------------------------------------------------------------
 
     async def _process(self, request: Request) -> None:
-        await self.journal.accepted(request)
-        self.counts["accepted"] += 1
-        result = self.router.route(request)
-        reply = request.reply
-        if reply is not None and reply.wants_ack and result.jobs:
-            dests = [u.url for job in result.jobs for u in job.uploads]
-            await reply.send(announce.ack(request, dests))
+        """Accept, route, transfer and announce one request; it always ends answered."""
+        jobs: tuple[Job, ...] = ()
+        done: dict[int, list[Message]] = {}
         messages: list[Message] = []
-        for fail in result.failures:
-            self.counts["failed"] += 1
-            logger.warning("route failed for %s: %s (%s)", request.describe(), fail.detail,
-                           fail.reason)
-            messages.append(self.announcer.route_failure(request, fail))
-            self.announcer.publish(messages[-1])
-            await self.journal.failed(request, None, fail.reason)
         try:
-            outcomes = await asyncio.gather(*(self._run_job(job) for job in result.jobs))
+            await self.journal.accepted(request)
+            self.counts["accepted"] += 1
+            result = self.router.route(request)
+            jobs = result.jobs
+            reply = request.reply
+            if reply is not None and reply.wants_ack and jobs:
+                await reply.send(announce.ack(request, [u.url for j in jobs for u in j.uploads]))
+            for fail in result.failures:
+                logger.warning("route failed for %s: %s (%s)", request.describe(), fail.detail,
+                               fail.reason)
+                messages.append(self.announcer.route_failure(request, fail))
+                self.announcer.publish(messages[-1])
+                await self.journal.failed(request, None, fail.reason)
+            outcomes = await asyncio.gather(*(self._run_job(job, i, done)
+                                              for i, job in enumerate(jobs)),
+                                            return_exceptions=True)
+            for job, out in zip(jobs, outcomes, strict=True):
+                messages.extend(self._internal(request, job, out)
+                                if isinstance(out, BaseException) else out)
         except asyncio.CancelledError:
-            await self._abandon(request, result.jobs)
+            await self._abandon(request, jobs, done)
             raise
-        messages.extend(m for out in outcomes for m in out)
-        await self.journal.finished(request)
+        except Exception as err:
+            messages.extend(self._internal(request, None, err))
+        self.counts["failed" if any(m.type == announce.FAILURE_TYPE for m in messages)
+                    else "completed"] += 1
+        await self._finish(request, messages, jobs_started=bool(jobs))
+
+    async def _finish(self, request: Request, messages: Sequence[Message], *,
+                      jobs_started: bool) -> None:
+        try:
+            await self.journal.finished(request)
+        except Exception:
+            logger.exception("journal: finishing %s failed", request.describe())
+        reply = request.reply
         # a request that could not start gets its failure even if it asked only for the ack
-        if reply is not None and (reply.wants_final or not result.jobs) and messages:
+        if reply is not None and (reply.wants_final or not jobs_started) and messages:
             await reply.send(announce.combine(messages, request.subject))
 
-    async def _run_job(self, job: Job) -> list[Message]:
+    def _internal(self, request: Request, job: Job | None, err: BaseException) -> list[Message]:
+        """A bug or a broken dependency (the journal, say): announced, never silent."""
+        logger.error("internal error on %s", job.describe() if job else request.describe(),
+                     exc_info=err)
+        message = self.announcer.rejection(Rejection(
+            Reason.INTERNAL, f"internal error: {type(err).__name__}: {err}", request.origin,
+            subject=request.subject, uri=request.files[0].uri, metadata=request.metadata))
+        self.announcer.publish(message)
+        return [message]
+
+    async def _run_job(self, job: Job, index: int, done: dict[int, list[Message]]
+                       ) -> list[Message]:
         await self.journal.transferring(job)
         results: tuple[UploadResult, ...] = tuple(await asyncio.gather(
             *(self.transfer.upload(u, job.endpoint) for u in job.uploads)))
         failed = [r for r in results if not r.ok]
         if failed:
-            self.counts["failed"] += 1
             await self.journal.failed(job.request, job, failed[0].reason or "upload_failed")
             messages = [self.announcer.upload_failure(job, r) for r in failed]
             for m in messages:
                 self.announcer.publish(m)
-            return messages
-        await self.journal.uploaded(job, results)
-        message = announce.completion(job, results)
-        self.announcer.publish(message)
-        await self.journal.announced(job)
-        self.counts["completed"] += 1
-        logger.info("announced %s on %s", job.describe(), job.publish_topic)
-        return [message]
+        else:
+            await self.journal.uploaded(job, results)
+            messages = [announce.completion(job, results)]
+            self.announcer.publish(messages[0])
+            await self.journal.announced(job)
+            logger.info("announced %s on %s", job.describe(), job.publish_topic)
+        done[index] = messages
+        return messages
 
-    async def _abandon(self, request: Request, jobs: Any) -> None:
-        """Announce (and answer) that a request was cut off by shutdown."""
-        message = self.announcer.rejection(Rejection(
-            Reason.SHUTDOWN, "the daemon stopped before this request finished", request.origin,
-            subject=request.subject, uri=request.files[0].uri, metadata=request.metadata))
-        self.announcer.publish(message)
-        for job in jobs:
-            await self.journal.failed(request, job, Reason.SHUTDOWN)
-        if request.reply is not None and request.reply.wants_final:
-            await request.reply.send(message)
+    async def _abandon(self, request: Request, jobs: Sequence[Job],
+                       done: dict[int, list[Message]]) -> None:
+        """Shutdown cut the request off: fail (and answer) only the jobs not yet done."""
+        self.counts["abandoned"] += 1
+        messages = [m for i in sorted(done) for m in done[i]]
+        cut: list[Job | None] = [job for i, job in enumerate(jobs) if i not in done] or [None]
+        for job in cut:
+            where = f" ({job.target or 'direct'})" if job else ""
+            message = self.announcer.rejection(_shutdown(
+                request, f"the daemon stopped before this request finished{where}"))
+            self.announcer.publish(message)
+            messages.append(message)
+            if job is not None:
+                await self.journal.failed(request, job, Reason.SHUTDOWN)
+        await self._finish(request, messages, jobs_started=True)
 
 
 async def run_daemon(config: Config) -> None:

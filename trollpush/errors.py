@@ -94,6 +94,10 @@ class UsageError(TrollpushError):
     """A command-line or API call was given arguments it cannot use."""
 
 
+class SetupError(TrollpushError):
+    """Something the daemon needs could not be set up (a port in use, a dead intake)."""
+
+
 # --- input: messages and requests ----------------------------------------------------
 
 
@@ -115,6 +119,7 @@ class Reason:
     PERMANENT = "permanent_error"
     SHUTDOWN = "shutdown"
     QUEUE_TIMEOUT = "queue_timeout"
+    INTERNAL = "internal_error"
     DAEMON_GONE = "daemon_gone"  # client side: the daemon went away after accepting
 
 

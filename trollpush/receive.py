@@ -24,7 +24,7 @@ import zmq.asyncio
 from posttroll.message import Message
 from posttroll.subscriber import create_subscriber_from_dict_config
 
-from .errors import MessageError, Reason
+from .errors import MessageError, Reason, SetupError
 from .models import FILE_KEYS, RESERVED_KEYS, Rejection, Replier, Request, SourceFile
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 MESSAGE_TYPES = ("file", "dataset", "collection")
 REPLY_MODES = ("final", "accepted", "both")
 Sink = Callable[[Request | Rejection], Coroutine[Any, Any, None]]
+OnFatal = Callable[[str, BaseException], None]
 
 
 def _local_names() -> frozenset[str]:
@@ -199,14 +200,17 @@ class SubscribeReceiver:
     POLL_MS = 200
 
     def __init__(self, settings: Mapping[str, Any], sink: Sink,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, *, on_fatal: OnFatal | None = None) -> None:
         self._settings = dict(settings)
         self._sink = sink
         self._loop = loop
+        self._on_fatal = on_fatal
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._subscriber: Any = None
         self.received = 0
+        #: items read but not handed over when intake stopped (answered by the daemon)
+        self.undelivered: list[Request | Rejection] = []
 
     def __repr__(self) -> str:
         return f"<SubscribeReceiver topics={self._settings.get('topics')} received={self.received}>"
@@ -214,7 +218,7 @@ class SubscribeReceiver:
     def start(self) -> None:
         """Create the subscriber (may wait for a nameserver) and start the reading thread."""
         self._subscriber = create_subscriber_from_dict_config(dict(self._settings))
-        self._thread = threading.Thread(target=self._run, name="trollpush-subscribe",
+        self._thread = threading.Thread(target=self._supervised, name="trollpush-subscribe",
                                         daemon=True)
         self._thread.start()
 
@@ -223,10 +227,22 @@ class SubscribeReceiver:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+            if self._thread.is_alive():  # never close sockets under a live reader
+                logger.error("the subscriber thread did not stop; leaving its sockets open")
+                return
             self._thread = None
         if self._subscriber is not None:
             self._subscriber.close()
             self._subscriber = None
+
+    def _supervised(self) -> None:
+        try:
+            self._run()
+        except Exception as err:
+            if self._on_fatal is not None and not self._stop.is_set():
+                self._loop.call_soon_threadsafe(self._on_fatal, "the subscriber", err)
+            else:
+                logger.exception("the subscriber stopped")
 
     def _hooks(self) -> dict[Any, Callable[[Message], None]]:
         """posttroll's hook sockets (the nameserver address listener, ``addr_listener``).
@@ -289,7 +305,12 @@ class SubscribeReceiver:
             except Exception:  # the sink logs its own errors; keep the reader alive
                 logger.exception("subscribe delivery failed")
                 return
+        # stopping while the queue is full: take the item back unless it got in meanwhile
         future.cancel()
+        try:
+            future.result(timeout=5)
+        except BaseException:  # cancelled (or never settled): it did not get in
+            self.undelivered.append(item)
 
 
 # --- ZeroMQ REQ/REP ---------------------------------------------------------------------
@@ -326,13 +347,17 @@ class _RouterReply:
 class RequestServer:
     """ROUTER socket serving REQ clients concurrently (a REP socket would serialise them)."""
 
-    def __init__(self, address: str, sink: Sink) -> None:
+    def __init__(self, address: str, sink: Sink, *, on_fatal: OnFatal | None = None) -> None:
         self.address = address
         self._sink = sink
+        self._on_fatal = on_fatal
         self._ctx = zmq.asyncio.Context()
         self._sock: zmq.asyncio.Socket | None = None
         self._task: asyncio.Task[None] | None = None
         self.received = 0
+        self._stopping = False
+        #: items read but not handed over when intake stopped (answered by the daemon)
+        self.undelivered: list[Request | Rejection] = []
 
     def __repr__(self) -> str:
         return f"<RequestServer {self.address} received={self.received}>"
@@ -341,13 +366,28 @@ class RequestServer:
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        sock.bind(self.address)
+        try:
+            sock.bind(self.address)
+        except zmq.ZMQError as err:
+            sock.close(linger=0)
+            raise SetupError(f"requests.address {self.address}: cannot listen ({err})") from err
         if self.address.endswith(":0"):
             self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._sock = sock
         self._task = asyncio.get_running_loop().create_task(self._serve(), name="requests")
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The serving task ended without stop(): the socket died (zmq cancels pending
+        receives when a socket closes) or an error escaped."""
+        if self._stopping or self._on_fatal is None:
+            return
+        err = None if task.cancelled() else task.exception()
+        self._on_fatal("the request server",
+                       err or SetupError(f"requests.address {self.address}: the socket closed"))
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -359,7 +399,7 @@ class RequestServer:
             self._sock.close(linger=0)
             self._sock = None
         if not self._ctx.closed:
-            self._ctx.term()
+            self._ctx.destroy(linger=0)
 
     async def _serve(self) -> None:
         assert self._sock is not None
@@ -379,7 +419,18 @@ class RequestServer:
                                            f"expected one message frame, got {len(body)}",
                                            "request", reply=reply))
                 continue
-            await self._sink(self._decode(body[0], envelope))
+            # off the loop: checking files may block (a stale NFS mount, a big dataset)
+            decoding = asyncio.ensure_future(asyncio.to_thread(self._decode, body[0], envelope))
+            try:
+                item = await asyncio.shield(decoding)
+            except asyncio.CancelledError:
+                self.undelivered.append(await decoding)  # stopping: keep it to answer it
+                raise
+            try:
+                await self._sink(item)
+            except asyncio.CancelledError:
+                self.undelivered.append(item)
+                raise
 
     def _decode(self, raw: bytes, envelope: list[bytes]) -> Request | Rejection:
         assert self._sock is not None

@@ -161,6 +161,10 @@ class Router:
             try:
                 topic = _compose(target.publish_topic, _aliased(metas[0], target.aliases),
                                  f"targets[{target.name}].publish_topic")
+                if not topic or any(c.isspace() for c in topic):
+                    raise RouteError(Reason.COMPOSE_ERROR,
+                                     f"targets[{target.name}].publish_topic: composed "
+                                     f"{topic!r}, a subject cannot hold whitespace")
             except RouteError as err:
                 return RouteFailure(target.name, err.reason, err.detail, request.files[0],
                                     target.destination)

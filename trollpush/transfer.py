@@ -41,6 +41,11 @@ PERMANENT_CODES = frozenset({
 #: codes that mean "slow down": retried after a short pause, not at once
 THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException",
                             "RequestLimitExceeded", "ServiceUnavailable", "503"})
+#: client-side (4xx) codes that a new attempt can fix: a body damaged in flight, a slow
+#: client, a clock or token refreshed meanwhile
+RETRY_4XX_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch",
+                             "XAmzContentChecksumMismatch", "RequestTimeout",
+                             "RequestTimeTooSkewed", "IncompleteBody", "ExpiredToken"})
 MIN_PART = 5 * 1024 * 1024
 MAX_PARTS = 10_000
 
@@ -60,10 +65,15 @@ def classify(err: BaseException) -> TransferError:
     if isinstance(err, botocore.exceptions.ClientError):
         info = err.response.get("Error", {})
         code = str(info.get("Code", "?"))
+        status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         detail = f"{code}: {info.get('Message', err)}"
         if code in PERMANENT_CODES:
             return PermanentTransferError(detail)
-        return TransferError(detail, throttled=code in THROTTLE_CODES)
+        if code in THROTTLE_CODES or status in (429, 503):
+            return TransferError(detail, throttled=True)
+        if 400 <= status < 500 and status not in (408,) and code not in RETRY_4XX_CODES:
+            return PermanentTransferError(detail)  # the request itself is wrong
+        return TransferError(detail)
     if isinstance(err, (botocore.exceptions.NoCredentialsError,
                         botocore.exceptions.PartialCredentialsError,
                         botocore.exceptions.ParamValidationError)):
