@@ -57,6 +57,7 @@ class Request:
     endpoint: str | None = None  # explicit endpoint for an explicit destination
     reply: Replier | None = None
     received: float = field(default_factory=time.monotonic)
+    accepted_at: float = field(default_factory=time.time)  # wall clock: survives restarts
 
     def describe(self) -> str:
         """Short text for logs."""
@@ -107,6 +108,7 @@ class UploadResult:
     checksum: str | None = None  # base64, as the store verified it ("-N": multipart)
     checksum_algorithm: str | None = None
     parts: int = 0  # 0: a single PUT
+    source_stat: tuple[int, int, int] | None = None  # (size, mtime_ns, inode) as uploaded
 
     @property
     def ok(self) -> bool:
