@@ -255,3 +255,98 @@ async def test_body_always_corrupted_never_lands(seaweed: str, weed_bucket: str,
     assert client.list_objects_v2(Bucket=weed_bucket, Prefix="never").get("KeyCount") == 0
     assert client.list_multipart_uploads(Bucket=weed_bucket).get("Uploads", []) == []
 
+
+
+# --- files that change, uploads that resume ---------------------------------------------------
+
+
+async def test_file_rewritten_during_upload_is_uploaded_again(s3_url: str, s3: Any,
+                                                              bucket: str,
+                                                              tmp_path: Path) -> None:
+    """The first PUT sends the old bytes, then the file is rewritten: that upload is not
+    reported as landed; the second one is, with the new bytes."""
+    path = _file(tmp_path, "growing.bin", 10_000)
+    engine = await _engine(s3_url, tries=3)
+    puts = 0
+
+    def rewrite(**_: Any) -> None:
+        nonlocal puts
+        puts += 1
+        if puts == 1:
+            path.write_bytes(os.urandom(12_000))
+
+    engine.client("default").meta.events.register("before-send.s3.PutObject", rewrite)
+    try:
+        result = await engine.upload(_upload(path, bucket, "growing.bin"), "default")
+    finally:
+        await engine.close()
+    assert result.ok and puts == 2 and result.size == 12_000
+    assert result.source_stat is not None and result.source_stat[0] == 12_000
+    assert s3.get_object(Bucket=bucket, Key="growing.bin")["Body"].read() == path.read_bytes()
+
+
+async def test_file_that_keeps_changing_fails(s3_url: str, tmp_path: Path, bucket: str) -> None:
+    path = _file(tmp_path, "busy.bin", 1000)
+    engine = await _engine(s3_url, tries=2)
+    def rewrite(**_: Any) -> None:  # (a before-send handler's return value is a response)
+        path.write_bytes(os.urandom(1001))
+
+    engine.client("default").meta.events.register("before-send.s3.PutObject", rewrite)
+    try:
+        result = await engine.upload(_upload(path, bucket, "busy.bin"), "default")
+    finally:
+        await engine.close()
+    assert not result.ok and result.reason == "file_changed"
+
+
+class _Recorder:
+    """Progress kept in memory, as the journal keeps it on disk."""
+
+    def __init__(self) -> None:
+        self.started: tuple[str, int, Any] | None = None
+        self.parts: dict[int, tuple[str, str | None]] = {}
+
+    async def multipart_started(self, upload: Upload, upload_id: str, part_size: int,
+                                stat: Any) -> None:
+        self.started = (upload_id, part_size, stat)
+        self.parts = {}
+
+    async def part_done(self, upload: Upload, number: int, etag: str,
+                        checksum: str | None) -> None:
+        self.parts[number] = (etag, checksum)
+
+    def multipart(self, upload: Upload) -> Any:
+        if self.started is None:
+            return None
+        upload_id, part_size, stat = self.started
+        return upload_id, dict(self.parts), part_size, stat
+
+
+async def test_interrupted_multipart_resumes_from_its_parts(s3_url: str, s3: Any, bucket: str,
+                                                            tmp_path: Path) -> None:
+    """Cancelled after two parts (a shutdown): the upload is kept, and the next attempt
+    sends only the missing parts (ListParts confirms the recorded ones)."""
+    path = _file(tmp_path, "long.bin", 26 * MiB)
+    recorder = _Recorder()
+    engine = await _engine(s3_url, multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB,
+                           max_parts_in_flight=1)
+    sent: list[int] = []
+    engine.client("default").meta.events.register(
+        "before-send.s3.UploadPart", lambda request, **_: sent.append(1))
+    try:
+        task = asyncio.create_task(engine.upload(_upload(path, bucket, "long.bin"), "default",
+                                                 progress=recorder))
+        await wait_until_async(lambda: len(recorder.parts) >= 2, what="two parts recorded")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads"), "the upload was kept"
+        first = len(sent)
+        done = len(recorder.parts)
+        result = await engine.upload(_upload(path, bucket, "long.bin"), "default",
+                                     progress=recorder)
+    finally:
+        await engine.close()
+    assert result.ok and result.parts == 6
+    assert len(sent) - first == 6 - done  # only the missing parts went again
+    assert s3.get_object(Bucket=bucket, Key="long.bin")["Body"].read() == path.read_bytes()
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

@@ -56,13 +56,29 @@ def encode(h: _Hash) -> str | None:
     return base64.b64encode(raw).decode() if raw else None
 
 
-def read_all(path: os.PathLike[str] | str, algorithm: str) -> tuple[bytes, str | None]:
-    """A small file's bytes and checksum (one read; run in a worker thread)."""
+Stat = tuple[int, int, int]  # (size, mtime_ns, inode): "the same file, unchanged"
+
+
+def stat_of(path: os.PathLike[str] | str) -> Stat:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def prepare(path: os.PathLike[str] | str, small: int, algorithm: str
+            ) -> tuple[Stat, tuple[bytes, str | None] | None]:
+    """A file's stat, and for one of at most ``small`` bytes its bytes and checksum too
+    (one open, one read: run in a worker thread)."""
     with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        stat = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if st.st_size > small:
+            return stat, None
         data = fh.read()
+    if len(data) != st.st_size:
+        raise OSError(f"read {len(data)} of {st.st_size} bytes (changing while read?)")
     h = new(algorithm)
     h.update(data)
-    return data, encode(h)
+    return stat, (data, encode(h))
 
 
 def of_file(path: os.PathLike[str] | str, algorithm: str) -> str | None:

@@ -7,6 +7,7 @@ was expected.  The YAML schema is documented in ``docs/config.md``.
 from __future__ import annotations
 
 import math
+import os
 import re
 import string
 from collections.abc import Mapping
@@ -132,6 +133,7 @@ class TargetConfig:
     excepts: Mapping[str, tuple[Scalar, ...]] = field(default_factory=dict)
     aliases: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     publish_topic: str | None = None
+    overwrite: str = "changed"  # "always": upload even an unchanged file that already landed
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,15 @@ class DaemonConfig:
     queue_size: int = 1000
     max_in_flight: int = 256
     shutdown_grace: float = 30.0
+    max_age: float = 3600.0  # how long a request may keep retrying while the store is down
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    """Where accepted requests are recorded; ``path`` None keeps them in memory only."""
+
+    path: str | None = None
+    keep_landed_days: float = 7.0
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,7 @@ class Config:
     requests: RequestsConfig | None = None
     publish: PublishConfig | None = None
     daemon: DaemonConfig = DaemonConfig()
+    journal: JournalConfig = JournalConfig()
     source: str = "<config>"
 
     def default_endpoint(self) -> str | None:
@@ -243,13 +255,15 @@ def parse_config(data: object, *, source: str = "<config>") -> Config:
     v = _Validator()
     if not isinstance(data, Mapping):
         raise ConfigError([ConfigProblem("<root>", data, "a mapping of sections")], source)
-    v.no_unknown(data, "", {"subscribe", "requests", "publish", "endpoints", "targets", "daemon"})
+    v.no_unknown(data, "", {"subscribe", "requests", "publish", "endpoints", "targets", "daemon",
+                            "journal"})
     subscribe = _subscribe(v, data.get("subscribe"))
     requests = _requests(v, data.get("requests"), present="requests" in data)
     publish = _publish(v, data.get("publish"))
     endpoints = _endpoints(v, data.get("endpoints"))
     targets = _targets(v, data.get("targets"), endpoints)
     daemon = _daemon(v, data.get("daemon"))
+    journal = _journal(v, data.get("journal"))
     if subscribe is None and requests is None:
         v.problem("subscribe/requests", None, "at least one input section (subscribe or requests)")
     _check_loop(v, subscribe, publish, targets)
@@ -260,7 +274,7 @@ def parse_config(data: object, *, source: str = "<config>") -> Config:
         raise ConfigError(v.problems, source)
     return Config(endpoints=MappingProxyType(endpoints), targets=tuple(targets),
                   subscribe=subscribe, requests=requests, publish=publish, daemon=daemon,
-                  source=source)
+                  journal=journal, source=source)
 
 
 class _Validator:
@@ -518,7 +532,7 @@ def _endpoints(v: _Validator, raw: object) -> dict[str, EndpointConfig]:
 
 
 _TARGET_KEYS = {"name", "topics", "pattern", "conditions", "aliases", "destination",
-                "endpoint", "publish_topic"}
+                "endpoint", "publish_topic", "overwrite"}
 
 
 def _targets(v: _Validator, raw: object,
@@ -557,11 +571,15 @@ def _targets(v: _Validator, raw: object,
             if publish_topic is not None:
                 _check_template(v, publish_topic, f"{p}publish_topic")
         conditions, excepts = _conditions(v, t.get("conditions"), f"{p}conditions")
+        overwrite = v.string(t, "overwrite", p, default="changed") or "changed"
+        if overwrite not in ("changed", "always"):
+            v.problem(f"{p}overwrite", overwrite, "changed (the default) or always")
         out.append(TargetConfig(
             name=name, destination=destination or "", endpoint=endpoint or "",
             topics=v.topics(t.get("topics"), f"{p}topics"), pattern=pattern,
             conditions=conditions, excepts=excepts,
-            aliases=_aliases(v, t.get("aliases"), f"{p}aliases"), publish_topic=publish_topic))
+            aliases=_aliases(v, t.get("aliases"), f"{p}aliases"), publish_topic=publish_topic,
+            overwrite=overwrite))
     return out
 
 
@@ -679,10 +697,23 @@ def _daemon(v: _Validator, raw: object) -> DaemonConfig:
     data = v.mapping(raw, "daemon")
     if data is None:
         return DaemonConfig()
-    v.no_unknown(data, "daemon.", {"queue_size", "max_in_flight", "shutdown_grace"})
+    v.no_unknown(data, "daemon.", {"queue_size", "max_in_flight", "shutdown_grace", "max_age"})
     return DaemonConfig(
         queue_size=v.number(data, "queue_size", "daemon.", 1000, minimum=1, integer=True),
         max_in_flight=v.number(data, "max_in_flight", "daemon.", 256, minimum=1, integer=True),
         shutdown_grace=float(v.number(data, "shutdown_grace", "daemon.", 30.0)),
+        max_age=float(v.number(data, "max_age", "daemon.", 3600.0, minimum=1)),
     )
+
+
+def _journal(v: _Validator, raw: object) -> JournalConfig:
+    """Durable by default (the user's state directory); ``path: memory`` opts out."""
+    from .journal import default_journal_path
+
+    data = v.mapping(raw, "journal") or {}
+    v.no_unknown(data, "journal.", {"path", "keep_landed_days"})
+    path = v.string(data, "path", "journal.", default=str(default_journal_path()))
+    return JournalConfig(
+        path=None if path == "memory" else os.path.expanduser(path or ""),
+        keep_landed_days=float(v.number(data, "keep_landed_days", "journal.", 7.0)))
 

@@ -20,10 +20,11 @@ from posttroll.message import Message
 
 from . import announce
 from .announce import Announcer
+from .checksum import Stat, stat_of
 from .config import Config
 from .errors import Reason, SetupError
-from .journal import Journal, MemoryJournal
-from .models import Job, Rejection, Request, UploadResult
+from .journal import JobRecord, Journal, MemoryJournal, SQLiteJournal, State
+from .models import Job, Rejection, Request, Upload, UploadResult
 from .receive import RequestServer, SubscribeReceiver
 from .route import Router
 from .transfer import TransferEngine
@@ -42,12 +43,50 @@ def _shutdown(request: Request, detail: str) -> Rejection:
                      uri=request.files[0].uri, metadata=request.metadata, reply=request.reply)
 
 
+def make_journal(config: Config) -> Journal:
+    """The configured journal: SQLite at ``journal.path``, or memory for ``path: memory``."""
+    keep = config.journal.keep_landed_days * 86400
+    if config.journal.path is None:
+        return MemoryJournal(keep_landed_seconds=keep)
+    return SQLiteJournal(config.journal.path, keep_landed_seconds=keep)
+
+
+class _JobProgress:
+    """The engine's view of the journal for one job: where multipart progress goes."""
+
+    def __init__(self, journal: Journal, job: Job) -> None:
+        self._journal = journal
+        self._job = job
+
+    async def multipart_started(self, upload: Upload, upload_id: str, part_size: int,
+                                stat: Stat) -> None:
+        await self._journal.multipart_started(self._job, upload, upload_id,
+                                              part_size=part_size, source_stat=stat)
+
+    async def part_done(self, upload: Upload, number: int, etag: str,
+                        checksum: str | None) -> None:
+        await self._journal.part_done(self._job, upload, number, etag, checksum)
+
+    def multipart(self, upload: Upload) -> tuple[str, dict[int, tuple[str, str | None]],
+                                                 int | None, Stat | None] | None:
+        state = self._journal.multipart(self._job, upload)
+        if state is None:
+            return None
+        return state.upload_id, dict(state.parts), state.part_size, state.source_stat
+
+
 class Daemon:
     """One trollpush daemon; ``await run()`` until ``stop()`` or a signal."""
 
     def __init__(self, config: Config, *, journal: Journal | None = None) -> None:
         self.config = config
-        self.journal: Journal = journal if journal is not None else MemoryJournal()
+        self.journal: Journal = journal if journal is not None else make_journal(config)
+        #: a durable journal keeps what shutdown cuts off, to finish at the next start
+        self.durable = not isinstance(self.journal, MemoryJournal)
+        self._overwrite = {t.name: t.overwrite for t in config.targets}
+        self._objects: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._resuming: set[str] = set()  # ids of requests recovered from the journal
+        self._feeders: set[asyncio.Task[None]] = set()
         self.router = Router(config)
         self.transfer = TransferEngine(config.endpoints, warm_buckets=config.warm_buckets())
         self.announcer = Announcer(config.publish)
@@ -93,6 +132,7 @@ class Daemon:
         try:
             await self._start()
             dispatcher = asyncio.create_task(self._dispatch(), name="dispatch")
+            self._recover()
             logger.info("trollpush ready: %s", ", ".join(self._inputs()) or "no inputs")
             self.ready.set()
             await self._stopping.wait()
@@ -128,6 +168,10 @@ class Daemon:
         self._loop.add_signal_handler(signal.SIGHUP, lambda: logger.info("SIGHUP ignored"))
 
     async def _start(self) -> None:
+        try:
+            await self.journal.open()
+        except Exception as err:
+            raise SetupError(f"journal: {err}") from err
         await self.transfer.start()
         await asyncio.to_thread(self.announcer.start)
         if self.config.requests is not None:
@@ -159,8 +203,10 @@ class Daemon:
             logger.warning("grace period of %g s over: cancelling %d running and %d waiting "
                            "request(s)", grace, len(self._tasks),
                            self._queue.qsize())
+        for feeder in list(self._feeders):  # recovered requests not yet queued stay journaled
+            feeder.cancel()
         dispatcher.cancel()
-        await asyncio.gather(dispatcher, return_exceptions=True)
+        await asyncio.gather(dispatcher, *self._feeders, return_exceptions=True)
         left = [item for intake in (self.requests, self.subscriber) if intake is not None
                 for item in intake.undelivered]
         while not self._queue.empty():
@@ -168,6 +214,9 @@ class Daemon:
         for item in left:
             if isinstance(item, Request):
                 self.counts["abandoned"] += 1
+                if self.durable:  # journaled on receipt: the next start does it
+                    await self._defer(item)
+                    continue
                 item = _shutdown(item, "the daemon stopped before starting this request")
             await self._refuse(item)
         for task in list(self._tasks):
@@ -181,6 +230,7 @@ class Daemon:
             ("publisher", self.announcer.stop)]
         if self.requests is not None:
             steps.append(("request socket", self.requests.close))
+        steps.append(("journal", self.journal.close))
         for name, step in steps:
             try:
                 result = step()
@@ -189,11 +239,52 @@ class Daemon:
             except Exception:
                 logger.exception("shutdown: closing the %s failed", name)
 
+    # --- recovery -----------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Queue what the journal holds from an earlier run (crash or stop): each request
+        continues from its recorded state instead of starting over."""
+        pending = self.journal.unfinished()
+        if not pending:
+            return
+        logger.info("resuming %d request(s) from the journal", len(pending))
+        self._resuming.update(r.id for r in pending)
+        self.counts["resumed"] += len(pending)
+
+        async def feed() -> None:
+            assert self._queue is not None
+            for request in pending:
+                await self._queue.put(request)
+
+        task = asyncio.create_task(feed(), name="recover")
+        self._feeders.add(task)
+        task.add_done_callback(self._feeders.discard)
+
+    async def _resume_job(self, record: JobRecord, index: int,
+                          done: dict[int, list[Message]]) -> list[Message]:
+        if record.state == State.ANNOUNCED:
+            done[index] = []
+            return []
+        if record.state == State.UPLOADED:  # landed before the stop: announce it now
+            return await self._conclude(record.job, index, done, record.results)
+        return await self._run_job(record.job, index, done)
+
     # --- intake -------------------------------------------------------------------------
 
     async def submit(self, item: Request | Rejection) -> None:
-        """Hand one received item to the pipeline; waits while the queue is full."""
+        """Record a request in the journal (it is accepted from here on: on receipt for
+        pub-sub, before any reply for REQ/REP), then queue it; waits while the queue is
+        full."""
         assert self._queue is not None
+        if isinstance(item, Request):
+            try:
+                await self.journal.accepted(item)
+                self.counts["accepted"] += 1
+            except Exception as err:
+                logger.exception("journal: cannot accept %s", item.describe())
+                item = Rejection(Reason.INTERNAL, f"journal: {err}", item.origin,
+                                 subject=item.subject, uri=item.files[0].uri,
+                                 metadata=item.metadata, reply=item.reply)
         await self._queue.put(item)
 
     async def _dispatch(self) -> None:
@@ -246,8 +337,17 @@ class Daemon:
         done: dict[int, list[Message]] = {}
         messages: list[Message] = []
         try:
-            await self.journal.accepted(request)
-            self.counts["accepted"] += 1
+            records = self.journal.jobs(request) if request.id in self._resuming else []
+            self._resuming.discard(request.id)
+            if records:  # recovered: continue the jobs as recorded (the config may differ)
+                jobs = tuple(r.job for r in records)
+                outcomes = await asyncio.gather(*(self._resume_job(r, i, done)
+                                                  for i, r in enumerate(records)),
+                                                return_exceptions=True)
+                for job, out in zip(jobs, outcomes, strict=True):
+                    messages.extend(self._internal(request, job, out)
+                                    if isinstance(out, BaseException) else out)
+                return await self._settle(request, messages, jobs_started=True)
             result = self.router.route(request)
             jobs = result.jobs
             reply = request.reply
@@ -270,9 +370,13 @@ class Daemon:
             raise
         except Exception as err:
             messages.extend(self._internal(request, None, err))
+        await self._settle(request, messages, jobs_started=bool(jobs))
+
+    async def _settle(self, request: Request, messages: Sequence[Message], *,
+                      jobs_started: bool) -> None:
         self.counts["failed" if any(m.type == announce.FAILURE_TYPE for m in messages)
                     else "completed"] += 1
-        await self._finish(request, messages, jobs_started=bool(jobs))
+        await self._finish(request, messages, jobs_started=jobs_started)
 
     async def _finish(self, request: Request, messages: Sequence[Message], *,
                       jobs_started: bool) -> None:
@@ -297,9 +401,41 @@ class Daemon:
 
     async def _run_job(self, job: Job, index: int, done: dict[int, list[Message]]
                        ) -> list[Message]:
-        await self.journal.transferring(job)
-        results: tuple[UploadResult, ...] = tuple(await asyncio.gather(
-            *(self.transfer.upload(u, job.endpoint) for u in job.uploads)))
+        keys = sorted({(job.endpoint, u.bucket, u.key) for u in job.uploads})
+        async with contextlib.AsyncExitStack() as stack:
+            # one upload per object at a time (locks in a fixed order: no deadlock)
+            for key in keys:
+                await stack.enter_async_context(self._objects.setdefault(key, asyncio.Lock()))
+            results = await self._transfer(job)
+        for key in keys:
+            lock = self._objects.get(key)
+            if lock is not None and not lock.locked():
+                del self._objects[key]
+        return await self._conclude(job, index, done, results)
+
+    async def _transfer(self, job: Job) -> tuple[UploadResult, ...]:
+        """Upload what has not landed yet; an unchanged file already at its object is
+        answered from the journal (unless the target says ``overwrite: always``)."""
+        reused: dict[int, UploadResult] = {}
+        if self._overwrite.get(job.target or "", "changed") != "always":
+            stats = await asyncio.to_thread(_stats, [u.source.path for u in job.uploads])
+            for i, (u, st) in enumerate(zip(job.uploads, stats, strict=True)):
+                hit = self.journal.landed(job.endpoint, u.bucket, u.key, st) if st else None
+                if hit is not None:
+                    reused[i] = hit
+                    logger.info("already landed, answered from the journal: %s -> %s",
+                                u.source.uri, u.url)
+        if len(reused) < len(job.uploads):
+            await self.journal.transferring(job)
+        progress = _JobProgress(self.journal, job) if self.durable else None
+        fresh = iter(await asyncio.gather(*(
+            self.transfer.upload(u, job.endpoint, progress=progress)
+            for i, u in enumerate(job.uploads) if i not in reused)))
+        return tuple(reused[i] if i in reused else next(fresh)
+                     for i in range(len(job.uploads)))
+
+    async def _conclude(self, job: Job, index: int, done: dict[int, list[Message]],
+                        results: tuple[UploadResult, ...]) -> list[Message]:
         failed = [r for r in results if not r.ok]
         if failed:
             await self.journal.failed(job.request, job, failed[0].reason or "upload_failed")
@@ -315,10 +451,22 @@ class Daemon:
         done[index] = messages
         return messages
 
+    async def _defer(self, request: Request) -> None:
+        """Shutdown cut a journaled request off: the next start finishes it.  Only a
+        waiting requester is told (pub-sub gets the completion later, not a failure)."""
+        logger.info("left in the journal for the next start: %s", request.describe())
+        if request.reply is not None:
+            await request.reply.send(self.announcer.rejection(_shutdown(
+                request, "the daemon stopped; the request stays in its journal and is "
+                         "finished at the next start")))
+
     async def _abandon(self, request: Request, jobs: Sequence[Job],
                        done: dict[int, list[Message]]) -> None:
         """Shutdown cut the request off: fail (and answer) only the jobs not yet done."""
         self.counts["abandoned"] += 1
+        if self.durable:
+            await self._defer(request)
+            return
         messages = [m for i in sorted(done) for m in done[i]]
         cut: list[Job | None] = [job for i, job in enumerate(jobs) if i not in done] or [None]
         for job in cut:
@@ -330,6 +478,16 @@ class Daemon:
             if job is not None:
                 await self.journal.failed(request, job, Reason.SHUTDOWN)
         await self._finish(request, messages, jobs_started=True)
+
+
+def _stats(paths: Sequence[object]) -> list[Stat | None]:
+    out: list[Stat | None] = []
+    for path in paths:
+        try:
+            out.append(stat_of(str(path)))
+        except OSError:
+            out.append(None)
+    return out
 
 
 async def run_daemon(config: Config) -> None:

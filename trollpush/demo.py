@@ -67,6 +67,7 @@ def demo_config(source: Path, s3_url: str, workdir: Path) -> tuple[Path, dict[st
     cfg["publish"]["address"] = f"tcp://127.0.0.1:{free_port()}"
     for ep in cfg["endpoints"].values():
         ep["url"] = s3_url
+    cfg["journal"] = {"path": str(workdir / "journal.sqlite")}  # the demo leaves no trace
     path = workdir / "demo.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path, cfg

@@ -110,6 +110,7 @@ class Reason:
     REMOTE_FILE = "remote_file"
     FILE_MISSING = "file_missing"
     NOT_A_FILE = "not_a_file"
+    FILE_CHANGED = "file_changed"
     FILE_UNREADABLE = "file_unreadable"
     BAD_DESTINATION = "bad_destination"
     NO_ROUTE = "no_route"

@@ -17,12 +17,13 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import botocore.exceptions
 
 from . import checksum
+from .checksum import Stat
 from .config import EndpointConfig
 from .errors import PermanentTransferError, Reason, RetriesExhausted, TransferError, TransferTimeout
 from .models import Upload, UploadResult
@@ -89,6 +90,21 @@ def classify(err: BaseException) -> TransferError:
     raise err
 
 
+class Progress(Protocol):
+    """Where the engine records a multipart upload's progress so it can resume it (the
+    journal, for one job); without one, an interrupted upload is aborted."""
+
+    async def multipart_started(self, upload: Upload, upload_id: str, part_size: int,
+                                stat: Stat) -> None: ...
+
+    async def part_done(self, upload: Upload, number: int, etag: str,
+                        checksum: str | None) -> None: ...
+
+    def multipart(self, upload: Upload) -> tuple[str, Mapping[int, tuple[str, str | None]],
+                                                 int | None, Stat | None] | None:
+        """(upload id, {part: (etag, checksum)}, part size, stat) recorded earlier."""
+
+
 @dataclass
 class _Outcome:
     etag: str | None
@@ -140,22 +156,45 @@ class TransferEngine:
 
     # --- one file -------------------------------------------------------------------------
 
-    async def upload(self, upload: Upload, endpoint: str) -> UploadResult:
-        """Upload one file; never raises (the result says what happened)."""
+    async def upload(self, upload: Upload, endpoint: str, *,
+                     progress: Progress | None = None) -> UploadResult:
+        """Upload one file; never raises (the result says what happened).
+
+        The file's (size, mtime, inode) is taken before and after: a file that changed
+        meanwhile is uploaded again (up to ``tries`` times), never reported as landed.
+        """
         pool = self._pools[endpoint]
         ep = pool.config
         start = time.monotonic()
         counter = _Counter()
         size = -1
+        stat: Stat | None = None
         try:
-            try:
-                size = await asyncio.to_thread(_size_of, upload.source.path)
-            except OSError as err:
-                raise classify(err) from err
-            if size >= ep.multipart_threshold:
-                out = await self._multipart(pool, endpoint, upload, size, counter)
+            for turn in range(1, ep.tries + 1):
+                try:  # one trip to a worker thread: stat, and the bytes of a small file
+                    before, small = await asyncio.to_thread(
+                        checksum.prepare, upload.source.path, ep.multipart_chunksize,
+                        ep.checksum)
+                except OSError as err:
+                    raise classify(err) from err
+                stat, size = before, before[0]
+                if size >= ep.multipart_threshold:
+                    out = await self._multipart(pool, endpoint, upload, before, counter,
+                                                progress)
+                else:
+                    out = await self._single(pool, endpoint, upload, size, small, counter)
+                try:
+                    after = await asyncio.to_thread(checksum.stat_of, upload.source.path)
+                except OSError as err:
+                    raise classify(err) from err
+                if after == before:
+                    break
+                logger.warning("file changed while uploading %s (%s -> %s), upload %d of %d",
+                               upload.source.uri, stat, after, turn, ep.tries)
             else:
-                out = await self._single(pool, endpoint, upload, size, counter)
+                raise PermanentTransferError(
+                    f"{upload.source.uri} kept changing during {ep.tries} upload(s)",
+                    reason=Reason.FILE_CHANGED)
         except TransferError as err:
             self.failed += 1
             logger.warning("upload failed %s -> %s after %d attempt(s): %s",
@@ -170,16 +209,15 @@ class TransferEngine:
         return UploadResult(upload, size, counter.attempts, seconds, etag=out.etag,
                             checksum=out.checksum,
                             checksum_algorithm=None if ep.checksum == "none" else ep.checksum,
-                            parts=out.parts)
+                            parts=out.parts, source_stat=stat)
 
     async def _single(self, pool: EndpointPool, endpoint: str, upload: Upload, size: int,
-                      counter: _Counter) -> _Outcome:
+                      small: tuple[bytes, str | None] | None, counter: _Counter) -> _Outcome:
         ep = pool.config
         algo = ep.checksum
         async with self._slot(endpoint):
-            if size <= ep.multipart_chunksize:  # small: one read, kept for every attempt
-                body, value = await asyncio.to_thread(checksum.read_all, upload.source.path,
-                                                      algo)
+            if small is not None:  # read once, with its checksum, kept for every attempt
+                body, value = small
 
                 async def put() -> Any:
                     return await pool.client.put_object(
@@ -200,33 +238,44 @@ class TransferEngine:
             response = await self._tries(pool, size, counter, put, f"PUT {upload.url}")
         return _Outcome(response.get("ETag"), value, 0)
 
-    async def _multipart(self, pool: EndpointPool, endpoint: str, upload: Upload, size: int,
-                         counter: _Counter) -> _Outcome:
+    async def _multipart(self, pool: EndpointPool, endpoint: str, upload: Upload, stat: Stat,
+                         counter: _Counter, progress: Progress | None) -> _Outcome:
         ep = pool.config
         algo = ep.checksum
+        size = stat[0]
         chunk = part_size(size, ep.multipart_chunksize)
         count = math.ceil(size / chunk)
         client = pool.client
-        created = await self._tries(pool, 0, counter, lambda: client.create_multipart_upload(
-            Bucket=upload.bucket, Key=upload.key, **checksum.create_params(algo)),
-            f"create {upload.url}")
-        upload_id = created["UploadId"]
-        # from here on, any way out but success aborts the upload: no parts left behind
+        upload_id, done_parts = await self._resumable(pool, upload, chunk, stat, progress)
+        if upload_id is None:
+            created = await self._tries(pool, 0, counter, lambda: client.create_multipart_upload(
+                Bucket=upload.bucket, Key=upload.key, **checksum.create_params(algo)),
+                f"create {upload.url}")
+            upload_id = created["UploadId"]
+            if progress is not None:
+                await progress.multipart_started(upload, upload_id, chunk, stat)
+        # from here on, any way out but success aborts the upload (no parts left behind);
+        # only a cancellation with progress recorded keeps it, to be resumed later
         try:
             fd = await asyncio.to_thread(os.open, upload.source.path, os.O_RDONLY)
             try:
                 in_flight = asyncio.Semaphore(ep.max_parts_in_flight)
                 async with asyncio.TaskGroup() as group:
-                    tasks = [group.create_task(self._part(
+                    tasks = {number: group.create_task(self._part(
                         pool, endpoint, upload, upload_id, fd, number, chunk, size, in_flight,
-                        counter)) for number in range(1, count + 1)]
+                        counter, progress)) for number in range(1, count + 1)
+                        if number not in done_parts}
             finally:
                 os.close(fd)
-            parts = [t.result() for t in tasks]
+            parts = [done_parts[n] if n in done_parts else tasks[n].result()
+                     for n in range(1, count + 1)]
             done = await self._tries(pool, 0, counter, lambda: client.complete_multipart_upload(
                 Bucket=upload.bucket, Key=upload.key, UploadId=upload_id,
                 MultipartUpload={"Parts": [p for p, _ in parts]}), f"complete {upload.url}")
         except BaseException as err:
+            if isinstance(err, asyncio.CancelledError) and progress is not None:
+                logger.info("multipart upload %s left for resuming (%s)", upload.url, upload_id)
+                raise
             await asyncio.shield(self._abort(pool, upload, upload_id))
             if isinstance(err, BaseExceptionGroup):
                 first = err.exceptions[0]
@@ -239,9 +288,39 @@ class TransferEngine:
         return _Outcome(done.get("ETag"), checksum.composite(algo, [v for _, v in parts]),
                         count)
 
+    async def _resumable(self, pool: EndpointPool, upload: Upload, chunk: int, stat: Stat,
+                         progress: Progress | None
+                         ) -> tuple[str | None, dict[int, tuple[dict[str, Any], str | None]]]:
+        """A recorded multipart upload of this same file, with the parts the store still
+        has (checked with ListParts); (None, {}) to start afresh."""
+        recorded = progress.multipart(upload) if progress is not None else None
+        if recorded is None:
+            return None, {}
+        upload_id, parts, recorded_chunk, recorded_stat = recorded
+        if recorded_chunk != chunk or recorded_stat != stat:
+            logger.info("not resuming %s: the file or the part size changed", upload.url)
+            await asyncio.shield(self._abort(pool, upload, upload_id))
+            return None, {}
+        try:
+            listed: dict[int, str] = {}
+            paginator = pool.client.get_paginator("list_parts")
+            async for page in paginator.paginate(Bucket=upload.bucket, Key=upload.key,
+                                                 UploadId=upload_id):
+                listed.update({p["PartNumber"]: p["ETag"] for p in page.get("Parts", [])})
+        except Exception as err:  # NoSuchUpload (aborted or expired), or the store is down
+            logger.info("not resuming %s (%s): %s", upload.url, upload_id, classify(err).detail)
+            return None, {}
+        algo = pool.config.checksum
+        kept = {n: ({"PartNumber": n, "ETag": etag, **checksum.part_record(algo, value)}, value)
+                for n, (etag, value) in parts.items() if listed.get(n) == etag}
+        logger.info("resuming multipart upload %s (%s): %d part(s) already there",
+                    upload.url, upload_id, len(kept))
+        return upload_id, kept
+
     async def _part(self, pool: EndpointPool, endpoint: str, upload: Upload, upload_id: str,
                     fd: int, number: int, chunk: int, size: int, in_flight: asyncio.Semaphore,
-                    counter: _Counter) -> tuple[dict[str, Any], str | None]:
+                    counter: _Counter, progress: Progress | None
+                    ) -> tuple[dict[str, Any], str | None]:
         algo = pool.config.checksum
         offset = (number - 1) * chunk
         length = min(chunk, size - offset)
@@ -255,6 +334,8 @@ class TransferEngine:
                 Bucket=upload.bucket, Key=upload.key, UploadId=upload_id, PartNumber=number,
                 Body=body, ContentLength=length, **checksum.put_params(algo, value)),
                 f"part {number} of {upload.url}")
+        if progress is not None:
+            await progress.part_done(upload, number, response["ETag"], value)
         return {"PartNumber": number, "ETag": response["ETag"],
                 **checksum.part_record(algo, value)}, value
 
@@ -325,5 +406,3 @@ class _Counter:
         self.attempts = 0
 
 
-def _size_of(path: os.PathLike[str] | str) -> int:
-    return os.stat(path).st_size
