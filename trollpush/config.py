@@ -140,7 +140,7 @@ class TargetConfig:
 class DaemonConfig:
     """Bounds of the daemon itself."""
 
-    queue_size: int = 1000
+    queue_size: int = 10000
     max_in_flight: int = 256
     shutdown_grace: float = 30.0
     max_age: float = 3600.0  # how long a request may keep retrying while the store is down
@@ -699,7 +699,7 @@ def _daemon(v: _Validator, raw: object) -> DaemonConfig:
         return DaemonConfig()
     v.no_unknown(data, "daemon.", {"queue_size", "max_in_flight", "shutdown_grace", "max_age"})
     return DaemonConfig(
-        queue_size=v.number(data, "queue_size", "daemon.", 1000, minimum=1, integer=True),
+        queue_size=v.number(data, "queue_size", "daemon.", 10000, minimum=1, integer=True),
         max_in_flight=v.number(data, "max_in_flight", "daemon.", 256, minimum=1, integer=True),
         shutdown_grace=float(v.number(data, "shutdown_grace", "daemon.", 30.0)),
         max_age=float(v.number(data, "max_age", "daemon.", 3600.0, minimum=1)),

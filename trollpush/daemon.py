@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -36,6 +37,14 @@ logger = logging.getLogger(__name__)
 #: daemon hears its own publisher)
 QUIET_TYPES = frozenset({"beat", announce.FAILURE_TYPE, announce.ACK_TYPE,
                          announce.MULTIPLE_TYPE})
+
+
+#: failures worth waiting out (the store down or overloaded), retried until max_age
+TRANSIENT = frozenset({Reason.UPLOAD_FAILED, Reason.TIMEOUT, Reason.QUEUE_TIMEOUT})
+RETRY_FIRST, RETRY_MAX = 1.0, 60.0
+#: after a restart, how long subscribers get to reconnect before recovered completions
+#: are published (a PUB socket drops what it sends before they have re-subscribed)
+RECOVERY_SETTLE = 1.0
 
 
 def _shutdown(request: Request, detail: str) -> Rejection:
@@ -253,6 +262,8 @@ class Daemon:
 
         async def feed() -> None:
             assert self._queue is not None
+            if self.config.publish is not None:
+                await asyncio.sleep(RECOVERY_SETTLE)
             for request in pending:
                 await self._queue.put(request)
 
@@ -428,11 +439,25 @@ class Daemon:
         if len(reused) < len(job.uploads):
             await self.journal.transferring(job)
         progress = _JobProgress(self.journal, job) if self.durable else None
-        fresh = iter(await asyncio.gather(*(
-            self.transfer.upload(u, job.endpoint, progress=progress)
-            for i, u in enumerate(job.uploads) if i not in reused)))
-        return tuple(reused[i] if i in reused else next(fresh)
-                     for i in range(len(job.uploads)))
+        results: dict[int, UploadResult] = dict(reused)
+        todo = [i for i in range(len(job.uploads)) if i not in reused]
+        delay = RETRY_FIRST
+        while todo:
+            fresh = await asyncio.gather(*(self.transfer.upload(
+                job.uploads[i], job.endpoint, progress=progress) for i in todo))
+            results.update(zip(todo, fresh, strict=True))
+            todo = [i for i in todo if not results[i].ok and results[i].reason in TRANSIENT]
+            left = job.request.accepted_at + self.config.daemon.max_age - time.time()
+            if not todo or left <= 0:
+                break
+            # the store is down or overloaded: wait and try again until max_age
+            wait = min(delay, left)
+            logger.warning("%d upload(s) of %s failed (%s); again in %.0f s (%.0f s of "
+                           "max_age left)", len(todo), job.describe(),
+                           results[todo[0]].error, wait, left)
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, RETRY_MAX)
+        return tuple(results[i] for i in range(len(job.uploads)))
 
     async def _conclude(self, job: Job, index: int, done: dict[int, list[Message]],
                         results: tuple[UploadResult, ...]) -> list[Message]:

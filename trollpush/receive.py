@@ -7,12 +7,15 @@ Rejection that carries the reason, so one bad publisher cannot stop the daemon.
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import logging
 import os
 import socket
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
@@ -198,6 +201,7 @@ class SubscribeReceiver:
     """
 
     POLL_MS = 200
+    WINDOW = 1000
 
     def __init__(self, settings: Mapping[str, Any], sink: Sink,
                  loop: asyncio.AbstractEventLoop, *, on_fatal: OnFatal | None = None) -> None:
@@ -211,6 +215,9 @@ class SubscribeReceiver:
         self.received = 0
         #: items read but not handed over when intake stopped (answered by the daemon)
         self.undelivered: list[Request | Rejection] = []
+        self._outstanding: collections.deque[tuple[Request | Rejection,
+                                                   concurrent.futures.Future[None]]] = (
+            collections.deque())
 
     def __repr__(self) -> str:
         return f"<SubscribeReceiver topics={self._settings.get('topics')} received={self.received}>"
@@ -238,6 +245,7 @@ class SubscribeReceiver:
     def _supervised(self) -> None:
         try:
             self._run()
+            self._settle()
         except Exception as err:
             if self._on_fatal is not None and not self._stop.is_set():
                 self._loop.call_soon_threadsafe(self._on_fatal, "the subscriber", err)
@@ -295,22 +303,40 @@ class SubscribeReceiver:
             logger.warning("nameserver address message ignored: %s", err)
 
     def _deliver(self, item: Request | Rejection) -> None:
+        """Hand an item over without waiting for it to be journaled: up to WINDOW hand-overs
+        run at once, so the journal commits them in groups and acceptance keeps pace with
+        a burst (what is read but not yet journaled dies with the process)."""
         future = asyncio.run_coroutine_threadsafe(self._sink(item), self._loop)
-        while not self._stop.is_set():
+        self._outstanding.append((item, future))
+        while len(self._outstanding) >= self.WINDOW and not self._stop.is_set():
+            oldest = self._outstanding[0][1]
             try:
-                future.result(timeout=0.5)
-                return
+                oldest.result(timeout=0.5)
             except TimeoutError:
                 continue
             except Exception:  # the sink logs its own errors; keep the reader alive
                 logger.exception("subscribe delivery failed")
-                return
-        # stopping while the queue is full: take the item back unless it got in meanwhile
-        future.cancel()
-        try:
-            future.result(timeout=5)
-        except BaseException:  # cancelled (or never settled): it did not get in
-            self.undelivered.append(item)
+            self._outstanding.popleft()
+        while self._outstanding and self._outstanding[0][1].done():
+            self._outstanding.popleft()
+
+    def _settle(self) -> None:
+        """At stop: let hand-overs finish briefly, then take back what did not get in."""
+        deadline = time.monotonic() + 2
+        for item, future in self._outstanding:
+            try:
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+                continue
+            except TimeoutError:
+                future.cancel()
+            except BaseException:  # cancelled or failed: not in the pipeline
+                self.undelivered.append(item)
+                continue
+            try:
+                future.result(timeout=5)
+            except BaseException:  # cancelled (or never settled): it did not get in
+                self.undelivered.append(item)
+        self._outstanding.clear()
 
 
 # --- ZeroMQ REQ/REP ---------------------------------------------------------------------
