@@ -144,6 +144,8 @@ class DaemonConfig:
     max_in_flight: int = 256
     shutdown_grace: float = 30.0
     max_age: float = 3600.0  # how long a request may keep retrying while the store is down
+    max_request_bytes: int = 1024 * 1024  # a larger message or request is refused
+    allowed_roots: tuple[str, ...] = ()  # real paths; empty: any local file
 
 
 @dataclass(frozen=True)
@@ -697,12 +699,21 @@ def _daemon(v: _Validator, raw: object) -> DaemonConfig:
     data = v.mapping(raw, "daemon")
     if data is None:
         return DaemonConfig()
-    v.no_unknown(data, "daemon.", {"queue_size", "max_in_flight", "shutdown_grace", "max_age"})
+    v.no_unknown(data, "daemon.", {"queue_size", "max_in_flight", "shutdown_grace", "max_age",
+                                   "max_request_bytes", "allowed_roots"})
+    roots = data.get("allowed_roots") or []
+    if not isinstance(roots, list) or not all(isinstance(r, str) and os.path.isabs(
+            os.path.expanduser(r)) for r in roots):
+        v.problem("daemon.allowed_roots", roots, "a list of absolute directory paths")
+        roots = []
     return DaemonConfig(
         queue_size=v.number(data, "queue_size", "daemon.", 10000, minimum=1, integer=True),
         max_in_flight=v.number(data, "max_in_flight", "daemon.", 256, minimum=1, integer=True),
         shutdown_grace=float(v.number(data, "shutdown_grace", "daemon.", 30.0)),
         max_age=float(v.number(data, "max_age", "daemon.", 3600.0, minimum=1)),
+        max_request_bytes=int(v.quantity(data, "max_request_bytes", "daemon.", 1024 * 1024,
+                                         _BYTE_UNITS, "1MiB", minimum=1024) or 1024 * 1024),
+        allowed_roots=tuple(os.path.realpath(os.path.expanduser(r)) for r in roots),
     )
 
 

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from posttroll.message import Message
 
@@ -26,7 +26,7 @@ from .config import Config
 from .errors import Reason, SetupError
 from .journal import JobRecord, Journal, MemoryJournal, SQLiteJournal, State
 from .models import Job, Rejection, Request, Upload, UploadResult
-from .receive import RequestServer, SubscribeReceiver
+from .receive import Limits, RequestServer, SubscribeReceiver
 from .route import Router
 from .transfer import TransferEngine
 
@@ -58,6 +58,12 @@ def make_journal(config: Config) -> Journal:
     if config.journal.path is None:
         return MemoryJournal(keep_landed_seconds=keep)
     return SQLiteJournal(config.journal.path, keep_landed_seconds=keep)
+
+
+class _ObjectLock:
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0  # holders and waiters
 
 
 class _JobProgress:
@@ -93,7 +99,8 @@ class Daemon:
         #: a durable journal keeps what shutdown cuts off, to finish at the next start
         self.durable = not isinstance(self.journal, MemoryJournal)
         self._overwrite = {t.name: t.overwrite for t in config.targets}
-        self._objects: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._limits = Limits(config.daemon.max_request_bytes, config.daemon.allowed_roots)
+        self._objects: dict[tuple[str, str, str], _ObjectLock] = {}
         self._resuming: set[str] = set()  # ids of requests recovered from the journal
         self._feeders: set[asyncio.Task[None]] = set()
         self.router = Router(config)
@@ -185,12 +192,13 @@ class Daemon:
         await asyncio.to_thread(self.announcer.start)
         if self.config.requests is not None:
             self.requests = RequestServer(self.config.requests.address, self.submit,
-                                          on_fatal=self.fatal)
+                                          on_fatal=self.fatal, limits=self._limits)
             self.requests.start()
         if self.config.subscribe is not None:
             assert self._loop is not None
             self.subscriber = SubscribeReceiver(self.config.subscribe.settings, self.submit,
-                                                self._loop, on_fatal=self.fatal)
+                                                self._loop, on_fatal=self.fatal,
+                                                limits=self._limits)
             await asyncio.to_thread(self.subscriber.start)
 
     async def _stop_intake(self) -> None:
@@ -416,13 +424,23 @@ class Daemon:
         async with contextlib.AsyncExitStack() as stack:
             # one upload per object at a time (locks in a fixed order: no deadlock)
             for key in keys:
-                await stack.enter_async_context(self._objects.setdefault(key, asyncio.Lock()))
+                await stack.enter_async_context(self._object_lock(key))
             results = await self._transfer(job)
-        for key in keys:
-            lock = self._objects.get(key)
-            if lock is not None and not lock.locked():
+            # recorded (landed) before the next upload of these objects may look
+            return await self._conclude(job, index, done, results)
+
+    @contextlib.asynccontextmanager
+    async def _object_lock(self, key: tuple[str, str, str]) -> AsyncIterator[None]:
+        """The lock of one object, dropped when nobody holds or waits for it."""
+        entry = self._objects.setdefault(key, _ObjectLock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
                 del self._objects[key]
-        return await self._conclude(job, index, done, results)
 
     async def _transfer(self, job: Job) -> tuple[UploadResult, ...]:
         """Upload what has not landed yet; an unchanged file already at its object is

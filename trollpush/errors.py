@@ -110,6 +110,8 @@ class Reason:
     REMOTE_FILE = "remote_file"
     FILE_MISSING = "file_missing"
     NOT_A_FILE = "not_a_file"
+    NOT_ALLOWED = "not_allowed"
+    TOO_LARGE = "too_large"
     FILE_CHANGED = "file_changed"
     FILE_UNREADABLE = "file_unreadable"
     BAD_DESTINATION = "bad_destination"

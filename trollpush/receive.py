@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -93,11 +94,31 @@ def check_file(path: Path, uri: str) -> None:
         raise MessageError(Reason.FILE_UNREADABLE, f"{uri}: permission denied")
 
 
-def _source(item: Mapping[str, Any], *, check: bool) -> SourceFile:
+@dataclass(frozen=True)
+class Limits:
+    """What any message or request may ask for."""
+
+    max_bytes: int | None = None  # a larger frame is refused (too_large)
+    roots: tuple[str, ...] = ()  # real paths; files elsewhere are refused (not_allowed)
+
+    def check_path(self, path: Path, uri: str) -> None:
+        if not self.roots:
+            return
+        real = os.path.realpath(path)  # symlinks and .. resolved: no way out of a root
+        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+                   for root in self.roots):
+            raise MessageError(Reason.NOT_ALLOWED, f"{uri}: outside the allowed roots")
+
+
+NO_LIMITS = Limits()
+
+
+def _source(item: Mapping[str, Any], *, check: bool, limits: Limits) -> SourceFile:
     uri = item.get("uri")
     if uri is None:
         raise MessageError(Reason.MISSING_URI, "the message has no 'uri'")
     path = local_path(uri)
+    limits.check_path(path, uri)
     if check:
         check_file(path, uri)
     uid = item.get("uid")
@@ -106,9 +127,11 @@ def _source(item: Mapping[str, Any], *, check: bool) -> SourceFile:
                       meta=extras)
 
 
-def _items(kind: str, data: Mapping[str, Any], *, check: bool) -> list[SourceFile]:
+def _items(kind: str, data: Mapping[str, Any], *, check: bool, limits: Limits
+           ) -> list[SourceFile]:
     if kind == "file":
-        return [_source({"uri": data.get("uri"), "uid": data.get("uid")}, check=check)]
+        return [_source({"uri": data.get("uri"), "uid": data.get("uid")}, check=check,
+                        limits=limits)]
     key = "dataset" if kind == "dataset" else "collection"
     items = data.get(key)
     if not isinstance(items, list) or not items:
@@ -118,14 +141,14 @@ def _items(kind: str, data: Mapping[str, Any], *, check: bool) -> list[SourceFil
         if not isinstance(item, Mapping):
             raise MessageError(Reason.BAD_MESSAGE, f"{key}[{i}] is not a mapping")
         if kind == "collection" and "dataset" in item:
-            out.extend(_items("dataset", item, check=check))
+            out.extend(_items("dataset", item, check=check, limits=limits))
         else:
-            out.append(_source(item, check=check))
+            out.append(_source(item, check=check, limits=limits))
     return out
 
 
 def build_request(message: Message, *, origin: str, reply: Replier | None = None,
-                  check: bool = True) -> Request:
+                  check: bool = True, limits: Limits = NO_LIMITS) -> Request:
     """A Request from a decoded posttroll message; MessageError says why not."""
     kind = message.type
     if kind not in MESSAGE_TYPES:
@@ -143,7 +166,7 @@ def build_request(message: Message, *, origin: str, reply: Replier | None = None
                                f"destination {destination!r} is not a string")
         if endpoint is not None and not isinstance(endpoint, str):
             raise MessageError(Reason.BAD_DESTINATION, f"endpoint {endpoint!r} is not a string")
-    files = _items(kind, data, check=check)
+    files = _items(kind, data, check=check, limits=limits)
     hidden = FILE_KEYS | (RESERVED_KEYS if origin == "request" else frozenset())
     metadata = {k: v for k, v in data.items() if k not in hidden}
     return Request(id=uuid.uuid4().hex[:12], subject=message.subject, type=kind, data=data,
@@ -162,8 +185,12 @@ def decode_message(text: str) -> Message:
     return message
 
 
-def decode(raw: bytes, *, origin: str, reply: Replier | None = None) -> Request | Rejection:
+def decode(raw: bytes, *, origin: str, reply: Replier | None = None,
+           limits: Limits = NO_LIMITS) -> Request | Rejection:
     """Turn one frame into a Request or a Rejection; never raises."""
+    if limits.max_bytes is not None and len(raw) > limits.max_bytes:
+        return Rejection(Reason.TOO_LARGE, f"{len(raw)} bytes, more than max_request_bytes "
+                         f"({limits.max_bytes})", origin, reply=reply)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -176,7 +203,7 @@ def decode(raw: bytes, *, origin: str, reply: Replier | None = None) -> Request 
                          f"{str(err)[:200]})", origin, reply=reply)
     data = message.data if isinstance(message.data, Mapping) else {}
     try:
-        return build_request(message, origin=origin, reply=reply)
+        return build_request(message, origin=origin, reply=reply, limits=limits)
     except MessageError as err:
         uri = data.get("uri") if isinstance(data.get("uri"), str) else None
         dest = data.get("destination") if isinstance(data.get("destination"), str) else None
@@ -204,7 +231,9 @@ class SubscribeReceiver:
     WINDOW = 1000
 
     def __init__(self, settings: Mapping[str, Any], sink: Sink,
-                 loop: asyncio.AbstractEventLoop, *, on_fatal: OnFatal | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop, *, on_fatal: OnFatal | None = None,
+                 limits: Limits = NO_LIMITS) -> None:
+        self._limits = limits
         self._settings = dict(settings)
         self._sink = sink
         self._loop = loop
@@ -293,7 +322,7 @@ class SubscribeReceiver:
                         self._hook(hooks[sock], raw)
                         continue
                     self.received += 1
-                    self._deliver(decode(raw, origin="subscribe"))
+                    self._deliver(decode(raw, origin="subscribe", limits=self._limits))
 
     @staticmethod
     def _hook(callback: Callable[[Message], None], raw: bytes) -> None:
@@ -373,7 +402,9 @@ class _RouterReply:
 class RequestServer:
     """ROUTER socket serving REQ clients concurrently (a REP socket would serialise them)."""
 
-    def __init__(self, address: str, sink: Sink, *, on_fatal: OnFatal | None = None) -> None:
+    def __init__(self, address: str, sink: Sink, *, on_fatal: OnFatal | None = None,
+                 limits: Limits = NO_LIMITS) -> None:
+        self._limits = limits
         self.address = address
         self._sink = sink
         self._on_fatal = on_fatal
@@ -392,6 +423,8 @@ class RequestServer:
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if self._limits.max_bytes is not None:  # a hard bound; the soft one answers
+            sock.setsockopt(zmq.MAXMSGSIZE, max(self._limits.max_bytes * 16, 1 << 20))
         try:
             sock.bind(self.address)
         except zmq.ZMQError as err:
@@ -461,7 +494,7 @@ class RequestServer:
     def _decode(self, raw: bytes, envelope: list[bytes]) -> Request | Rejection:
         assert self._sock is not None
         reply = _RouterReply(self._sock, envelope, "final")
-        item = decode(raw, origin="request", reply=reply)
+        item = decode(raw, origin="request", reply=reply, limits=self._limits)
         data = item.data if isinstance(item, Request) else None
         mode = data.get("reply", "final") if data is not None else "final"
         if mode not in REPLY_MODES:
