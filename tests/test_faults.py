@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,3 +193,110 @@ def test_sigterm_mid_burst_then_restart(daemon_config: Path, tmp_path: Path,
     finally:
         assert second.stop() == 0
     _check_all_landed(s3, bucket, burst, listener)
+
+
+def test_a_burst_of_thousands_is_accepted_even_when_uploads_stall(
+        base_config: dict[str, Any], producer: Producer, listener: Listener,
+        silent_server: str, tmp_path: Path) -> None:
+    """3,000 announcements at once while no upload can finish: every one is read and
+    journaled (none dropped on the daemon's side of the wire)."""
+    base_config["endpoints"]["default"] = {"url": silent_server, "prewarm": 0,
+                                           "attempt_timeout": 60}
+    base_config["daemon"]["shutdown_grace"] = 0.5
+    path = tmp_path / "NOAA-20_20261121_1005_12345.h5"
+    path.write_bytes(b"x")
+    with running_daemon(base_config) as daemon:
+        link(producer, listener, "/new/file/viirs/")
+        for i in range(3000):
+            producer.send("/new/file/viirs/", "file", {"uri": str(path), "n": i})
+        wait_until(lambda: daemon.counts["accepted"] == 3000, 60, "3,000 accepted")
+        unfinished = len(daemon.journal.unfinished())
+    assert unfinished == 3000
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_memory_stays_flat_under_hostile_frames(base_config: dict[str, Any],
+                                                ports: dict[str, int]) -> None:
+    """Thousands of malformed and oversized requests: each answered, memory flat."""
+    import zmq
+
+    frames = [b"\xff" * 100, b"pytroll://x file", b"x" * 2_000_000,
+              b'pytroll://x file a@b 2026-11-21T10:00:00 v1.01 application/json {"uri": 1}']
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        with running_daemon(base_config):
+            sock.connect(f"tcp://127.0.0.1:{ports['req']}")
+
+            def volley(n: int) -> None:
+                for i in range(n):  # one at a time: what stays behind is the daemon's
+                    sock.send_multipart([b"", frames[i % len(frames)]])
+                    assert sock.poll(20000), "a frame went unanswered"
+                    sock.recv_multipart()
+
+            volley(400)  # warm up: caches, pools, allocator
+            before = _rss()
+            volley(2000)
+            growth = _rss() - before
+    finally:
+        sock.close()
+        ctx.term()
+    assert growth < 30 * MiB, f"memory grew by {growth / MiB:.1f} MiB"
+
+
+def test_store_stopped_for_30_s_mid_burst(daemon_config: Path, tmp_path: Path,
+                                          producer: Producer, listener: Listener) -> None:
+    """The store goes away for 30 s in the middle of a burst and comes back (same port,
+    same data): every file lands, the daemon does not crash."""
+    port = free_port()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        import boto3
+
+        store = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}",
+                             region_name="us-east-1")
+        bucket = "tp-outage-" + os.urandom(4).hex()
+        store.create_bucket(Bucket=bucket)
+        cfg = yaml.safe_load(daemon_config.read_text())
+        cfg["endpoints"]["default"].update({"url": f"http://127.0.0.1:{port}", "tries": 2,
+                                            "attempt_timeout": 2, "connect_timeout": 1})
+        cfg["targets"][0]["destination"] = f"s3://{bucket}/{{uid}}"
+        daemon_config.write_text(yaml.safe_dump(cfg))
+        files = []
+        for i in range(60):
+            p = tmp_path / "in" / f"NOAA-20_20261121_1100_{i:05d}.h5"
+            p.parent.mkdir(exist_ok=True)
+            p.write_bytes(os.urandom(3000))
+            files.append(p)
+        daemon = _Daemon(daemon_config, tmp_path / "daemon.log")
+        try:
+            link(producer, listener, "/new/file/viirs/")
+            _announce_all(producer, files[:30])
+            listener.wait_for(lambda ms: len([m for m in ms if m.type == "file"]) >= 30, 60,
+                              "the first half")
+            server.stop()
+            _announce_all(producer, files[30:])
+            wait_until(lambda: "again in" in (tmp_path / "daemon.log").read_text(), 30,
+                       "the daemon waiting for the store")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # the store stays away for 30 s
+                assert daemon.proc.poll() is None, "the daemon died"
+                time.sleep(0.5)
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            server.start()
+            listener.wait_for(lambda ms: {m.data["uid"] for m in ms if m.type == "file"}
+                              >= {p.name for p in files}, 120, "all 60 completions")
+        finally:
+            assert daemon.stop() == 0
+        for p in files:
+            assert store.get_object(Bucket=bucket, Key=p.name)["Body"].read() == \
+                p.read_bytes()
+    finally:
+        server.stop()
