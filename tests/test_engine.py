@@ -350,3 +350,40 @@ async def test_interrupted_multipart_resumes_from_its_parts(s3_url: str, s3: Any
     assert len(sent) - first == 6 - done  # only the missing parts went again
     assert s3.get_object(Bucket=bucket, Key="long.bin")["Body"].read() == path.read_bytes()
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+_RSS_SCRIPT = """
+import asyncio, os, resource, sys
+from pathlib import Path
+from trollpush import EndpointConfig, SourceFile, TransferEngine, Upload
+
+async def main(url, bucket, path):
+    engine = TransferEngine({"d": EndpointConfig(name="d", url=url, region="us-east-1",
+                                                 prewarm=0, multipart_chunksize=16 << 20,
+                                                 max_parts_in_flight=8)})
+    await engine.start()
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    p = Path(path)
+    result = await engine.upload(Upload(SourceFile(uri=path, path=p, uid=p.name), bucket,
+                                        p.name), "d")
+    await engine.close()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(result.ok, result.parts, (peak - base) // 1024)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def test_multipart_memory_stays_small(seaweed: str, weed_bucket: str, tmp_path: Path) -> None:
+    """Parts are streamed from disk: 128 MiB in 16 MiB parts, 8 in flight, adds far less
+    than parts x part size to the peak RSS."""
+    import subprocess
+    import sys
+
+    path = _file(tmp_path, "big.bin", 128 * MiB)
+    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, seaweed, weed_bucket, str(path)],
+                         capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr
+    ok, parts, growth_mib = out.stdout.split()
+    assert ok == "True" and parts == "8"
+    assert int(growth_mib) < 64, f"peak RSS grew by {growth_mib} MiB"

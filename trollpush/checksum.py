@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 from typing import Any, Protocol
 
@@ -92,20 +93,65 @@ def of_file(path: os.PathLike[str] | str, algorithm: str) -> str | None:
     return encode(h)
 
 
-def read_part(fd: int, offset: int, length: int, algorithm: str) -> tuple[bytes, str | None]:
-    """One part's bytes and checksum, read at ``offset`` (run in a worker thread)."""
-    chunks = []
+def of_range(fd: int, offset: int, length: int, algorithm: str) -> str | None:
+    """The checksum of ``length`` bytes at ``offset``, read in chunks (worker thread):
+    a part's bytes are never all in memory at once."""
+    h = new(algorithm)
     left = length
     while left > 0:
-        chunk = os.pread(fd, min(left, 8 * READ_SIZE), offset + length - left)
+        chunk = os.pread(fd, min(left, READ_SIZE), offset + length - left)
         if not chunk:
             raise OSError(f"file ended {left} bytes early (truncated while uploading?)")
-        chunks.append(chunk)
+        h.update(chunk)
         left -= len(chunk)
-    data = b"".join(chunks)
-    h = new(algorithm)
-    h.update(data)
-    return data, encode(h)
+    return encode(h)
+
+
+class RangeReader(io.RawIOBase):
+    """A read-only file object over ``length`` bytes at ``offset`` of an open file: the
+    body of one part, streamed from disk as it is sent (aiohttp reads it in chunks off
+    the event loop), so memory stays small whatever the part size."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._offset = offset
+        self._length = length
+        self._pos = 0
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self._length - self._pos
+        if size is None or size < 0 or size > left:
+            size = left
+        if size == 0:
+            return b""
+        data = os.pread(self._fd, size, self._offset + self._pos)
+        if not data:
+            raise OSError("file ended early (truncated while uploading?)")
+        self._pos += len(data)
+        return data
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET, /) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
+        self._pos = max(0, min(self._length, base + pos))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return self._length
 
 
 def composite(algorithm: str, part_values: list[str | None]) -> str | None:

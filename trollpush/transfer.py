@@ -326,14 +326,13 @@ class TransferEngine:
         length = min(chunk, size - offset)
         async with in_flight, self._slot(endpoint):
             try:
-                body, value = await asyncio.to_thread(checksum.read_part, fd, offset, length,
-                                                      algo)
+                value = await asyncio.to_thread(checksum.of_range, fd, offset, length, algo)
             except OSError as err:
                 raise PermanentTransferError(f"reading part {number}: {err}") from err
             response = await self._tries(pool, length, counter, lambda: pool.client.upload_part(
                 Bucket=upload.bucket, Key=upload.key, UploadId=upload_id, PartNumber=number,
-                Body=body, ContentLength=length, **checksum.put_params(algo, value)),
-                f"part {number} of {upload.url}")
+                Body=checksum.RangeReader(fd, offset, length), ContentLength=length,
+                **checksum.put_params(algo, value)), f"part {number} of {upload.url}")
         if progress is not None:
             await progress.part_done(upload, number, response["ETag"], value)
         return {"PartNumber": number, "ETag": response["ETag"],
