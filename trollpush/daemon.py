@@ -447,7 +447,9 @@ class Daemon:
         answered from the journal (unless the target says ``overwrite: always``)."""
         reused: dict[int, UploadResult] = {}
         if self._overwrite.get(job.target or "", "changed") != "always":
-            stats = await asyncio.to_thread(_stats, [u.source.path for u in job.uploads])
+            stats: list[Stat | None] = [u.source.stat for u in job.uploads]
+            if None in stats:  # (taken on receipt; not for requests from older journals)
+                stats = await asyncio.to_thread(_stats, [u.source.path for u in job.uploads])
             for i, (u, st) in enumerate(zip(job.uploads, stats, strict=True)):
                 hit = self.journal.landed(job.endpoint, u.bucket, u.key, st) if st else None
                 if hit is not None:

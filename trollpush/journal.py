@@ -476,11 +476,14 @@ def _loads(text: str) -> Any:
 
 
 def _file(f: SourceFile) -> dict[str, Any]:
-    return {"uri": f.uri, "path": str(f.path), "uid": f.uid, "meta": f.meta}
+    return {"uri": f.uri, "path": str(f.path), "uid": f.uid, "meta": f.meta,
+            "stat": list(f.stat) if f.stat else None}
 
 
 def _unfile(d: Mapping[str, Any]) -> SourceFile:
-    return SourceFile(uri=d["uri"], path=Path(d["path"]), uid=d["uid"], meta=d["meta"])
+    stat = d.get("stat")
+    return SourceFile(uri=d["uri"], path=Path(d["path"]), uid=d["uid"], meta=d["meta"],
+                      stat=(int(stat[0]), int(stat[1]), int(stat[2])) if stat else None)
 
 
 def _request_body(r: Request) -> str:

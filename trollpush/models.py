@@ -40,6 +40,7 @@ class SourceFile:
     path: Path  # local absolute path
     uid: str  # the message's uid, else the basename
     meta: Mapping[str, Any] = field(default_factory=dict)  # item-level extras (datasets)
+    stat: tuple[int, int, int] | None = None  # (size, mtime_ns, inode) when announced
 
 
 @dataclass(frozen=True)

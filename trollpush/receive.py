@@ -78,8 +78,8 @@ def local_path(uri: str) -> Path:
     return Path(os.path.normpath(path))
 
 
-def check_file(path: Path, uri: str) -> None:
-    """Refuse what is not an existing, readable regular file."""
+def check_file(path: Path, uri: str) -> tuple[int, int, int]:
+    """Refuse what is not an existing, readable regular file; its (size, mtime, inode)."""
     try:
         st = os.stat(path)
     except FileNotFoundError as err:
@@ -92,6 +92,7 @@ def check_file(path: Path, uri: str) -> None:
         raise MessageError(Reason.NOT_A_FILE, f"{uri}: not a regular file")
     if not os.access(path, os.R_OK):
         raise MessageError(Reason.FILE_UNREADABLE, f"{uri}: permission denied")
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 @dataclass(frozen=True)
@@ -119,12 +120,11 @@ def _source(item: Mapping[str, Any], *, check: bool, limits: Limits) -> SourceFi
         raise MessageError(Reason.MISSING_URI, "the message has no 'uri'")
     path = local_path(uri)
     limits.check_path(path, uri)
-    if check:
-        check_file(path, uri)
+    stat = check_file(path, uri) if check else None
     uid = item.get("uid")
     extras = {k: v for k, v in item.items() if k not in ("uri", "uid")}
     return SourceFile(uri=uri, path=path, uid=uid if isinstance(uid, str) and uid else path.name,
-                      meta=extras)
+                      meta=extras, stat=stat)
 
 
 def _items(kind: str, data: Mapping[str, Any], *, check: bool, limits: Limits
