@@ -16,20 +16,22 @@ from .daemon import Daemon, run_daemon
 from .errors import (
                      ConfigError,
                      ConfigProblem,
+                     JournalError,
                      MessageError,
                      PermanentTransferError,
                      Reason,
                      RetriesExhausted,
                      RouteError,
-    SetupError,
+                     SetupError,
                      TransferError,
                      TransferTimeout,
                      TrollpushError,
-    UsageError,
+                     UsageError,
 )
 from .journal import Journal, MemoryJournal
 from .models import Job, Rejection, Request, SourceFile, Upload, UploadResult
 from .route import Router, parse_destination
+from .sqlite_journal import SQLiteJournal
 from .transfer import TransferEngine
 
 __version__ = "0.1.0"
@@ -40,7 +42,7 @@ __all__ = [
     "SubscribeConfig", "TargetConfig", "load_config", "parse_config",
     # the pipeline
     "Daemon", "run_daemon", "Router", "parse_destination", "TransferEngine", "Journal",
-    "MemoryJournal",
+    "MemoryJournal", "SQLiteJournal",
     # data flowing through it
     "Request", "Rejection", "SourceFile", "Job", "Upload", "UploadResult",
     # client
@@ -48,5 +50,5 @@ __all__ = [
     # errors
     "TrollpushError", "ConfigError", "ConfigProblem", "MessageError", "RouteError", "Reason",
     "TransferError", "TransferTimeout", "PermanentTransferError", "RetriesExhausted",
-    "UsageError", "SetupError", "__version__",
+    "UsageError", "SetupError", "JournalError", "__version__",
 ]

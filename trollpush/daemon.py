@@ -24,10 +24,11 @@ from .announce import Announcer
 from .checksum import Stat, stat_of
 from .config import Config
 from .errors import Reason, SetupError
-from .journal import JobRecord, Journal, MemoryJournal, SQLiteJournal, State
+from .journal import JobRecord, Journal, MemoryJournal, State
 from .models import Job, Rejection, Request, Upload, UploadResult
 from .receive import Limits, RequestServer, SubscribeReceiver
 from .route import Router
+from .sqlite_journal import SQLiteJournal
 from .transfer import TransferEngine
 
 logger = logging.getLogger(__name__)

@@ -98,6 +98,10 @@ class SetupError(TrollpushError):
     """Something the daemon needs could not be set up (a port in use, a dead intake)."""
 
 
+class JournalError(TrollpushError):
+    """The journal cannot record or read: its file, its lock, its data or SQLite failed."""
+
+
 # --- input: messages and requests ----------------------------------------------------
 
 
