@@ -9,13 +9,22 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from posttroll.message import Message
 from posttroll.publisher import create_publisher_from_dict_config
 from posttroll.subscriber import create_subscriber_from_dict_config
 
-from trollpush import Daemon, Journal, parse_config
+from trollpush import (
+    Daemon,
+    EndpointConfig,
+    Journal,
+    SourceFile,
+    TransferEngine,
+    Upload,
+    parse_config,
+)
 
 
 def free_port() -> int:
@@ -160,3 +169,16 @@ async def wait_until_async(pred: Callable[[], bool], limit: float = 15.0,
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"timed out after {limit} s waiting for {what}")
+
+
+def upload_of(path: Path, bucket: str, key: str) -> Upload:
+    return Upload(SourceFile(uri=str(path), path=path, uid=path.name), bucket, key)
+
+
+async def started_engine(url: str, **kw: Any) -> TransferEngine:
+    """An engine with one endpoint ``default`` (not prewarmed unless asked)."""
+    kw.setdefault("prewarm", 0)
+    engine = TransferEngine({"default": EndpointConfig(name="default", url=url,
+                                                       region="us-east-1", **kw)})
+    await engine.start()
+    return engine

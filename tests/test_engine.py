@@ -18,27 +18,15 @@ import boto3
 import crc32c
 import pytest
 
-from trollpush import EndpointConfig, SourceFile, TransferEngine, Upload
+from trollpush import EndpointConfig, TransferEngine, Upload
 from trollpush.pool import SO_MAX_PACING_RATE
 from trollpush.transfer import part_size
 
 from .conftest import CREDS
-from .helpers import wait_until_async
+from .helpers import started_engine, upload_of, wait_until_async
 from .servers import CorruptingProxy
 
 MiB = 1024 * 1024
-
-
-def _upload(path: Path, bucket: str, key: str) -> Upload:
-    return Upload(SourceFile(uri=str(path), path=path, uid=path.name), bucket, key)
-
-
-async def _engine(url: str, **kw: Any) -> TransferEngine:
-    kw.setdefault("prewarm", 0)
-    engine = TransferEngine({"default": EndpointConfig(name="default", url=url,
-                                                       region="us-east-1", **kw)})
-    await engine.start()
-    return engine
 
 
 def _client(url: str) -> Any:
@@ -80,13 +68,13 @@ async def test_multipart_upload_in_parallel_parts(s3_url: str, s3: Any, bucket: 
                                                   tmp_path: Path) -> None:
     """Above the threshold: parts of the chunk size, in parallel, bytes intact."""
     path = _file(tmp_path, "big.bin", 23 * MiB + 123)
-    engine = await _engine(s3_url, multipart_threshold=8 * MiB, multipart_chunksize=5 * MiB,
+    engine = await started_engine(s3_url, multipart_threshold=8 * MiB, multipart_chunksize=5 * MiB,
                            max_parts_in_flight=3)
     in_flight: list[int] = []
     engine.client("default").meta.events.register(
         "before-send.s3.UploadPart", lambda **_: in_flight.append(engine.active))
     try:
-        result = await engine.upload(_upload(path, bucket, "mp/big.bin"), "default")
+        result = await engine.upload(upload_of(path, bucket, "mp/big.bin"), "default")
     finally:
         await engine.close()
     assert result.ok, result.error
@@ -100,7 +88,7 @@ async def test_failed_multipart_is_aborted(s3_url: str, s3: Any, bucket: str,
                                            tmp_path: Path) -> None:
     """A file truncated mid-upload fails, and no parts are left behind."""
     path = _file(tmp_path, "shrinks.bin", 16 * MiB)
-    engine = await _engine(s3_url, multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB,
+    engine = await started_engine(s3_url, multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB,
                            max_parts_in_flight=1)
 
     def truncate(**_: Any) -> None:
@@ -109,7 +97,7 @@ async def test_failed_multipart_is_aborted(s3_url: str, s3: Any, bucket: str,
     engine.client("default").meta.events.register_first(
         "before-send.s3.UploadPart", truncate)
     try:
-        result = await engine.upload(_upload(path, bucket, "mp/shrinks.bin"), "default")
+        result = await engine.upload(upload_of(path, bucket, "mp/shrinks.bin"), "default")
     finally:
         await engine.close()
     assert not result.ok and "ended" in (result.error or "")
@@ -119,9 +107,9 @@ async def test_failed_multipart_is_aborted(s3_url: str, s3: Any, bucket: str,
 
 async def test_zero_byte_file(s3_url: str, s3: Any, bucket: str, tmp_path: Path) -> None:
     path = _file(tmp_path, "empty", 0)
-    engine = await _engine(s3_url)
+    engine = await started_engine(s3_url)
     try:
-        result = await engine.upload(_upload(path, bucket, "empty"), "default")
+        result = await engine.upload(upload_of(path, bucket, "empty"), "default")
     finally:
         await engine.close()
     assert result.ok and result.size == 0
@@ -134,11 +122,11 @@ async def test_zero_byte_file(s3_url: str, s3: Any, bucket: str, tmp_path: Path)
 async def test_timeout_factor_stretches_each_retry(silent_server: str, tmp_path: Path) -> None:
     """Three attempts of 0.2, 0.4 and 0.8 s against a store that never answers."""
     path = _file(tmp_path, "f", 10)
-    engine = await _engine(silent_server, tries=3, attempt_timeout=0.2, timeout_factor=2,
+    engine = await started_engine(silent_server, tries=3, attempt_timeout=0.2, timeout_factor=2,
                            min_throughput=1e12)
     start = time.monotonic()
     try:
-        result = await engine.upload(_upload(path, "b", "k"), "default")
+        result = await engine.upload(upload_of(path, "b", "k"), "default")
     finally:
         await engine.close()
     assert result.reason == "timeout" and result.attempts == 3
@@ -150,12 +138,12 @@ async def test_queue_timeout_bounds_the_wait_for_a_slot(silent_server: str,
                                                         tmp_path: Path) -> None:
     """With every slot taken by a hung upload, the next one gives up after queue_timeout."""
     path = _file(tmp_path, "f", 10)
-    engine = await _engine(silent_server, max_parallel=1, queue_timeout=0.3, tries=1,
+    engine = await started_engine(silent_server, max_parallel=1, queue_timeout=0.3, tries=1,
                            attempt_timeout=5)
     try:
-        hung = asyncio.create_task(engine.upload(_upload(path, "b", "k1"), "default"))
+        hung = asyncio.create_task(engine.upload(upload_of(path, "b", "k1"), "default"))
         await wait_until_async(lambda: engine.active == 1, what="the hung upload")
-        second = await engine.upload(_upload(path, "b", "k2"), "default")
+        second = await engine.upload(upload_of(path, "b", "k2"), "default")
         hung.cancel()
         await asyncio.gather(hung, return_exceptions=True)
     finally:
@@ -179,7 +167,7 @@ async def test_pool_is_prewarmed_and_kept_warm(seaweed: str, weed_bucket: str,
         ticks = pool.last_used
         await wait_until_async(lambda: pool.last_used != ticks, what="an idle keep-warm round")
         paths = [_file(tmp_path, f"f{i}", 1000) for i in range(4)]
-        results = await asyncio.gather(*(engine.upload(_upload(p, weed_bucket, p.name),
+        results = await asyncio.gather(*(engine.upload(upload_of(p, weed_bucket, p.name),
                                                        "default") for p in paths))
         assert all(r.ok for r in results)
         assert pool.opened == 4, "the burst had to open new connections"
@@ -195,7 +183,7 @@ async def test_bandwidth_limit_paces_the_sockets(seaweed: str, weed_bucket: str,
     """An aggregate limit of 40 Mbit/s: 6 MiB cannot land faster than ~1.2 s, and the
     rate on the sockets is the limit shared by the requests in flight."""
     path = _file(tmp_path, "paced", 6 * MiB)
-    engine = await _engine(seaweed, bandwidth_limit=40e6, prewarm=2)
+    engine = await started_engine(seaweed, bandwidth_limit=40e6, prewarm=2)
     pool = engine.pool("default")
     rates: list[int] = []
 
@@ -206,7 +194,7 @@ async def test_bandwidth_limit_paces_the_sockets(seaweed: str, weed_bucket: str,
     engine.client("default").meta.events.register("before-send.s3.PutObject", record)
     start = time.monotonic()
     try:
-        result = await engine.upload(_upload(path, weed_bucket, "paced"), "default")
+        result = await engine.upload(upload_of(path, weed_bucket, "paced"), "default")
     finally:
         await engine.close()
     assert result.ok, result.error
@@ -221,9 +209,9 @@ async def test_body_corrupted_in_flight_is_rejected_and_retried(
     the retry lands intact, and the result carries the verified checksum."""
     proxy = CorruptingProxy(seaweed, corrupt=1)
     path = _file(tmp_path, "data.bin", 300_000)
-    engine = await _engine(proxy.url, checksum=algorithm, tries=3)
+    engine = await started_engine(proxy.url, checksum=algorithm, tries=3)
     try:
-        result = await engine.upload(_upload(path, weed_bucket, f"ok-{algorithm}"), "default")
+        result = await engine.upload(upload_of(path, weed_bucket, f"ok-{algorithm}"), "default")
     finally:
         await engine.close()
         proxy.close()
@@ -243,10 +231,10 @@ async def test_body_always_corrupted_never_lands(seaweed: str, weed_bucket: str,
     aborted; nothing is stored."""
     proxy = CorruptingProxy(seaweed, corrupt=-1)
     path = _file(tmp_path, "data.bin", 11 * MiB)
-    engine = await _engine(proxy.url, tries=2, multipart_threshold=5 * MiB,
+    engine = await started_engine(proxy.url, tries=2, multipart_threshold=5 * MiB,
                            multipart_chunksize=5 * MiB)
     try:
-        result = await engine.upload(_upload(path, weed_bucket, "never"), "default")
+        result = await engine.upload(upload_of(path, weed_bucket, "never"), "default")
     finally:
         await engine.close()
         proxy.close()
@@ -266,7 +254,7 @@ async def test_file_rewritten_during_upload_is_uploaded_again(s3_url: str, s3: A
     """The first PUT sends the old bytes, then the file is rewritten: that upload is not
     reported as landed; the second one is, with the new bytes."""
     path = _file(tmp_path, "growing.bin", 10_000)
-    engine = await _engine(s3_url, tries=3)
+    engine = await started_engine(s3_url, tries=3)
     puts = 0
 
     def rewrite(**_: Any) -> None:
@@ -277,7 +265,7 @@ async def test_file_rewritten_during_upload_is_uploaded_again(s3_url: str, s3: A
 
     engine.client("default").meta.events.register("before-send.s3.PutObject", rewrite)
     try:
-        result = await engine.upload(_upload(path, bucket, "growing.bin"), "default")
+        result = await engine.upload(upload_of(path, bucket, "growing.bin"), "default")
     finally:
         await engine.close()
     assert result.ok and puts == 2 and result.size == 12_000
@@ -287,13 +275,13 @@ async def test_file_rewritten_during_upload_is_uploaded_again(s3_url: str, s3: A
 
 async def test_file_that_keeps_changing_fails(s3_url: str, tmp_path: Path, bucket: str) -> None:
     path = _file(tmp_path, "busy.bin", 1000)
-    engine = await _engine(s3_url, tries=2)
+    engine = await started_engine(s3_url, tries=2)
     def rewrite(**_: Any) -> None:  # (a before-send handler's return value is a response)
         path.write_bytes(os.urandom(1001))
 
     engine.client("default").meta.events.register("before-send.s3.PutObject", rewrite)
     try:
-        result = await engine.upload(_upload(path, bucket, "busy.bin"), "default")
+        result = await engine.upload(upload_of(path, bucket, "busy.bin"), "default")
     finally:
         await engine.close()
     assert not result.ok and result.reason == "file_changed"
@@ -328,13 +316,13 @@ async def test_interrupted_multipart_resumes_from_its_parts(s3_url: str, s3: Any
     sends only the missing parts (ListParts confirms the recorded ones)."""
     path = _file(tmp_path, "long.bin", 26 * MiB)
     recorder = _Recorder()
-    engine = await _engine(s3_url, multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB,
+    engine = await started_engine(s3_url, multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB,
                            max_parts_in_flight=1)
     sent: list[int] = []
     engine.client("default").meta.events.register(
         "before-send.s3.UploadPart", lambda request, **_: sent.append(1))
     try:
-        task = asyncio.create_task(engine.upload(_upload(path, bucket, "long.bin"), "default",
+        task = asyncio.create_task(engine.upload(upload_of(path, bucket, "long.bin"), "default",
                                                  progress=recorder))
         await wait_until_async(lambda: len(recorder.parts) >= 2, what="two parts recorded")
         task.cancel()
@@ -342,7 +330,7 @@ async def test_interrupted_multipart_resumes_from_its_parts(s3_url: str, s3: Any
         assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads"), "the upload was kept"
         first = len(sent)
         done = len(recorder.parts)
-        result = await engine.upload(_upload(path, bucket, "long.bin"), "default",
+        result = await engine.upload(upload_of(path, bucket, "long.bin"), "default",
                                      progress=recorder)
     finally:
         await engine.close()

@@ -144,6 +144,18 @@ def _check_all_landed(s3: Any, bucket: str, files: list[Path], listener: Listene
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
+def _restart_and_finish(config: Path, log: Path, burst: list[Path], listener: Listener,
+                        s3: Any, bucket: str) -> None:
+    """Start the daemon again: it finishes the burst from its journal."""
+    second = _Daemon(config, log)
+    try:
+        listener.wait_for(lambda ms: {m.data["uid"] for m in ms if m.type == "file"}
+                          >= {p.name for p in burst}, 120, "all 200 completions")
+    finally:
+        assert second.stop() == 0
+    _check_all_landed(s3, bucket, burst, listener)
+
+
 def test_kill_9_mid_burst_then_restart(daemon_config: Path, tmp_path: Path, burst: list[Path],
                                        producer: Producer, listener: Listener, s3: Any,
                                        bucket: str) -> None:
@@ -159,13 +171,7 @@ def test_kill_9_mid_burst_then_restart(daemon_config: Path, tmp_path: Path, burs
     finally:
         assert first.stop(signal.SIGKILL) == -signal.SIGKILL
     assert len(listener.of_type("file")) < 200, "the burst finished before the kill"
-    second = _Daemon(daemon_config, log)
-    try:
-        listener.wait_for(lambda ms: {m.data["uid"] for m in ms if m.type == "file"}
-                          >= {p.name for p in burst}, 120, "all 200 completions")
-    finally:
-        assert second.stop() == 0
-    _check_all_landed(s3, bucket, burst, listener)
+    _restart_and_finish(daemon_config, log, burst, listener, s3, bucket)
     assert "resuming" in log.read_text()
 
 
@@ -187,13 +193,7 @@ def test_sigterm_mid_burst_then_restart(daemon_config: Path, tmp_path: Path,
     finally:
         assert first.stop(signal.SIGTERM, timeout=20) == 0  # the grace, not the burst
     assert len(listener.of_type("file")) < 200, "the burst finished before the stop"
-    second = _Daemon(daemon_config, log)
-    try:
-        listener.wait_for(lambda ms: {m.data["uid"] for m in ms if m.type == "file"}
-                          >= {p.name for p in burst}, 120, "all 200 completions")
-    finally:
-        assert second.stop() == 0
-    _check_all_landed(s3, bucket, burst, listener)
+    _restart_and_finish(daemon_config, log, burst, listener, s3, bucket)
 
 
 def test_a_burst_of_thousands_is_accepted_even_when_uploads_stall(

@@ -8,21 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trollpush import EndpointConfig, SourceFile, TransferEngine, Upload
-
-from .helpers import free_port
-
-
-def _upload(path: Path, bucket: str, key: str) -> Upload:
-    return Upload(SourceFile(uri=str(path), path=path, uid=path.name), bucket, key)
-
-
-async def _engine(url: str, **kw: Any) -> TransferEngine:
-    kw.setdefault("prewarm", 0)
-    engine = TransferEngine({"default": EndpointConfig(name="default", url=url,
-                                                       region="us-east-1", **kw)})
-    await engine.start()
-    return engine
+from .helpers import free_port, started_engine, upload_of
 
 
 async def test_upload_streams_file_and_sends_no_expect_header(
@@ -30,7 +16,7 @@ async def test_upload_streams_file_and_sends_no_expect_header(
     """A 12 MiB file lands byte for byte; no request carries Expect: 100-continue."""
     path = tmp_path / "big.bin"
     path.write_bytes(os.urandom(12 * 1024 * 1024))
-    engine = await _engine(s3_url)
+    engine = await started_engine(s3_url)
     headers: list[dict[str, str]] = []
 
     def capture(request: Any, **_: Any) -> None:
@@ -38,7 +24,7 @@ async def test_upload_streams_file_and_sends_no_expect_header(
 
     engine.client("default").meta.events.register("before-send.s3", capture)
     try:
-        result = await engine.upload(_upload(path, bucket, "a/big.bin"), "default")
+        result = await engine.upload(upload_of(path, bucket, "a/big.bin"), "default")
     finally:
         await engine.close()
     assert result.ok, result.error
@@ -51,7 +37,7 @@ async def test_upload_streams_file_and_sends_no_expect_header(
 async def test_uploads_are_bounded_by_max_connections(s3_url: str, s3: Any, bucket: str,
                                                       tmp_path: Path) -> None:
     """Never more uploads at once than the endpoint's max_connections."""
-    engine = await _engine(s3_url, max_parallel=3)
+    engine = await started_engine(s3_url, max_parallel=3)
     seen: list[int] = []
     engine.client("default").meta.events.register(
         "before-send.s3", lambda **_: seen.append(engine.active))
@@ -61,7 +47,7 @@ async def test_uploads_are_bounded_by_max_connections(s3_url: str, s3: Any, buck
         p.write_bytes(os.urandom(50_000))
         paths.append(p)
     try:
-        results = await asyncio.gather(*(engine.upload(_upload(p, bucket, p.name), "default")
+        results = await asyncio.gather(*(engine.upload(upload_of(p, bucket, p.name), "default")
                                          for p in paths))
     finally:
         await engine.close()
@@ -73,9 +59,9 @@ async def test_uploads_are_bounded_by_max_connections(s3_url: str, s3: Any, buck
 async def test_permanent_error_is_not_retried(s3_url: str, tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"x")
-    engine = await _engine(s3_url, tries=4)
+    engine = await started_engine(s3_url, tries=4)
     try:
-        result = await engine.upload(_upload(path, "no-such-bucket-zz", "k"), "default")
+        result = await engine.upload(upload_of(path, "no-such-bucket-zz", "k"), "default")
     finally:
         await engine.close()
     assert not result.ok and result.attempts == 1
@@ -86,9 +72,9 @@ async def test_connection_refused_is_retried_then_fails(tmp_path: Path) -> None:
     """A dead endpoint costs `tries` attempts, then a failure with the last reason."""
     path = tmp_path / "f"
     path.write_bytes(b"x" * 100)
-    engine = await _engine(f"http://127.0.0.1:{free_port()}", tries=3, connect_timeout=2)
+    engine = await started_engine(f"http://127.0.0.1:{free_port()}", tries=3, connect_timeout=2)
     try:
-        result = await engine.upload(_upload(path, "b", "k"), "default")
+        result = await engine.upload(upload_of(path, "b", "k"), "default")
     finally:
         await engine.close()
     assert not result.ok and result.attempts == 3
@@ -101,10 +87,10 @@ async def test_attempt_timeout_then_retry(silent_server: str, tmp_path: Path) ->
     """Each attempt gets attempt_timeout; a hung store costs tries x that, then `timeout`."""
     path = tmp_path / "f"
     path.write_bytes(b"x" * 100)
-    engine = await _engine(silent_server, tries=2, attempt_timeout=0.5)
+    engine = await started_engine(silent_server, tries=2, attempt_timeout=0.5)
     start = time.monotonic()
     try:
-        result = await engine.upload(_upload(path, "b", "k"), "default")
+        result = await engine.upload(upload_of(path, "b", "k"), "default")
     finally:
         await engine.close()
     elapsed = time.monotonic() - start
@@ -114,9 +100,9 @@ async def test_attempt_timeout_then_retry(silent_server: str, tmp_path: Path) ->
 
 async def test_file_gone_at_upload_time_is_file_missing(s3_url: str, tmp_path: Path) -> None:
     """A file deleted between its announcement and its upload fails as file_missing."""
-    engine = await _engine(s3_url, tries=3)
+    engine = await started_engine(s3_url, tries=3)
     try:
-        result = await engine.upload(_upload(tmp_path / "gone", "b", "k"), "default")
+        result = await engine.upload(upload_of(tmp_path / "gone", "b", "k"), "default")
     finally:
         await engine.close()
     assert not result.ok and result.attempts == 0 and "cannot read" in (result.error or "")

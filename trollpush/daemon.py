@@ -15,7 +15,8 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 from posttroll.message import Message
 
@@ -361,12 +362,8 @@ class Daemon:
             self._resuming.discard(request.id)
             if records:  # recovered: continue the jobs as recorded (the config may differ)
                 jobs = tuple(r.job for r in records)
-                outcomes = await asyncio.gather(*(self._resume_job(r, i, done)
-                                                  for i, r in enumerate(records)),
-                                                return_exceptions=True)
-                for job, out in zip(jobs, outcomes, strict=True):
-                    messages.extend(self._internal(request, job, out)
-                                    if isinstance(out, BaseException) else out)
+                messages += await self._jobs(request, jobs, [
+                    self._resume_job(r, i, done) for i, r in enumerate(records)])
                 return await self._settle(request, messages, jobs_started=True)
             result = self.router.route(request)
             jobs = result.jobs
@@ -379,18 +376,22 @@ class Daemon:
                 messages.append(self.announcer.route_failure(request, fail))
                 self.announcer.publish(messages[-1])
                 await self.journal.failed(request, None, fail.reason)
-            outcomes = await asyncio.gather(*(self._run_job(job, i, done)
-                                              for i, job in enumerate(jobs)),
-                                            return_exceptions=True)
-            for job, out in zip(jobs, outcomes, strict=True):
-                messages.extend(self._internal(request, job, out)
-                                if isinstance(out, BaseException) else out)
+            messages += await self._jobs(request, jobs, [
+                self._run_job(job, i, done) for i, job in enumerate(jobs)])
         except asyncio.CancelledError:
             await self._abandon(request, jobs, done)
             raise
         except Exception as err:
             messages.extend(self._internal(request, None, err))
         await self._settle(request, messages, jobs_started=bool(jobs))
+
+    async def _jobs(self, request: Request, jobs: Sequence[Job],
+                    runs: list[Coroutine[Any, Any, list[Message]]]) -> list[Message]:
+        """Run a request's jobs at once; one that crashes becomes an internal_error."""
+        outcomes = await asyncio.gather(*runs, return_exceptions=True)
+        return [m for job, out in zip(jobs, outcomes, strict=True)
+                for m in (self._internal(request, job, out)
+                          if isinstance(out, BaseException) else out)]
 
     async def _settle(self, request: Request, messages: Sequence[Message], *,
                       jobs_started: bool) -> None:
