@@ -1,0 +1,1 @@
+"""The benchmark suite of trollpush: ``python -m benchmarks.run`` (see README.md)."""
