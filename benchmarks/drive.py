@@ -335,6 +335,10 @@ class Trollpush(PosttrollTool):
         }
         if self.spec.tp_daemon:
             cfg["daemon"] = dict(self.spec.tp_daemon)
+        # a fresh journal per run: a shared one would answer repeated files from the
+        # journal ("already landed") instead of uploading them, and flatter the numbers
+        cfg["journal"] = {"path": str(self.logdir / f"{self.spec.scenario}-r{self.spec.run}"
+                                                    "-journal.sqlite")}
         return cfg
 
     def start(self) -> None:
