@@ -92,12 +92,18 @@ class Spec:
     tp_endpoint: dict[str, Any] = field(default_factory=dict)
     tp_daemon: dict[str, Any] = field(default_factory=dict)
     engine: str | None = None  # the frozen copy of trollpush to run (see run.py)
+    tag: str = ""  # tells apart runs of one scenario on different stores (P3)
     verify: bool = True
     cleanup: bool = True
 
     @classmethod
     def load(cls, path: str) -> Spec:
         return cls(**json.loads(Path(path).read_text()))
+
+    @property
+    def name(self) -> str:
+        """Unique within a suite run: names its logs, configs and state."""
+        return f"{self.scenario}{'-' + self.tag if self.tag else ''}-r{self.run}"
 
 
 # --- completions --------------------------------------------------------------------------
@@ -227,11 +233,11 @@ class Tool:
 
     @property
     def log_path(self) -> Path:
-        return self.logdir / f"{self.spec.scenario}-r{self.spec.run}-{self.name}.log"
+        return self.logdir / f"{self.spec.name}-{self.name}.log"
 
     def _spawn(self, cmd: list[str], *, cwd: Path = ROOT, env: dict[str, str] | None = None,
                **kw: Any) -> subprocess.Popen[Any]:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stderr=self._log, env={**credentials_env(),
                                                                  **(env or {})},
                                      cwd=cwd, preexec_fn=die_with_parent, **kw)
@@ -335,21 +341,28 @@ class Trollpush(PosttrollTool):
         }
         if self.spec.tp_daemon:
             cfg["daemon"] = dict(self.spec.tp_daemon)
-        # a fresh journal per run: a shared one would answer repeated files from the
+        # a fresh journal per daemon: a shared one would answer repeated files from the
         # journal ("already landed") instead of uploading them, and flatter the numbers
-        cfg["journal"] = {"path": str(self.logdir / f"{self.spec.scenario}-r{self.spec.run}"
-                                                    "-journal.sqlite")}
+        cfg["journal"] = {"path": str(self.state_dir / "journal.sqlite")}
         return cfg
 
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.spec.workdir) / "state" / f"{self.spec.name}-trollpush"
+
     def start(self) -> None:
-        cfg_path = self.logdir / f"{self.spec.scenario}-r{self.spec.run}-trollpush.yaml"
+        cfg_path = self.logdir / f"{self.spec.name}-trollpush.yaml"
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        self.state_dir.mkdir(parents=True)
         cfg_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
         self.info["config"] = self.config()
         self.listen()
         # the frozen copy of the engine, not the working tree (which may change meanwhile)
         engine = Path(self.spec.engine) if self.spec.engine else ROOT
+        # and a state directory of its own (XDG_STATE_HOME: the default journal's home)
         self._spawn([sys.executable, "-m", "trollpush", "run", str(cfg_path)],
-                    stdout=subprocess.DEVNULL, cwd=engine, env={"PYTHONPATH": str(engine)})
+                    stdout=subprocess.DEVNULL, cwd=engine,
+                    env={"PYTHONPATH": str(engine), "XDG_STATE_HOME": str(self.state_dir)})
         deadline = time.monotonic() + 30
         while "trollpush ready" not in self.log_path.read_text(errors="replace"):
             if not self.alive() or time.monotonic() > deadline:
@@ -408,7 +421,7 @@ class Trollmoves(PosttrollTool):
     def start(self) -> None:
         if not self.spec.peers_python:
             raise RuntimeError("trollmoves needs the peers virtualenv (.venv-peers)")
-        cfg_path = self.logdir / f"{self.spec.scenario}-r{self.spec.run}-trollmoves.yaml"
+        cfg_path = self.logdir / f"{self.spec.name}-trollmoves.yaml"
         cfg_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
         self.listen()
         script = ROOT / "benchmarks" / "peers" / "trollmoves_dispatcher.py"
@@ -565,7 +578,17 @@ def run_burst(spec: Spec, tool: Tool) -> dict[str, Any]:
     if spec.verify:
         result["verify"] = verify_and_clean(
             spec, prefix, {os.path.basename(f): os.path.getsize(f) for f in files})
+        invalidate(result)
     return result
+
+
+def invalidate(result: dict[str, Any]) -> None:
+    """A run whose announced objects are not all in the store has no valid time."""
+    if result.get("verify", {}).get("wrong_or_missing"):
+        result["elapsed"] = None
+        result["errors"] = [*result.get("errors", []),
+                            f"{result['verify']['wrong_or_missing']} announced object(s) "
+                            "missing or wrong in the store"]
 
 
 def run_idle(spec: Spec, tools: list[Tool]) -> dict[str, dict[str, Any]]:
@@ -608,6 +631,7 @@ def run_idle(spec: Spec, tools: list[Tool]) -> dict[str, dict[str, Any]]:
             results[tool.name]["verify"] = verify_and_clean(
                 spec, prefix_for(spec, tool.name),
                 {os.path.basename(f): os.path.getsize(f) for f in files})
+            invalidate(results[tool.name])
             if spec.cleanup:
                 verify_and_clean(spec, prefix_for(spec, tool.name, "w"), {})
     return results

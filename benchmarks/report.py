@@ -55,8 +55,14 @@ def fmt_x(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}x"
 
 
+def valid(run: dict[str, Any]) -> bool:
+    """Complete, and every announced object found in the store afterwards."""
+    return (run.get("elapsed") is not None
+            and not run.get("verify", {}).get("wrong_or_missing"))
+
+
 def ok_runs(runs: list[dict[str, Any]], tool: str) -> list[dict[str, Any]]:
-    return [r for r in runs if r.get("tool") == tool and r.get("elapsed") is not None]
+    return [r for r in runs if r.get("tool") == tool and valid(r)]
 
 
 def tool_runs(runs: list[dict[str, Any]], tool: str) -> list[dict[str, Any]]:
@@ -70,7 +76,9 @@ def one_line(out: dict[str, Any]) -> str:
         return f"{tool}: ERROR {str(out['error']).splitlines()[0][:200]}"
     parts = [f"{tool}: {fmt_s(out.get('elapsed') or out.get('elapsed_partial'))}",
              f"{out.get('ok', 0)}/{out.get('files', 0)} ok"]
-    if out.get("elapsed") is None:
+    if out.get("verify", {}).get("wrong_or_missing"):
+        parts.append("INVALID")
+    elif out.get("elapsed") is None:
         parts.append(f"INCOMPLETE (failed {out.get('failed')}, missing {out.get('missing')})")
     lat = out.get("latencies_ms") or []
     if len(lat) > 1:
@@ -297,14 +305,17 @@ def scenario_detail(a: Analysis, sc: str, runs: list[dict[str, Any]],
             continue
         per_run = []
         for r in mine:
-            if r.get("elapsed") is not None:
+            if valid(r):
                 per_run.append(f"{r['ok'] / r['elapsed']:.0f}" if sc == "P3"
                                else f"{r['elapsed']:.3f}")
+            elif r.get("verify", {}).get("wrong_or_missing"):
+                per_run.append(f"invalid ({r['verify']['objects']}/{r['verify']['expected']} "
+                               "objects in the store)")
             elif "files" in r:
                 per_run.append(f"incomplete ({r.get('ok')}/{r.get('files')} ok)")
             else:
                 per_run.append("error")
-        done = [r for r in mine if r.get("elapsed") is not None]
+        done = [r for r in mine if valid(r)]
         if sc == "P3":
             rates = [r["ok"] / r["elapsed"] for r in done]
             p50 = median([v for r in done if (v := percentile(r["latencies_ms"], 0.5))])
@@ -331,7 +342,8 @@ def scenario_detail(a: Analysis, sc: str, runs: list[dict[str, Any]],
                 + (str(r["error"]).splitlines()[0][:300] if "error" in r and "files" not in r
                    else f"{r.get('failed')} failed, {r.get('missing')} missing; "
                    + "; ".join(r.get("errors", []))[:300])
-                for r in runs if r.get("elapsed") is None]
+                for r in runs if r.get("elapsed") is None and not r.get("verify", {}).get(
+                    "wrong_or_missing")]
     bad = [f"- {TOOL_LABELS.get(r['tool'], r['tool'])} run {r['run']}: the store holds "
            f"{r['verify']['objects']} of {r['verify']['expected']} objects "
            f"({r['verify']['wrong_or_missing']} wrong or missing)"
@@ -489,6 +501,10 @@ def markdown(a: Analysis, chart_name: str | None) -> str:
                   "development only.", ""]
     else:
         lines += [f"{s['runs']} runs per tool and scenario; medians.", ""]
+    if meta.get("overlapping_runs"):
+        lines += [f"**Warning:** other benchmark runs were active on the machine during this "
+                  f"one (pid {', '.join(map(str, meta['overlapping_runs']))}); they shared "
+                  "the CPUs, so the numbers are disturbed (P3 most).", ""]
     lines += ["## Summary", "", *summary_table(a), ""]
     lines += ["## Targets", "",
               "The goals the transfer engine is tuned against, next to what this run measured.",

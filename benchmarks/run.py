@@ -50,7 +50,7 @@ from benchmarks.s3servers import (
     credentials_env,
     die_with_parent,
 )
-from benchmarks.wan import WanLink, remove_stale_namespaces, wan_unavailable
+from benchmarks.wan import WanLink, other_runs, remove_stale_namespaces, wan_unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -348,7 +348,8 @@ def _wait_or_stop(proc: subprocess.Popen[Any], timeout: float) -> int:
 
 def drive(spec: dict[str, Any], work: Path, prefix: list[str], budget: float) -> dict[str, Any]:
     """Run one driver invocation (in the client namespace when ``prefix`` says so)."""
-    tag = f"{spec['scenario']}-r{spec['run']}-{'+'.join(spec['tools'])}"
+    tag = (f"{spec['scenario']}{'-' + spec['tag'] if spec.get('tag') else ''}-r{spec['run']}"
+           f"-{'+'.join(spec['tools'])}")
     spec_path = work / f"spec-{tag}.json"
     result_path = work / f"result-{tag}.json"
     spec_path.write_text(json.dumps(spec))
@@ -409,7 +410,8 @@ def link_delta(before: dict[str, Any] | None, after: dict[str, Any] | None
 
 
 def run_burst(ctx: Context, scenario: str, files: list[str], *, url: str,
-              prefix: list[str], timeout: float, label: str) -> list[dict[str, Any]]:
+              prefix: list[str], timeout: float, label: str, tag: str = ""
+              ) -> list[dict[str, Any]]:
     """Every tool alone, ``runs`` times, tool order rotated from run to run."""
     runs: list[dict[str, Any]] = []
     tools = ctx.settings.tools
@@ -418,6 +420,7 @@ def run_burst(ctx: Context, scenario: str, files: list[str], *, url: str,
         for tool in rotate(tools, run - 1):
             say(f"{scenario} ({label}) run {run}/{ctx.settings.runs}: {tool}")
             spec = base_spec(ctx, scenario, run, [tool], url, {tool: files}, timeout)
+            spec["tag"] = tag
             before = ctx.link.counters() if on_link and ctx.link else None
             res = drive(spec, ctx.work, prefix, timeout + 180)
             out = res.get("tools", {}).get(tool) or {"error": res.get("error", "no result")}
@@ -466,7 +469,7 @@ def scenario_p3(ctx: Context) -> None:
             continue
         per_server[kind] = {"net": "loopback", "runs": run_burst(
             ctx, "P3", ctx.data.p3, url=server.url, prefix=[], label=f"loopback, {kind}",
-            timeout=120 + s.p3_files * 0.2)}
+            timeout=120 + s.p3_files * 0.2, tag=kind)}
     ctx.results["P3"] = per_server
 
 
@@ -594,7 +597,14 @@ def main(argv: list[str] | None = None) -> int:
             meta["servers"] = {s.name: s.version() for s in servers}
             ctx = Context(settings, work, data, peers_python, tp_endpoint, link, wan_server,
                           loop, results)
+            overlapping: set[int] = set()
             for scenario in settings.scenarios:
+                others = other_runs()
+                if others - overlapping:
+                    say(f"WARNING: other benchmark run(s) active (pid {sorted(others)}): "
+                        "they share the CPUs and disturb the numbers")
+                overlapping |= others
+                meta["overlapping_runs"] = sorted(overlapping)
                 t = time.monotonic()
                 {"P1": scenario_p1, "P2": scenario_p2, "P3": scenario_p3,
                  "P4": scenario_p4}[scenario](ctx)

@@ -89,6 +89,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def other_runs() -> set[int]:
+    """PIDs of other live benchmark runs on this machine (seen by their namespaces)."""
+    out = _ip("netns", "list", check=False).stdout if wan_unavailable() is None else ""
+    pids = set()
+    for line in out.splitlines():
+        m = re.fullmatch(rf"{NS_PREFIX}(\d+)-[ab]", line.split()[0] if line.split() else "")
+        if m and int(m.group(1)) != os.getpid() and _pid_alive(int(m.group(1))):
+            pids.add(int(m.group(1)))
+    return pids
+
+
 def remove_stale_namespaces() -> list[str]:
     """Delete namespaces left by an earlier run of this module whose process is gone."""
     out = _ip("netns", "list", check=False).stdout
