@@ -323,6 +323,59 @@ async def test_landed_follows_what_the_object_holds(journal: AnyJournal) -> None
     assert journal.landed("default", "bucket", key, (2, 2, 2)) is None
 
 
+async def test_begin_answers_what_landed_and_records_the_rest(journal: AnyJournal) -> None:
+    """One step: the uploads found in the landed index come back by index; the job is
+    ``transferring`` unless all were found, and the objects it will write lose their
+    entries until it concludes."""
+    first = make_request(1, files=2)
+    j1 = make_job(first)
+    await journal.accepted(first)
+    assert await journal.begin(j1, [(1, 1, 1), (2, 2, 2)]) == {}
+    assert journal.state(first.id) == {"viirs": State.TRANSFERRING}
+    await journal.concluded(j1, tuple(make_result(u, (n, n, n))
+                                      for n, u in enumerate(j1.uploads, 1)), finish=True)
+    assert journal.state(first.id) == {} and journal.unfinished() == []
+
+    again = make_request(2, files=2)
+    j2 = Job(again, "viirs", "default", tuple(  # the same two objects
+        Upload(f, "bucket", u.key) for f, u in zip(again.files, j1.uploads, strict=True)),
+        {}, "/t")
+    await journal.accepted(again)
+    everything = await journal.begin(j2, [(1, 1, 1), (2, 2, 2)])
+    assert sorted(everything) == [0, 1] and everything[1].source_stat == (2, 2, 2)
+    assert everything[0].attempts == 0 and everything[0].upload.url == j1.uploads[0].url
+    assert journal.state(again.id) == {}, "nothing to transfer: nothing recorded"
+    assert await journal.begin(j2, None) == {}, "None: no look-up (overwrite: always)"
+    assert journal.state(again.id) == {"viirs": State.TRANSFERRING}
+    assert journal.landed("default", "bucket", j1.uploads[0].key, (1, 1, 1)) is None
+
+    third = make_request(3, files=2)
+    j3 = make_job(third, prefix="other")
+    await journal.accepted(third)
+    await journal.concluded(j3, tuple(make_result(u, (5, 5, 5)) for u in j3.uploads))
+    one = await journal.begin(make_job(third, "viirs2", prefix="other"),
+                              [(5, 5, 5), (6, 6, 6)])
+    assert list(one) == [0], "the changed file is not found, the unchanged one is"
+    assert journal.state(third.id) == {"viirs": State.ANNOUNCED,
+                                       "viirs2": State.TRANSFERRING}
+
+
+async def test_concluded_records_uploaded_and_announced_in_one_step(
+        journal: AnyJournal) -> None:
+    r = make_request(1)
+    job = make_job(r)
+    await journal.accepted(r)
+    await journal.begin(job, [(7, 7, 7)])
+    await journal.concluded(job, (make_result(job.uploads[0], (7, 7, 7)),))
+    [record] = journal.jobs(r)
+    assert record.state is State.ANNOUNCED and record.results[0].etag == '"abc"'
+    assert [x.id for x in journal.unfinished()] == [r.id], "not finished unless asked"
+    assert journal.landed("default", "bucket", job.uploads[0].key, (7, 7, 7)) is not None
+    await journal.finished(r)
+    assert journal.unfinished() == []
+
+
+
 async def test_landed_is_pruned_by_age(kind: str, tmp_path: Path, clock: Clock) -> None:
     j = new_journal(kind, tmp_path, clock, keep_landed_seconds=3600)
     await j.open()

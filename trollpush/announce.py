@@ -8,6 +8,8 @@ subscriber can mistake it.  The formats are documented in ``docs/messages.md``.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import functools
 import logging
 import posixpath
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,6 +30,26 @@ ACK_TYPE = "ack"
 MULTIPLE_TYPE = "multiple"
 
 
+@functools.cache
+def _sender() -> str:
+    return str(Message("/trollpush", "info").sender)
+
+
+def new_message(subject: str, atype: str, data: dict[str, Any]) -> Message:
+    """A posttroll ``Message`` with the sender looked up once per process.
+
+    ``Message()`` asks the password database and the host name for every message: a
+    busy daemon paid that thousands of times a second for the same answer.  The message
+    is the same (``tests/test_announce.py`` holds the two side by side) and is still
+    validated by posttroll when it is encoded.
+    """
+    message = Message.__new__(Message)
+    message.__dict__.update(subject=subject, type=atype, sender=_sender(),
+                            time=dt.datetime.now(dt.UTC), data=data, binary=False,
+                            version=None)
+    return message
+
+
 def completion(job: Job, results: Sequence[UploadResult]) -> Message:
     """The message announcing that every file of a job landed."""
     request = job.request
@@ -44,7 +66,7 @@ def completion(job: Job, results: Sequence[UploadResult]) -> Message:
             else {**item, **_object_fields(next(produced))}
             for item in request.data["collection"]]
     data["endpoint"] = job.endpoint
-    return Message(job.publish_topic, request.type, data)
+    return new_message(job.publish_topic, request.type, data)
 
 
 def _object_fields(result: UploadResult) -> dict[str, Any]:
@@ -70,12 +92,12 @@ def failure(topic: str, *, uri: str | None, destination: str | None, error: str,
                  "attempts": attempts})
     extras = {"target": target, "endpoint": endpoint, "request_type": request_type}
     data.update({k: v for k, v in extras.items() if v is not None})
-    return Message(topic, FAILURE_TYPE, data)
+    return new_message(topic, FAILURE_TYPE, data)
 
 
 def ack(request: Request, destinations: Sequence[str]) -> Message:
     """The early reply that a request was accepted (REQ/REP ``reply: accepted|both``)."""
-    return Message(request.subject or "/trollpush/ack", ACK_TYPE,
+    return new_message(request.subject or "/trollpush/ack", ACK_TYPE,
                    {"id": request.id, "uri": request.files[0].uri, "files": len(request.files),
                     "destinations": list(destinations)})
 
@@ -84,7 +106,7 @@ def combine(messages: Sequence[Message], subject: str) -> Message:
     """One reply for a request that fanned out to several targets."""
     if len(messages) == 1:
         return messages[0]
-    return Message(subject, MULTIPLE_TYPE, {"messages": [
+    return new_message(subject, MULTIPLE_TYPE, {"messages": [
         {"subject": m.subject, "type": m.type, "data": m.data} for m in messages]})
 
 

@@ -357,6 +357,7 @@ class Daemon:
         jobs: tuple[Job, ...] = ()
         done: dict[int, list[Message]] = {}
         messages: list[Message] = []
+        journaled = False  # finished in the journal already
         try:
             records = self.journal.jobs(request) if request.id in self._resuming else []
             self._resuming.discard(request.id)
@@ -376,14 +377,17 @@ class Daemon:
                 messages.append(self.announcer.route_failure(request, fail))
                 self.announcer.publish(messages[-1])
                 await self.journal.failed(request, None, fail.reason)
+            # a lone job finishes its request in the journal step that records it
+            lone = len(jobs) == 1 and not result.failures
             messages += await self._jobs(request, jobs, [
-                self._run_job(job, i, done) for i, job in enumerate(jobs)])
+                self._run_job(job, i, done, finish=lone) for i, job in enumerate(jobs)])
+            journaled = lone and not _failed(messages)
         except asyncio.CancelledError:
             await self._abandon(request, jobs, done)
             raise
         except Exception as err:
             messages.extend(self._internal(request, None, err))
-        await self._settle(request, messages, jobs_started=bool(jobs))
+        await self._settle(request, messages, jobs_started=bool(jobs), journaled=journaled)
 
     async def _jobs(self, request: Request, jobs: Sequence[Job],
                     runs: list[Coroutine[Any, Any, list[Message]]]) -> list[Message]:
@@ -394,15 +398,15 @@ class Daemon:
                           if isinstance(out, BaseException) else out)]
 
     async def _settle(self, request: Request, messages: Sequence[Message], *,
-                      jobs_started: bool) -> None:
-        self.counts["failed" if any(m.type == announce.FAILURE_TYPE for m in messages)
-                    else "completed"] += 1
-        await self._finish(request, messages, jobs_started=jobs_started)
+                      jobs_started: bool, journaled: bool = False) -> None:
+        self.counts["failed" if _failed(messages) else "completed"] += 1
+        await self._finish(request, messages, jobs_started=jobs_started, journaled=journaled)
 
     async def _finish(self, request: Request, messages: Sequence[Message], *,
-                      jobs_started: bool) -> None:
+                      jobs_started: bool, journaled: bool = False) -> None:
         try:
-            await self.journal.finished(request)
+            if not journaled:
+                await self.journal.finished(request)
         except Exception:
             logger.exception("journal: finishing %s failed", request.describe())
         reply = request.reply
@@ -420,8 +424,8 @@ class Daemon:
         self.announcer.publish(message)
         return [message]
 
-    async def _run_job(self, job: Job, index: int, done: dict[int, list[Message]]
-                       ) -> list[Message]:
+    async def _run_job(self, job: Job, index: int, done: dict[int, list[Message]], *,
+                       finish: bool = False) -> list[Message]:
         keys = sorted({(job.endpoint, u.bucket, u.key) for u in job.uploads})
         async with contextlib.AsyncExitStack() as stack:
             # one upload per object at a time (locks in a fixed order: no deadlock)
@@ -429,7 +433,7 @@ class Daemon:
                 await stack.enter_async_context(self._object_lock(key))
             results = await self._transfer(job)
             # recorded (landed) before the next upload of these objects may look
-            return await self._conclude(job, index, done, results)
+            return await self._conclude(job, index, done, results, finish=finish)
 
     @contextlib.asynccontextmanager
     async def _object_lock(self, key: tuple[str, str, str]) -> AsyncIterator[None]:
@@ -447,19 +451,16 @@ class Daemon:
     async def _transfer(self, job: Job) -> tuple[UploadResult, ...]:
         """Upload what has not landed yet; an unchanged file already at its object is
         answered from the journal (unless the target says ``overwrite: always``)."""
-        reused: dict[int, UploadResult] = {}
+        stats: list[Stat | None] | None = None
         if self._overwrite.get(job.target or "", "changed") != "always":
-            stats: list[Stat | None] = [u.source.stat for u in job.uploads]
+            stats = [u.source.stat for u in job.uploads]
             if None in stats:  # (taken on receipt; not for requests from older journals)
                 stats = await asyncio.to_thread(_stats, [u.source.path for u in job.uploads])
-            for i, (u, st) in enumerate(zip(job.uploads, stats, strict=True)):
-                hit = self.journal.landed(job.endpoint, u.bucket, u.key, st) if st else None
-                if hit is not None:
-                    reused[i] = hit
-                    logger.info("already landed, answered from the journal: %s -> %s",
-                                u.source.uri, u.url)
-        if len(reused) < len(job.uploads):
-            await self.journal.transferring(job)
+        # one journal step: what already landed, and "transferring" for the rest
+        reused = await self.journal.begin(job, stats)
+        for i in sorted(reused):
+            logger.info("already landed, answered from the journal: %s -> %s",
+                        job.uploads[i].source.uri, job.uploads[i].url)
         progress = _JobProgress(self.journal, job) if self.durable else None
         results: dict[int, UploadResult] = dict(reused)
         todo = [i for i in range(len(job.uploads)) if i not in reused]
@@ -482,19 +483,21 @@ class Daemon:
         return tuple(results[i] for i in range(len(job.uploads)))
 
     async def _conclude(self, job: Job, index: int, done: dict[int, list[Message]],
-                        results: tuple[UploadResult, ...]) -> list[Message]:
+                        results: tuple[UploadResult, ...], *, finish: bool = False
+                        ) -> list[Message]:
+        """Announce the job's outcome and record it (``finish``: the request's only job,
+        finished in the same journal step)."""
         failed = [r for r in results if not r.ok]
         if failed:
             await self.journal.failed(job.request, job, failed[0].reason or "upload_failed")
             messages = [self.announcer.upload_failure(job, r) for r in failed]
             for m in messages:
                 self.announcer.publish(m)
-        else:
-            await self.journal.uploaded(job, results)
+        else:  # published first: a crash before the record repeats it, never loses it
             messages = [announce.completion(job, results)]
             self.announcer.publish(messages[0])
-            await self.journal.announced(job)
-            logger.info("announced %s on %s", job.describe(), job.publish_topic)
+            await self.journal.concluded(job, results, finish=finish)
+            logger.debug("announced %s on %s", job.describe(), job.publish_topic)
         done[index] = messages
         return messages
 
@@ -525,6 +528,10 @@ class Daemon:
             if job is not None:
                 await self.journal.failed(request, job, Reason.SHUTDOWN)
         await self._finish(request, messages, jobs_started=True)
+
+
+def _failed(messages: Sequence[Message]) -> bool:
+    return any(m.type == announce.FAILURE_TYPE for m in messages)
 
 
 def _stats(paths: Sequence[object]) -> list[Stat | None]:

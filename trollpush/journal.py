@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -103,6 +103,15 @@ class Journal(Protocol):
         consult :meth:`landed` before this call, not after.
         """
 
+    async def begin(self, job: Job,
+                    stats: Sequence[Stat | None] | None) -> dict[int, UploadResult]:
+        """:meth:`landed` for each upload (``stats[i]`` is its file now; ``None``: no
+        look-up), then :meth:`transferring` unless every upload was found: one step.
+
+        Returns the uploads found, by index.  This is what the daemon calls per job (one
+        record instead of a read and a write).
+        """
+
     async def multipart_started(self, job: Job, upload: Upload, upload_id: str, *,
                                 part_size: int | None = None,
                                 source_stat: Stat | None = None) -> None:
@@ -125,6 +134,15 @@ class Journal(Protocol):
 
     async def announced(self, job: Job) -> None:
         """The job's completion has been published (or there was nothing to publish)."""
+
+    async def concluded(self, job: Job, results: tuple[UploadResult, ...], *,
+                        finish: bool = False) -> None:
+        """:meth:`uploaded` and :meth:`announced` in one step, and :meth:`finished` of
+        the job's request too when ``finish`` (its only job).
+
+        For a completion already published: a crash before this is recorded costs an
+        upload and a completion again, never a lost one (at least once).
+        """
 
     async def failed(self, request: Request, job: Job | None, reason: str) -> None:
         """The job (or the whole request when job is None) ended in failure."""
@@ -159,6 +177,19 @@ def _answer(upload: Upload, size: int, etag: str | None, checksum: str | None,
             algorithm: str | None, parts: int, stat: Stat) -> UploadResult:
     return UploadResult(upload, size, 0, 0.0, etag=etag, checksum=checksum,
                         checksum_algorithm=algorithm, parts=parts, source_stat=stat)
+
+
+def _found(landed: Callable[[str, str, str, Stat], UploadResult | None], job: Job,
+           stats: Sequence[Stat | None] | None) -> dict[int, UploadResult]:
+    """The job's uploads that ``landed`` answers, by index (``begin``'s look-up)."""
+    if stats is None:
+        return {}
+    found = {}
+    for i, (u, st) in enumerate(zip(job.uploads, stats, strict=True)):
+        hit = landed(job.endpoint, u.bucket, u.key, st) if st is not None else None
+        if hit is not None:
+            found[i] = hit
+    return found
 
 
 def _objects(job: Job) -> list[tuple[str, str, str]]:
@@ -237,6 +268,13 @@ class MemoryJournal:
             for obj in _objects(job):
                 self._landed.pop(obj, None)
 
+    async def begin(self, job: Job,
+                    stats: Sequence[Stat | None] | None) -> dict[int, UploadResult]:
+        found = _found(self.landed, job, stats)
+        if len(found) < len(job.uploads):
+            await self.transferring(job)
+        return found
+
     async def multipart_started(self, job: Job, upload: Upload, upload_id: str, *,
                                 part_size: int | None = None,
                                 source_stat: Stat | None = None) -> None:
@@ -280,6 +318,13 @@ class MemoryJournal:
 
     async def announced(self, job: Job) -> None:
         self._set(job.request, job, State.ANNOUNCED)
+
+    async def concluded(self, job: Job, results: tuple[UploadResult, ...], *,
+                        finish: bool = False) -> None:
+        await self.uploaded(job, results)
+        await self.announced(job)
+        if finish:
+            await self.finished(job.request)
 
     async def failed(self, request: Request, job: Job | None, reason: str) -> None:
         self._set(request, job, State.FAILED, reason=reason)

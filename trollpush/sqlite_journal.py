@@ -39,6 +39,7 @@ from .journal import (
     Stat,
     State,
     _answer,
+    _found,
     _objects,
     _slot,
     advance,
@@ -226,12 +227,26 @@ class SQLiteJournal:
 
     async def transferring(self, job: Job) -> None:
         body = _job_body(job)
+        await self._run(lambda c, t: self._transferring(c, t, job, body))
 
-        def op(c: sqlite3.Connection, tally: Counter[str]) -> None:
-            if self._put_job(c, tally, job, body, State.TRANSFERRING) is State.TRANSFERRING:
-                c.executemany("DELETE FROM landed WHERE endpoint = ? AND bucket = ? AND key = ?",
-                              _objects(job))
-        await self._run(op)
+    async def begin(self, job: Job,
+                    stats: Sequence[Stat | None] | None) -> dict[int, UploadResult]:
+        body = _job_body(job)
+
+        def op(c: sqlite3.Connection, tally: Counter[str]) -> dict[int, UploadResult]:
+            # looked up on the writer's connection, in the same transaction as the write
+            found = _found(lambda *a: self._landed(
+                lambda sql, params: c.execute(sql, params).fetchall(), *a), job, stats)
+            if len(found) < len(job.uploads):
+                self._transferring(c, tally, job, body)
+            return found
+        return dict(await self._run(op))
+
+    def _transferring(self, c: sqlite3.Connection, tally: Counter[str], job: Job,
+                      body: str) -> None:
+        if self._put_job(c, tally, job, body, State.TRANSFERRING) is State.TRANSFERRING:
+            c.executemany("DELETE FROM landed WHERE endpoint = ? AND bucket = ? AND key = ?",
+                          _objects(job))
 
     async def multipart_started(self, job: Job, upload: Upload, upload_id: str, *,
                                 part_size: int | None = None,
@@ -288,6 +303,30 @@ class SQLiteJournal:
 
     async def uploaded(self, job: Job, results: tuple[UploadResult, ...]) -> None:
         body, rbody = _job_body(job), _results_body(job, results)
+        index, forget = self._index(job, results)
+        await self._run(lambda c, t: self._uploaded(c, t, job, body, rbody, index, forget,
+                                                    State.UPLOADED))
+
+    async def announced(self, job: Job) -> None:
+        body = _job_body(job)
+        await self._run(lambda c, t: self._put_job(c, t, job, body, State.ANNOUNCED))
+
+    async def concluded(self, job: Job, results: tuple[UploadResult, ...], *,
+                        finish: bool = False) -> None:
+        index, forget = self._index(job, results)
+        if finish:  # the request's rows go: only the landed index needs the results
+            def op(c: sqlite3.Connection, tally: Counter[str]) -> None:
+                self._land(c, index, forget)
+                self._finished(c, tally, job.request.id)
+            await self._run(op)
+            return
+        body, rbody = _job_body(job), _results_body(job, results)
+        await self._run(lambda c, t: self._uploaded(c, t, job, body, rbody, index, forget,
+                                                    State.ANNOUNCED))
+
+    def _index(self, job: Job, results: tuple[UploadResult, ...]
+               ) -> tuple[list[tuple[Any, ...]], list[tuple[str, str, str]]]:
+        """The landed rows the results make, and the objects they leave unknown."""
         now = self._clock()
         index: list[tuple[Any, ...]] = []
         forget: list[tuple[str, str, str]] = []
@@ -300,25 +339,27 @@ class SQLiteJournal:
                               r.checksum_algorithm, r.parts, f.uri, str(f.path), f.uid))
             else:
                 forget.append(obj)
+        return index, forget
 
-        def op(c: sqlite3.Connection, tally: Counter[str]) -> None:
-            if self._put_job(c, tally, job, body, State.UPLOADED, results=rbody) is not None:
-                c.execute("DELETE FROM parts WHERE multipart IN (SELECT seq FROM multipart "
-                          "WHERE request_id = ? AND slot = ?)",
-                          (job.request.id, _slot(job.target)))
-                c.execute("DELETE FROM multipart WHERE request_id = ? AND slot = ?",
-                          (job.request.id, _slot(job.target)))
-            c.executemany("INSERT OR REPLACE INTO landed (endpoint, bucket, key, st_size, "
-                          "st_mtime_ns, st_ino, at, size, etag, checksum, checksum_algorithm, "
-                          "parts, uri, path, uid) VALUES "
-                          "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", index)
-            c.executemany("DELETE FROM landed WHERE endpoint = ? AND bucket = ? AND key = ?",
-                          forget)
-        await self._run(op)
+    def _uploaded(self, c: sqlite3.Connection, tally: Counter[str], job: Job, body: str,
+                  rbody: str, index: list[tuple[Any, ...]],
+                  forget: list[tuple[str, str, str]], state: State) -> None:
+        if self._put_job(c, tally, job, body, state, results=rbody) is not None:
+            c.execute("DELETE FROM parts WHERE multipart IN (SELECT seq FROM multipart "
+                      "WHERE request_id = ? AND slot = ?)", (job.request.id, _slot(job.target)))
+            c.execute("DELETE FROM multipart WHERE request_id = ? AND slot = ?",
+                      (job.request.id, _slot(job.target)))
+        self._land(c, index, forget)
 
-    async def announced(self, job: Job) -> None:
-        body = _job_body(job)
-        await self._run(lambda c, t: self._put_job(c, t, job, body, State.ANNOUNCED))
+    @staticmethod
+    def _land(c: sqlite3.Connection, index: list[tuple[Any, ...]],
+              forget: list[tuple[str, str, str]]) -> None:
+        c.executemany("INSERT OR REPLACE INTO landed (endpoint, bucket, key, st_size, "
+                      "st_mtime_ns, st_ino, at, size, etag, checksum, checksum_algorithm, "
+                      "parts, uri, path, uid) VALUES "
+                      "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", index)
+        c.executemany("DELETE FROM landed WHERE endpoint = ? AND bucket = ? AND key = ?",
+                      forget)
 
     async def failed(self, request: Request, job: Job | None, reason: str) -> None:
         if job is not None:
@@ -334,16 +375,17 @@ class SQLiteJournal:
 
     async def finished(self, request: Request) -> None:
         rid = request.id
+        await self._run(lambda c, t: self._finished(c, t, rid))
 
-        def op(c: sqlite3.Connection, tally: Counter[str]) -> None:
-            tally["finished"] += 1
-            c.execute("DELETE FROM parts WHERE multipart IN "
-                      "(SELECT seq FROM multipart WHERE request_id = ?)", (rid,))
-            c.execute("DELETE FROM multipart WHERE request_id = ?", (rid,))
-            c.execute("DELETE FROM jobs WHERE request_id = ?", (rid,))
-            if c.execute("DELETE FROM requests WHERE id = ?", (rid,)).rowcount:
-                tally["open"] -= 1
-        await self._run(op)
+    @staticmethod
+    def _finished(c: sqlite3.Connection, tally: Counter[str], rid: str) -> None:
+        tally["finished"] += 1
+        c.execute("DELETE FROM parts WHERE multipart IN "
+                  "(SELECT seq FROM multipart WHERE request_id = ?)", (rid,))
+        c.execute("DELETE FROM multipart WHERE request_id = ?", (rid,))
+        c.execute("DELETE FROM jobs WHERE request_id = ?", (rid,))
+        if c.execute("DELETE FROM requests WHERE id = ?", (rid,)).rowcount:
+            tally["open"] -= 1
 
     def _put_job(self, c: sqlite3.Connection, tally: Counter[str], job: Job, body: str,
                  state: State, *, reason: str | None = None,
@@ -404,12 +446,16 @@ class SQLiteJournal:
         return MultipartState(upload_id, {n: (e, s) for n, e, s in parts}, part_size, stat)
 
     def landed(self, endpoint: str, bucket: str, key: str, stat: Stat) -> UploadResult | None:
+        return self._landed(self._rows, endpoint, bucket, key, stat)
+
+    def _landed(self, rows_of: Callable[[str, Sequence[Any]], list[Any]], endpoint: str,
+                bucket: str, key: str, stat: Stat) -> UploadResult | None:
         size, mtime, ino = stat
-        rows = self._rows("SELECT size, etag, checksum, checksum_algorithm, parts, uri, path, "
-                          "uid FROM landed WHERE endpoint = ? AND bucket = ? AND key = ? AND "
-                          "st_size = ? AND st_mtime_ns = ? AND st_ino = ? AND at >= ?",
-                          (endpoint, bucket, key, size, mtime, _i64(ino),
-                           self._clock() - self.keep_landed_seconds))
+        rows = rows_of("SELECT size, etag, checksum, checksum_algorithm, parts, uri, path, "
+                       "uid FROM landed WHERE endpoint = ? AND bucket = ? AND key = ? AND "
+                       "st_size = ? AND st_mtime_ns = ? AND st_ino = ? AND at >= ?",
+                       (endpoint, bucket, key, size, mtime, _i64(ino),
+                        self._clock() - self.keep_landed_seconds))
         if not rows:
             return None
         rsize, etag, checksum, algorithm, parts, uri, path, uid = rows[0]
@@ -434,7 +480,6 @@ class SQLiteJournal:
                 return self._reader.execute(sql, params).fetchall()
             except sqlite3.Error as err:
                 raise JournalError(f"journal {self.path}: {err}") from err
-
     def _decoded(self, what: str, build: Callable[..., T], *args: Any) -> T:
         try:
             return build(*args)

@@ -23,6 +23,7 @@ import aiohttp
 import botocore.exceptions
 
 from . import checksum
+from ._workers import Workers
 from .checksum import Stat
 from .config import EndpointConfig
 from .errors import PermanentTransferError, Reason, RetriesExhausted, TransferError, TransferTimeout
@@ -121,6 +122,9 @@ class TransferEngine:
         self._warm = dict(warm_buckets or {})
         self._pools: dict[str, EndpointPool] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
+        # short file-system calls (stat, open, small reads); long checksum reads go to
+        # asyncio.to_thread so that they never hold up a batch of short ones
+        self._io = Workers()
         self.completed = 0
         self.failed = 0
         self.retried = 0
@@ -135,6 +139,7 @@ class TransferEngine:
                 f"completed={self.completed} failed={self.failed} retried={self.retried}>")
 
     async def start(self) -> None:
+        self._io.start()
         for name, ep in self._configs.items():
             pool = EndpointPool(ep, self._warm.get(name))
             await pool.start()
@@ -146,6 +151,7 @@ class TransferEngine:
         for pool in self._pools.values():
             await pool.close()
         self._pools.clear()
+        await self._io.close()
 
     def pool(self, endpoint: str) -> EndpointPool:
         return self._pools[endpoint]
@@ -172,7 +178,7 @@ class TransferEngine:
         try:
             for turn in range(1, ep.tries + 1):
                 try:  # one trip to a worker thread: stat, and the bytes of a small file
-                    before, small = await asyncio.to_thread(
+                    before, small = await self._io.run(
                         checksum.prepare, upload.source.path, ep.multipart_chunksize,
                         ep.checksum)
                 except OSError as err:
@@ -184,7 +190,7 @@ class TransferEngine:
                 else:
                     out = await self._single(pool, endpoint, upload, size, small, counter)
                 try:
-                    after = await asyncio.to_thread(checksum.stat_of, upload.source.path)
+                    after = await self._io.run(checksum.stat_of, upload.source.path)
                 except OSError as err:
                     raise classify(err) from err
                 if after == before:
@@ -227,7 +233,7 @@ class TransferEngine:
                 value = await asyncio.to_thread(checksum.of_file, upload.source.path, algo)
 
                 async def put() -> Any:
-                    fh = await asyncio.to_thread(open, upload.source.path, "rb")
+                    fh = await self._io.run(open, upload.source.path, "rb")
                     try:
                         return await pool.client.put_object(
                             Bucket=upload.bucket, Key=upload.key, Body=fh, ContentLength=size,
@@ -257,7 +263,7 @@ class TransferEngine:
         # from here on, any way out but success aborts the upload (no parts left behind);
         # only a cancellation with progress recorded keeps it, to be resumed later
         try:
-            fd = await asyncio.to_thread(os.open, upload.source.path, os.O_RDONLY)
+            fd = await self._io.run(os.open, upload.source.path, os.O_RDONLY)
             try:
                 in_flight = asyncio.Semaphore(ep.max_parts_in_flight)
                 async with asyncio.TaskGroup() as group:
