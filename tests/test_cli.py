@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from trollpush import cli
 
 from .helpers import Listener, Producer, free_port, link, wait_until
 
@@ -157,3 +161,28 @@ def test_log_config_dictconfig(base_config: dict[str, Any], tmp_path: Path) -> N
     text = logfile.read_text()
     assert "INFO trollpush.daemon stopped" in text
     assert "testing-secret" not in text
+
+
+def test_the_daemon_logs_from_a_thread_of_its_own() -> None:
+    """Records reach the configured handlers, in order and all of them by the end, but
+    are written by another thread than the one that logged them (the event loop's)."""
+    seen: list[tuple[str, str]] = []
+
+    class Recording(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((threading.current_thread().name, record.getMessage()))
+
+    root = logging.getLogger()
+    handler = Recording(level=logging.INFO)
+    saved, root.handlers = root.handlers, [handler]
+    try:
+        with cli.logging_in_a_thread():
+            assert root.handlers != [handler]
+            for i in range(200):
+                logging.getLogger("trollpush.test").warning("line %d", i)
+            logging.getLogger("trollpush.test").debug("below the handler's level")
+        assert root.handlers == [handler]
+    finally:
+        root.handlers = saved
+    assert [m for _, m in seen] == [f"line {i}" for i in range(200)]
+    assert threading.current_thread().name not in {t for t, _ in seen}

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
 import logging.config
+import logging.handlers
+import queue
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,30 @@ def setup_logging(log_config: str | None, verbose: bool) -> None:
         logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.INFO))
 
 
+@contextlib.contextmanager
+def logging_in_a_thread() -> Iterator[None]:
+    """The root logger's handlers run in a thread of their own while the daemon runs.
+
+    A log line per file costs the event loop only the record and a queue put; the
+    formatting, the write and the flush happen elsewhere, so a slow disk or a stalled
+    terminal never holds up uploads.  Whatever is queued is written at the end.
+    """
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    if not handlers:
+        yield
+        return
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=True)
+    root.handlers = [logging.handlers.QueueHandler(records)]
+    listener.start()
+    try:
+        yield
+    finally:
+        listener.stop()  # writes what is queued, then the thread ends
+        root.handlers = handlers
+
+
 def _json_default(obj: object) -> str:
     if isinstance(obj, (dt.datetime, dt.date)):
         return obj.isoformat()
@@ -54,7 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_config, args.verbose)
     config = load_config(args.config)
-    asyncio.run(run_daemon(config))
+    with logging_in_a_thread():
+        asyncio.run(run_daemon(config))
     return 0
 
 

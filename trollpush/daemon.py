@@ -392,7 +392,14 @@ class Daemon:
     async def _jobs(self, request: Request, jobs: Sequence[Job],
                     runs: list[Coroutine[Any, Any, list[Message]]]) -> list[Message]:
         """Run a request's jobs at once; one that crashes becomes an internal_error."""
-        outcomes = await asyncio.gather(*runs, return_exceptions=True)
+        outcomes: list[list[Message] | BaseException]
+        if len(runs) == 1:  # the common case, without gather's task per job
+            try:
+                outcomes = [await runs[0]]
+            except Exception as err:
+                outcomes = [err]
+        else:
+            outcomes = await asyncio.gather(*runs, return_exceptions=True)
         return [m for job, out in zip(jobs, outcomes, strict=True)
                 for m in (self._internal(request, job, out)
                           if isinstance(out, BaseException) else out)]
@@ -466,8 +473,9 @@ class Daemon:
         todo = [i for i in range(len(job.uploads)) if i not in reused]
         delay = RETRY_FIRST
         while todo:
-            fresh = await asyncio.gather(*(self.transfer.upload(
-                job.uploads[i], job.endpoint, progress=progress) for i in todo))
+            uploads = [self.transfer.upload(job.uploads[i], job.endpoint, progress=progress)
+                       for i in todo]
+            fresh = [await uploads[0]] if len(uploads) == 1 else await asyncio.gather(*uploads)
             results.update(zip(todo, fresh, strict=True))
             todo = [i for i in todo if not results[i].ok and results[i].reason in TRANSIENT]
             left = job.request.accepted_at + self.config.daemon.max_age - time.time()
