@@ -23,9 +23,10 @@ _Item = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]
 _Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
 
 
-def _resolve(outcomes: list[_Outcome]) -> None:
+def resolve(outcomes: list[_Outcome]) -> None:
+    """Settle futures from another thread's outcomes (run on their loop: one wake-up)."""
     for future, value, err in outcomes:
-        if future.done():  # the caller was cancelled meanwhile
+        if future.done():  # the caller was cancelled meanwhile (the call ran all the same)
             continue
         if err is not None:
             future.set_exception(err)
@@ -101,6 +102,6 @@ class Workers:
                 except BaseException as err:  # handed to the caller, whatever it is
                     outcomes.append((future, None, err))
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(_resolve, outcomes)
+                loop.call_soon_threadsafe(resolve, outcomes)
             if stop:
                 return

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ._codec import _i64, _job, _job_body, _request, _request_body, _results, _results_body, _u64
+from ._workers import resolve as _resolve
 from .errors import JournalError
 from .journal import (
     PRUNE_EVERY,
@@ -122,16 +123,6 @@ class _Op:
     fn: _Fn | None  # None: close
     loop: asyncio.AbstractEventLoop | None = None
     future: asyncio.Future[Any] | None = None
-
-
-def _resolve(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, value, err in items:
-        if future.done():  # the caller was cancelled; the operation ran all the same
-            continue
-        if err is not None:
-            future.set_exception(err)
-        else:
-            future.set_result(value)
 
 
 class SQLiteJournal:
