@@ -156,6 +156,21 @@ def _restart_and_finish(config: Path, log: Path, burst: list[Path], listener: Li
     _check_all_landed(s3, bucket, burst, listener)
 
 
+def _cut_burst(config: Path, log: Path, producer: Producer, listener: Listener,
+               burst: list[Path], *, after: int, sig: int, exit_code: int,
+               timeout: float = 60) -> None:
+    """Announce the burst, and stop the daemon with ``sig`` once ``after`` completions
+    are out (and before all of them)."""
+    daemon = _Daemon(config, log)
+    try:
+        link(producer, listener, "/new/file/viirs/")
+        _announce_all(producer, burst)
+        wait_until(lambda: len(listener.of_type("file")) >= after, 60, "some completions")
+    finally:
+        assert daemon.stop(sig, timeout=timeout) == exit_code
+    assert len(listener.of_type("file")) < len(burst), "the burst finished before the stop"
+
+
 def test_kill_9_mid_burst_then_restart(daemon_config: Path, tmp_path: Path, burst: list[Path],
                                        producer: Producer, listener: Listener, s3: Any,
                                        bucket: str) -> None:
@@ -163,14 +178,8 @@ def test_kill_9_mid_burst_then_restart(daemon_config: Path, tmp_path: Path, burs
     finishes them all from its journal: every object right, every completion announced
     at least once."""
     log = tmp_path / "daemon.log"
-    first = _Daemon(daemon_config, log)
-    try:
-        link(producer, listener, "/new/file/viirs/")
-        _announce_all(producer, burst)
-        wait_until(lambda: len(listener.of_type("file")) >= 20, 60, "some completions")
-    finally:
-        assert first.stop(signal.SIGKILL) == -signal.SIGKILL
-    assert len(listener.of_type("file")) < 200, "the burst finished before the kill"
+    _cut_burst(daemon_config, log, producer, listener, burst, after=20,
+               sig=signal.SIGKILL, exit_code=-signal.SIGKILL)
     _restart_and_finish(daemon_config, log, burst, listener, s3, bucket)
     assert "resuming" in log.read_text()
 
@@ -185,14 +194,9 @@ def test_sigterm_mid_burst_then_restart(daemon_config: Path, tmp_path: Path,
     cfg["endpoints"]["default"]["max_parallel"] = 4
     daemon_config.write_text(yaml.safe_dump(cfg))
     log = tmp_path / "daemon.log"
-    first = _Daemon(daemon_config, log)
-    try:
-        link(producer, listener, "/new/file/viirs/")
-        _announce_all(producer, burst)
-        wait_until(lambda: len(listener.of_type("file")) >= 10, 60, "some completions")
-    finally:
-        assert first.stop(signal.SIGTERM, timeout=20) == 0  # the grace, not the burst
-    assert len(listener.of_type("file")) < 200, "the burst finished before the stop"
+    # exits within the grace, not after the burst
+    _cut_burst(daemon_config, log, producer, listener, burst, after=10,
+               sig=signal.SIGTERM, exit_code=0, timeout=20)
     _restart_and_finish(daemon_config, log, burst, listener, s3, bucket)
 
 
