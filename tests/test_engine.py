@@ -291,6 +291,7 @@ class _Recorder:
     """Progress kept in memory, as the journal keeps it on disk."""
 
     def __init__(self) -> None:
+        self.recovered = False
         self.started: tuple[str, int, Any] | None = None
         self.parts: dict[int, tuple[str, str | None]] = {}
 

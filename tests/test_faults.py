@@ -6,6 +6,7 @@ daemon or the store.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -23,6 +24,11 @@ import yaml
 from moto.server import ThreadedMotoServer
 
 from trollpush import send
+from trollpush.announce import new_message
+from trollpush.config import parse_config
+from trollpush.receive import build_request
+from trollpush.route import Router
+from trollpush.sqlite_journal import SQLiteJournal
 
 from .helpers import Listener, Producer, free_port, link, running_daemon, wait_until
 
@@ -182,6 +188,39 @@ def test_kill_9_mid_burst_then_restart(daemon_config: Path, tmp_path: Path, burs
                sig=signal.SIGKILL, exit_code=-signal.SIGKILL)
     _restart_and_finish(daemon_config, log, burst, listener, s3, bucket)
     assert "resuming" in log.read_text()
+
+
+def test_multipart_created_but_not_recorded_is_aborted_at_recovery(
+        base_config: dict[str, Any], s3: Any, bucket: str, tmp_path: Path) -> None:
+    """kill -9 between CreateMultipartUpload and its journal record leaves an upload the
+    journal cannot name: the restarted daemon aborts it, then uploads the file afresh."""
+    path = tmp_path / "NOAA-20_20261121_1005_12345.h5"
+    path.write_bytes(os.urandom(6 * MiB))
+    base_config["endpoints"]["default"].update(multipart_threshold="5MiB",
+                                               multipart_chunksize="5MiB")
+    base_config["journal"] = {"path": str(tmp_path / "journal.sqlite")}
+    config = parse_config(base_config)
+    request = build_request(new_message("/new/file/viirs/", "file", {"uri": str(path)}),
+                            origin="subscribe")
+    job = Router(config).route(request).jobs[0]
+    (upload,) = job.uploads
+
+    async def run_that_crashed() -> None:  # accepted, transfer begun, nothing more recorded
+        assert config.journal.path is not None
+        journal = SQLiteJournal(config.journal.path)
+        await journal.open()
+        await journal.accepted(request)
+        await journal.begin(job, [upload.source.stat])
+        await journal.close()
+
+    asyncio.run(run_that_crashed())
+    s3.create_multipart_upload(Bucket=bucket, Key=upload.key)  # its id never got recorded
+    s3.create_multipart_upload(Bucket=bucket, Key=upload.key + ".other")  # not this object
+    with running_daemon(base_config) as daemon:
+        wait_until(lambda: daemon.counts["completed"] == 1, 30, "the recovered upload")
+    assert s3.get_object(Bucket=bucket, Key=upload.key)["Body"].read() == path.read_bytes()
+    left = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [u["Key"] for u in left] == [upload.key + ".other"]
 
 
 def test_sigterm_mid_burst_then_restart(daemon_config: Path, tmp_path: Path,

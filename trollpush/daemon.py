@@ -71,9 +71,10 @@ class _ObjectLock:
 class _JobProgress:
     """The engine's view of the journal for one job: where multipart progress goes."""
 
-    def __init__(self, journal: Journal, job: Job) -> None:
+    def __init__(self, journal: Journal, job: Job, *, recovered: bool = False) -> None:
         self._journal = journal
         self._job = job
+        self.recovered = recovered
 
     async def multipart_started(self, upload: Upload, upload_id: str, part_size: int,
                                 stat: Stat) -> None:
@@ -288,7 +289,7 @@ class Daemon:
             return []
         if record.state == State.UPLOADED:  # landed before the stop: announce it now
             return await self._conclude(record.job, index, done, record.results)
-        return await self._run_job(record.job, index, done)
+        return await self._run_job(record.job, index, done, recovered=True)
 
     # --- intake -------------------------------------------------------------------------
 
@@ -432,13 +433,13 @@ class Daemon:
         return [message]
 
     async def _run_job(self, job: Job, index: int, done: dict[int, list[Message]], *,
-                       finish: bool = False) -> list[Message]:
+                       finish: bool = False, recovered: bool = False) -> list[Message]:
         keys = sorted({(job.endpoint, u.bucket, u.key) for u in job.uploads})
         async with contextlib.AsyncExitStack() as stack:
             # one upload per object at a time (locks in a fixed order: no deadlock)
             for key in keys:
                 await stack.enter_async_context(self._object_lock(key))
-            results = await self._transfer(job)
+            results = await self._transfer(job, recovered=recovered)
             # recorded (landed) before the next upload of these objects may look
             return await self._conclude(job, index, done, results, finish=finish)
 
@@ -455,7 +456,8 @@ class Daemon:
             if entry.users == 0:
                 del self._objects[key]
 
-    async def _transfer(self, job: Job) -> tuple[UploadResult, ...]:
+    async def _transfer(self, job: Job, *, recovered: bool = False
+                        ) -> tuple[UploadResult, ...]:
         """Upload what has not landed yet; an unchanged file already at its object is
         answered from the journal (unless the target says ``overwrite: always``)."""
         stats: list[Stat | None] | None = None
@@ -468,7 +470,7 @@ class Daemon:
         for i in sorted(reused):
             logger.info("already landed, answered from the journal: %s -> %s",
                         job.uploads[i].source.uri, job.uploads[i].url)
-        progress = _JobProgress(self.journal, job) if self.durable else None
+        progress = _JobProgress(self.journal, job, recovered=recovered) if self.durable else None
         results: dict[int, UploadResult] = dict(reused)
         todo = [i for i in range(len(job.uploads)) if i not in reused]
         delay = RETRY_FIRST

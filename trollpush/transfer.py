@@ -95,6 +95,10 @@ class Progress(Protocol):
     """Where the engine records a multipart upload's progress so it can resume it (the
     journal, for one job); without one, an interrupted upload is aborted."""
 
+    #: the job was recovered after a stop or a crash: a multipart upload may exist at the
+    #: store whose id was never recorded (killed between creating and recording it)
+    recovered: bool
+
     async def multipart_started(self, upload: Upload, upload_id: str, part_size: int,
                                 stat: Stat) -> None: ...
 
@@ -254,10 +258,15 @@ class TransferEngine:
         client = pool.client
         upload_id, done_parts = await self._resumable(pool, upload, chunk, stat, progress)
         if upload_id is None:
+            if progress is not None and progress.recovered:
+                await self._abort_strays(pool, upload)
+            tried = counter.attempts
             created = await self._tries(pool, 0, counter, lambda: client.create_multipart_upload(
                 Bucket=upload.bucket, Key=upload.key, **checksum.create_params(algo)),
                 f"create {upload.url}")
             upload_id = created["UploadId"]
+            if counter.attempts - tried > 1:  # an attempt that timed out may have created one
+                await self._abort_strays(pool, upload, keep=upload_id)
             if progress is not None:
                 await progress.multipart_started(upload, upload_id, chunk, stat)
         # from here on, any way out but success aborts the upload (no parts left behind);
@@ -354,6 +363,26 @@ class TransferEngine:
         except TransferError as err:
             logger.error("could not abort multipart upload %s (%s): %s: parts remain until "
                          "a lifecycle rule removes them", upload.url, upload_id, err.detail)
+
+    async def _abort_strays(self, pool: EndpointPool, upload: Upload,
+                            keep: str | None = None) -> None:
+        """Abort the unfinished multipart uploads of this object that trollpush lost track
+        of (no parts left behind, even after kill -9).  The object's lock is held, so any
+        other upload of the same key is a stray; best effort: a failure is only logged."""
+        try:
+            async with asyncio.timeout(pool.config.attempt_budget(0, pool.config.tries)):
+                pages = pool.client.get_paginator("list_multipart_uploads").paginate(
+                    Bucket=upload.bucket, Prefix=upload.key)
+                strays = [u["UploadId"] async for page in pages for u in page.get("Uploads", [])
+                          if u.get("Key") == upload.key and u.get("UploadId") != keep]
+        except Exception as err:
+            detail = "timed out" if isinstance(err, TimeoutError) else classify(err).detail
+            logger.warning("could not look for stray multipart uploads of %s: %s", upload.url,
+                           detail)
+            return
+        for upload_id in strays:
+            logger.info("aborting a stray multipart upload of %s (%s)", upload.url, upload_id)
+            await asyncio.shield(self._abort(pool, upload, upload_id))
 
     # --- the policy -----------------------------------------------------------------------
 
