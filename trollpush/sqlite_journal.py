@@ -125,6 +125,10 @@ class _Op:
     future: asyncio.Future[Any] | None = None
 
 
+class _Redo(Exception):
+    """An operation of an optimistic batch failed: run the batch again, isolated."""
+
+
 class SQLiteJournal:
     """The durable journal: one SQLite file, one writer thread, group commits."""
 
@@ -349,8 +353,9 @@ class SQLiteJournal:
                       "st_mtime_ns, st_ino, at, size, etag, checksum, checksum_algorithm, "
                       "parts, uri, path, uid) VALUES "
                       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", index)
-        c.executemany("DELETE FROM landed WHERE endpoint = ? AND bucket = ? AND key = ?",
-                      forget)
+        if forget:
+            c.executemany("DELETE FROM landed WHERE endpoint = ? AND bucket = ? AND key = ?",
+                          forget)
 
     async def failed(self, request: Request, job: Job | None, reason: str) -> None:
         if job is not None:
@@ -521,38 +526,16 @@ class SQLiteJournal:
                 return
 
     def _commit(self, work: list[_Op]) -> None:
-        """Run the operations in one transaction, a savepoint each; commit once."""
+        """Run the operations in one transaction and commit once.  Optimistically without
+        a savepoint per operation (a third of the statements of a small file); if one
+        fails, the batch runs again with savepoints, so that only that one fails."""
         conn = self._conn
         assert conn is not None
-        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
-        tally: Counter[str] = Counter()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op in work:
-                assert op.fn is not None
-                mine: Counter[str] = Counter()
-                conn.execute("SAVEPOINT op")
-                try:
-                    value = op.fn(conn, mine)
-                except Exception as err:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((op, None, self._error(err)))
-                else:
-                    conn.execute("RELEASE op")
-                    tally.update(mine)
-                    outcomes.append((op, value, None))
-            self._since_prune += tally["finished"]
-            if self._since_prune >= PRUNE_EVERY:
-                self._since_prune = 0
-                conn.execute("SAVEPOINT prune")
-                try:
-                    self._prune(conn)
-                except sqlite3.Error as err:
-                    conn.execute("ROLLBACK TO prune")
-                    logger.warning("journal %s: pruning failed: %s", self.path, err)
-                conn.execute("RELEASE prune")
-            conn.execute("COMMIT")
+            try:
+                tally, outcomes = self._transaction(conn, work, isolate=False)
+            except _Redo:
+                tally, outcomes = self._transaction(conn, work, isolate=True)
         except Exception as err:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
@@ -567,6 +550,43 @@ class SQLiteJournal:
                 self.commits += 1
                 self.operations += len(work)
         self._post(outcomes)
+
+    def _transaction(self, conn: sqlite3.Connection, work: list[_Op], *, isolate: bool
+                     ) -> tuple[Counter[str], list[tuple[_Op, Any, BaseException | None]]]:
+        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
+        tally: Counter[str] = Counter()
+        conn.execute("BEGIN IMMEDIATE")
+        for op in work:
+            assert op.fn is not None
+            mine: Counter[str] = Counter()
+            if isolate:
+                conn.execute("SAVEPOINT op")
+            try:
+                value = op.fn(conn, mine)
+            except Exception as err:
+                if not isolate:
+                    conn.execute("ROLLBACK")
+                    raise _Redo from err
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                outcomes.append((op, None, self._error(err)))
+                continue
+            if isolate:
+                conn.execute("RELEASE op")
+            tally.update(mine)
+            outcomes.append((op, value, None))
+        self._since_prune += tally["finished"]
+        if self._since_prune >= PRUNE_EVERY:
+            self._since_prune = 0
+            conn.execute("SAVEPOINT prune")
+            try:
+                self._prune(conn)
+            except sqlite3.Error as err:
+                conn.execute("ROLLBACK TO prune")
+                logger.warning("journal %s: pruning failed: %s", self.path, err)
+            conn.execute("RELEASE prune")
+        conn.execute("COMMIT")
+        return tally, outcomes
 
     @staticmethod
     def _post(outcomes: list[tuple[_Op, Any, BaseException | None]]) -> None:
