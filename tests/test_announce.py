@@ -1,14 +1,21 @@
-"""Announce: the messages trollpush builds are posttroll's own, field for field."""
+"""Announce: the messages trollpush builds are posttroll's own, field for field, sent
+in order from the publisher's thread."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 from posttroll.message import Message
 
 from trollpush import announce
+from trollpush.announce import Announcer
+from trollpush.config import parse_config
 from trollpush.models import Job, Request, SourceFile, Upload, UploadResult
+
+from .helpers import Listener, wait_until
 
 
 def test_new_message_is_a_posttroll_message() -> None:
@@ -43,3 +50,34 @@ def test_completion_carries_the_object_and_the_metadata() -> None:
     assert message.data == {"platform_name": "NOAA-20", "uri": "s3://bucket/out/a.h5",
                             "uid": "a.h5", "size": 12, "checksum": "crc32c:AAAA",
                             "endpoint": "default"}
+
+
+def test_announcer_sends_in_order_from_its_thread_and_flushes_at_stop(
+        base_config: dict[str, Any], ports: dict[str, int]) -> None:
+    """Messages go out in the order they were queued; ``sent`` returns once its message
+    (and every one before it) is handed to ZeroMQ; ``stop`` sends what is still queued."""
+    announcer = Announcer(parse_config(base_config).publish)
+    announcer.start()
+    listener = Listener(f"tcp://127.0.0.1:{ports['pub']}", ["/uploaded/"])
+    try:
+        def probed() -> bool:  # PUB/SUB: send probes until the subscription has joined
+            announcer.publish(announce.new_message("/uploaded/probe", "info", {}))
+            return bool(listener.messages)
+        wait_until(probed, 15, "the subscription to join")
+
+        async def burst() -> int:
+            for n in range(500):
+                announcer.publish(announce.new_message("/uploaded/x", "file", {"n": n}))
+            await announcer.sent(announce.new_message("/uploaded/x", "file", {"n": 500}))
+            return announcer.published
+
+        assert asyncio.run(burst()) >= 501
+        for n in range(501, 600):
+            announcer.publish(announce.new_message("/uploaded/x", "file", {"n": n}))
+        announcer.stop()
+        got = listener.wait_for(lambda ms: sum(m.subject == "/uploaded/x" for m in ms) >= 600,
+                                15, "600 messages")
+        assert [m.data["n"] for m in got if m.subject == "/uploaded/x"] == list(range(600))
+    finally:
+        listener.close()
+        announcer.stop()
