@@ -449,7 +449,8 @@ METHOD = """## Method
   default. The naive boto3 script calls `upload_file` for one file after the other with
   boto3's defaults. The direct aiobotocore loop `put_object`s every file behind a semaphore
   as wide as trollpush's concurrency, with `Expect: 100-continue` removed and a long
-  keep-alive: no pipeline around it, the ceiling for P3.
+  keep-alive, on uvloop like trollpush (`daemon.event_loop`'s default): no pipeline around
+  it, the ceiling for P3.
 - Timing is the whole pipeline: from just before the first announcement is published
   (posttroll) to the moment the last completion message is read off the subscriber's
   socket. For the two library peers: from handing the file list to the worker process to

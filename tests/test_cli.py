@@ -29,9 +29,12 @@ def trollpush(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
                           text=True, timeout=timeout, env=os.environ.copy())
 
 
-@pytest.fixture
-def daemon_proc(base_config: dict[str, Any], tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    """`trollpush run CONFIG` in its own process; stopped with SIGTERM by the test."""
+@pytest.fixture(params=["uvloop", "asyncio"])
+def daemon_proc(base_config: dict[str, Any], tmp_path: Path, request: pytest.FixtureRequest
+                ) -> Iterator[subprocess.Popen[str]]:
+    """`trollpush run CONFIG` in its own process, on each event loop (daemon.event_loop);
+    stopped with SIGTERM by the test."""
+    base_config["daemon"]["event_loop"] = request.param
     cfg = tmp_path / "trollpush.yaml"
     cfg.write_text(yaml.safe_dump(base_config))
     log = tmp_path / "daemon.log"

@@ -118,6 +118,7 @@ def test_valid_config_loads_into_typed_sections() -> None:
     assert config.publish.failure_topic == "/failed"
     assert "topic" not in config.publish.settings  # trollpush's own keys are not posttroll's
     assert config.daemon.queue_size == 10
+    assert config.daemon.event_loop == "uvloop"
     assert config.default_endpoint() == "default"
 
 
@@ -294,6 +295,8 @@ BAD_CONFIGS = [
                  "daemon.queue_size", "10.5", id="queue-size-float"),
     pytest.param(edited((("daemon", "shutdown_grace"), -1)),
                  "daemon.shutdown_grace", "-1", id="shutdown-grace-negative"),
+    pytest.param(edited((("daemon", "event_loop"), "trio")),
+                 "daemon.event_loop", "'trio'", id="event-loop-unknown"),
     pytest.param(edited((("daemon", "workers"), 4)),
                  "daemon.workers", "4", id="daemon-unknown-key"),
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -77,12 +76,12 @@ def _json_default(obj: object) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .daemon import run_daemon
+    from .daemon import serve
 
     setup_logging(args.log_config, args.verbose)
     config = load_config(args.config)
     with logging_in_a_thread():
-        asyncio.run(run_daemon(config))
+        serve(config)
     return 0
 
 

@@ -505,7 +505,7 @@ class Daemon:
                 self.announcer.publish(m)
         else:  # published first: a crash before the record repeats it, never loses it
             messages = [announce.completion(job, results)]
-            self.announcer.publish(messages[0])
+            await self.announcer.sent(messages[0])
             await self.journal.concluded(job, results, finish=finish)
             logger.debug("announced %s on %s", job.describe(), job.publish_topic)
         done[index] = messages
@@ -557,3 +557,13 @@ def _stats(paths: Sequence[object]) -> list[Stat | None]:
 async def run_daemon(config: Config) -> None:
     """Run a daemon for ``config`` until SIGINT/SIGTERM."""
     await Daemon(config).run()
+
+
+def serve(config: Config) -> None:
+    """Run a daemon for ``config`` on the event loop it asks for (``daemon.event_loop``)."""
+    if config.daemon.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(run_daemon(config))
+    else:
+        asyncio.run(run_daemon(config))

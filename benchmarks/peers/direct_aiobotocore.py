@@ -3,7 +3,8 @@
 No pipeline around the uploads: one warm client, ``put_object`` for every file behind a
 semaphore of the same size as trollpush's pool, ``Expect: 100-continue`` removed, no
 botocore retries (up to three tries of its own), a long keep-alive so the pool stays open
-through idle periods.
+through idle periods; on the same event loop as trollpush's default (uvloop), so that the
+ratio measures the pipeline around the uploads, not the loop under them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from typing import Any
 
 import aiobotocore
+import uvloop
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore.handlers import add_expect_header
@@ -56,7 +58,7 @@ async def serve(url: str, concurrency: int) -> None:
         client.meta.events.unregister("before-call.s3", add_expect_header)
         slots = asyncio.Semaphore(concurrency)
         ready(tool="direct-aiobotocore", aiobotocore=aiobotocore.__version__,
-              concurrency=concurrency)
+              concurrency=concurrency, event_loop=f"uvloop {uvloop.__version__}")
         while True:
             request = parse(await loop.run_in_executor(None, sys.stdin.readline))
             if request is None:
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True, help="S3 endpoint URL")
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.url, args.concurrency))
+    uvloop.run(serve(args.url, args.concurrency))
     return 0
 
 
