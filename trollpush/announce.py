@@ -167,6 +167,8 @@ class Announcer:
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout=10)
+            if self._thread.is_alive():
+                logger.error("the publisher thread did not finish sending within 10 s")
             self._thread = None
         if self._publisher is not None:
             self._publisher.stop()
