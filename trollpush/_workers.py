@@ -6,6 +6,8 @@ for each) that was a measurable share of the event loop's time.  Here callers qu
 ``(function, args, future)`` on a ``SimpleQueue``; each thread takes what is waiting (up
 to ``batch``), runs it and hands all the outcomes back in one ``call_soon_threadsafe``.
 A lone call waits for nothing: batches form only when calls are already queued.
+``take`` and ``post`` are the two halves of that hand-over, shared with the journal's
+writer and the publisher thread.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -32,6 +34,28 @@ def resolve(outcomes: list[_Outcome]) -> None:
             future.set_exception(err)
         else:
             future.set_result(value)
+
+
+def post(outcomes: Sequence[_Outcome]) -> None:
+    """Hand outcomes from another thread to their futures' loops: one wake-up per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(resolve, items)
+
+
+def take[Q](jobs: queue.SimpleQueue[Q | None], limit: int) -> list[Q | None]:
+    """What is waiting on ``jobs`` (blocking for the first), at most ``limit`` items; a
+    ``None`` (stop) ends the batch and is its last item."""
+    items = [jobs.get()]
+    while items[-1] is not None and len(items) < limit:
+        try:
+            items.append(jobs.get_nowait())
+        except queue.Empty:
+            break
+    return items
 
 
 class Workers:
@@ -58,7 +82,7 @@ class Workers:
         self._loop = asyncio.get_running_loop()
         self._queue = queue.SimpleQueue()
         for i in range(self._size):
-            thread = threading.Thread(target=self._serve, args=(self._loop, self._queue),
+            thread = threading.Thread(target=self._serve, args=(self._queue,),
                                       name=f"{self._name}-{i}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -78,30 +102,18 @@ class Workers:
         self._queue.put((fn, args, future))
         return await future
 
-    def _serve(self, loop: asyncio.AbstractEventLoop,
-               jobs: queue.SimpleQueue[_Item | None]) -> None:
+    def _serve(self, jobs: queue.SimpleQueue[_Item | None]) -> None:
         while True:
-            first = jobs.get()
-            if first is None:
-                return
-            items = [first]
-            stop = False
-            while len(items) < self._batch:
-                try:
-                    item = jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                items.append(item)
+            items = take(jobs, self._batch)
             outcomes: list[_Outcome] = []
-            for fn, args, future in items:
+            for item in items:
+                if item is None:
+                    break
+                fn, args, future = item
                 try:
                     outcomes.append((future, fn(*args), None))
                 except BaseException as err:  # handed to the caller, whatever it is
                     outcomes.append((future, None, err))
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(resolve, outcomes)
-            if stop:
+            post(outcomes)
+            if items[-1] is None:
                 return

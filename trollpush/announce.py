@@ -21,7 +21,7 @@ from typing import Any
 from posttroll.message import Message
 from posttroll.publisher import create_publisher_from_dict_config
 
-from ._workers import resolve
+from ._workers import post, take
 from .config import PublishConfig
 from .errors import SetupError
 from .models import Job, Rejection, Request, UploadResult
@@ -189,23 +189,16 @@ class Announcer:
 
     def _serve(self) -> None:
         while True:
-            items = [self._queue.get()]
-            while items[-1] is not None and len(items) < self.BATCH:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            done: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+            items = take(self._queue, self.BATCH)
+            done: list[tuple[asyncio.Future[None], None, None]] = []
             for item in items:
                 if item is None:
                     break
                 message, future = item
                 self._send(message)
                 if future is not None:
-                    done.setdefault(future.get_loop(), []).append((future, None, None))
-            for loop, outcomes in done.items():
-                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                    loop.call_soon_threadsafe(resolve, outcomes)
+                    done.append((future, None, None))
+            post(done)
             if items[-1] is None:
                 return
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ._codec import _i64, _job, _job_body, _request, _request_body, _results, _results_body, _u64
-from ._workers import resolve as _resolve
+from ._workers import post
 from .errors import JournalError
 from .journal import (
     PRUNE_EVERY,
@@ -121,7 +121,6 @@ _Fn = Callable[[sqlite3.Connection, Counter[str]], Any]
 @dataclass(slots=True)
 class _Op:
     fn: _Fn | None  # None: close
-    loop: asyncio.AbstractEventLoop | None = None
     future: asyncio.Future[Any] | None = None
 
 
@@ -173,7 +172,7 @@ class SQLiteJournal:
                 raise JournalError(f"journal {self.path} is already {self._state}")
             self._state = "opening"
             self._queue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, args=(loop, ready),
+        self._thread = threading.Thread(target=self._serve, args=(ready,),
                                         name="journal-writer", daemon=True)
         self._thread.start()
         try:
@@ -194,7 +193,7 @@ class SQLiteJournal:
             if self._state != "open":
                 return
             self._state = "closing"
-            self._queue.put(_Op(None, loop, done))
+            self._queue.put(_Op(None, done))
         try:
             await done
         finally:
@@ -486,22 +485,21 @@ class SQLiteJournal:
     # --- the writer thread ----------------------------------------------------------------
 
     async def _run(self, fn: _Fn) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         with self._gate:
             if self._state != "open":
                 raise JournalError(f"journal {self.path} is not open ({self._state})")
-            self._queue.put(_Op(fn, loop, future))
+            self._queue.put(_Op(fn, future))
         return await future
 
-    def _serve(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
+    def _serve(self, ready: asyncio.Future[None]) -> None:
         try:
             self._connect()
         except BaseException as err:
             self._disconnect()
-            self._post([(_Op(None, loop, ready), None, self._error(err))])
+            self._post([(_Op(None, ready), None, self._error(err))])
             return
-        self._post([(_Op(None, loop, ready), None, None)])
+        self._post([(_Op(None, ready), None, None)])
         while True:
             batch = [self._queue.get()]
             while batch[-1].fn is not None and len(batch) < _MAX_BATCH:
@@ -591,14 +589,7 @@ class SQLiteJournal:
     @staticmethod
     def _post(outcomes: list[tuple[_Op, Any, BaseException | None]]) -> None:
         """Hand the outcomes to their event loops: one wake-up per loop and batch."""
-        by_loop: dict[asyncio.AbstractEventLoop,
-                      list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
-        for op, value, err in outcomes:
-            if op.loop is not None and op.future is not None:
-                by_loop.setdefault(op.loop, []).append((op.future, value, err))
-        for loop, items in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(_resolve, items)
+        post([(op.future, value, err) for op, value, err in outcomes if op.future is not None])
 
     def _error(self, err: BaseException) -> BaseException:
         if isinstance(err, (sqlite3.Error, OSError)):
