@@ -146,6 +146,9 @@ class DaemonConfig:
     max_age: float = 3600.0  # how long a request may keep retrying while the store is down
     max_request_bytes: int = 1024 * 1024  # a larger message or request is refused
     allowed_roots: tuple[str, ...] = ()  # real paths; empty: any local file
+    #: bound on one file-system call (open, stat, a read): a hung NFS mount or a FIFO
+    #: fails its request instead of holding a worker thread and the requests behind it
+    file_timeout: float = 30.0
     #: libuv's loop (uvloop) spends less per callback and socket call than asyncio's own:
     #: at thousands of small files a second the loop thread is the daemon's bottleneck
     event_loop: str = "uvloop"
@@ -706,7 +709,8 @@ def _daemon(v: _Validator, raw: object) -> DaemonConfig:
     if data is None:
         return DaemonConfig()
     v.no_unknown(data, "daemon.", {"queue_size", "max_in_flight", "shutdown_grace", "max_age",
-                                   "max_request_bytes", "allowed_roots", "event_loop"})
+                                   "max_request_bytes", "allowed_roots", "event_loop",
+                                   "file_timeout"})
     roots = data.get("allowed_roots") or []
     if not isinstance(roots, list) or not all(isinstance(r, str) and os.path.isabs(
             os.path.expanduser(r)) for r in roots):
@@ -724,6 +728,7 @@ def _daemon(v: _Validator, raw: object) -> DaemonConfig:
         max_request_bytes=int(v.quantity(data, "max_request_bytes", "daemon.", 1024 * 1024,
                                          _BYTE_UNITS, "1MiB", minimum=1024) or 1024 * 1024),
         allowed_roots=tuple(os.path.realpath(os.path.expanduser(r)) for r in roots),
+        file_timeout=float(v.number(data, "file_timeout", "daemon.", 30.0, minimum=0.1)),
         event_loop=event_loop,
     )
 

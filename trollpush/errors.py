@@ -127,6 +127,7 @@ class Reason:
     SHUTDOWN = "shutdown"
     QUEUE_TIMEOUT = "queue_timeout"
     INTERNAL = "internal_error"
+    JOURNAL_UNAVAILABLE = "journal_unavailable"  # the journal cannot be written: not accepted
     DAEMON_GONE = "daemon_gone"  # client side: the daemon went away after accepting
 
 
