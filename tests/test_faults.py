@@ -210,7 +210,7 @@ def test_multipart_created_but_not_recorded_is_aborted_at_recovery(
         journal = SQLiteJournal(config.journal.path)
         await journal.open()
         await journal.accepted(request)
-        await journal.begin(job, [upload.source.stat])
+        await journal.begin(job, True)
         await journal.close()
 
     asyncio.run(run_that_crashed())

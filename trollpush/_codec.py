@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import JournalError
+from .errors import UnrecordableError
 from .models import Job, Request, SourceFile, Upload, UploadResult
 
 # --- the tagged JSON encoding ---------------------------------------------------------------
@@ -87,7 +87,7 @@ def _dumps(value: Any, what: str) -> str:
         packed = _pack(value)
     except _Unrecordable as err:
         where = what + "".join(reversed(err.path))
-        raise JournalError(f"{where}: cannot record a {type(err.value).__name__} (expected "
+        raise UnrecordableError(f"{where}: cannot record a {type(err.value).__name__} (expected "
                            "JSON values, datetimes, dates, times or timedeltas)") from None
     return json.dumps(packed, ensure_ascii=False, separators=(",", ":"))
 
@@ -110,7 +110,8 @@ def _unfile(d: Mapping[str, Any]) -> SourceFile:
 def _request_body(r: Request) -> str:
     return _dumps({"subject": r.subject, "type": r.type, "data": r.data,
                    "metadata": r.metadata, "files": [_file(f) for f in r.files],
-                   "origin": r.origin, "destination": r.destination, "endpoint": r.endpoint},
+                   "origin": r.origin, "destination": r.destination, "endpoint": r.endpoint,
+                   "overwrite": r.overwrite},
                   f"request {r.id}")
 
 
@@ -119,7 +120,7 @@ def _request(rid: str, accepted_at: float, body: str) -> Request:
     return Request(id=rid, subject=d["subject"], type=d["type"], data=d["data"],
                    metadata=d["metadata"], files=tuple(_unfile(f) for f in d["files"]),
                    origin=d["origin"], destination=d["destination"], endpoint=d["endpoint"],
-                   accepted_at=accepted_at)
+                   overwrite=bool(d.get("overwrite", False)), accepted_at=accepted_at)
 
 
 def _job_body(job: Job) -> str:

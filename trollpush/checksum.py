@@ -12,6 +12,7 @@ import base64
 import hashlib
 import io
 import os
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import crc32c
@@ -60,39 +61,6 @@ def encode(h: _Hash) -> str | None:
 Stat = tuple[int, int, int]  # (size, mtime_ns, inode): "the same file, unchanged"
 
 
-def stat_of(path: os.PathLike[str] | str) -> Stat:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns, st.st_ino
-
-
-def prepare(path: os.PathLike[str] | str, small: int, algorithm: str
-            ) -> tuple[Stat, tuple[bytes, str | None] | None]:
-    """A file's stat, and for one of at most ``small`` bytes its bytes and checksum too
-    (one open, one read: run in a worker thread)."""
-    with open(path, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        stat = (st.st_size, st.st_mtime_ns, st.st_ino)
-        if st.st_size > small:
-            return stat, None
-        data = fh.read()
-    if len(data) != st.st_size:
-        raise OSError(f"read {len(data)} of {st.st_size} bytes (changing while read?)")
-    h = new(algorithm)
-    h.update(data)
-    return stat, (data, encode(h))
-
-
-def of_file(path: os.PathLike[str] | str, algorithm: str) -> str | None:
-    """A file's checksum, read in chunks (run in a worker thread)."""
-    h = new(algorithm)
-    if algorithm == "none":
-        return None
-    with open(path, "rb") as fh:
-        while chunk := fh.read(READ_SIZE):
-            h.update(chunk)
-    return encode(h)
-
-
 def of_range(fd: int, offset: int, length: int, algorithm: str) -> str | None:
     """The checksum of ``length`` bytes at ``offset``, read in chunks (worker thread):
     a part's bytes are never all in memory at once."""
@@ -112,12 +80,16 @@ class RangeReader(io.RawIOBase):
     body of one part, streamed from disk as it is sent (aiohttp reads it in chunks off
     the event loop), so memory stays small whatever the part size."""
 
-    def __init__(self, fd: int, offset: int, length: int) -> None:
+    def __init__(self, fd: int, offset: int, length: int,
+                 check: Callable[[], None] | None = None) -> None:
         super().__init__()
         self._fd = fd
         self._offset = offset
         self._length = length
         self._pos = 0
+        #: called before the last bytes are handed out: raising there keeps them from
+        #: being sent, so the store discards the incomplete body (a file that changed)
+        self._check = check
 
     def readinto(self, buffer: Any) -> int:
         data = self.read(len(buffer))
@@ -133,6 +105,8 @@ class RangeReader(io.RawIOBase):
         data = os.pread(self._fd, size, self._offset + self._pos)
         if not data:
             raise OSError("file ended early (truncated while uploading?)")
+        if self._check is not None and self._pos + len(data) >= self._length:
+            self._check()
         self._pos += len(data)
         return data
 
@@ -181,3 +155,24 @@ def create_params(algorithm: str) -> dict[str, Any]:
 def part_record(algorithm: str, value: str | None) -> dict[str, Any]:
     """What complete_multipart_upload needs to know of a part's checksum."""
     return {_PARAM[algorithm]: value} if value is not None and algorithm in _CREATE else {}
+
+
+def of_object(fd: int, size: int, algorithm: str, parts: int, part_size: int | None
+              ) -> str | None:
+    """The checksum an object of these ``size`` bytes has when uploaded whole
+    (``parts`` 0) or in ``parts`` parts of ``part_size``: what the store reports for it
+    (read in chunks: run in a worker thread)."""
+    if not parts:
+        return of_range(fd, 0, size, algorithm)
+    if not part_size or -(-size // part_size) != parts:
+        return None  # not the same split: cannot compare
+    return composite(algorithm, [of_range(fd, offset, min(part_size, size - offset), algorithm)
+                                 for offset in range(0, size, part_size)])
+
+
+def stored(algorithm: str, head: Mapping[str, Any]) -> str | None:
+    """The checksum a HeadObject (``ChecksumMode=ENABLED``) reports, if the store keeps one
+    (md5 has none: its ``Content-MD5`` is checked on upload, not stored)."""
+    field = _PARAM.get(algorithm) if algorithm in _CREATE else None
+    value = head.get(field) if field else None
+    return str(value) if value else None

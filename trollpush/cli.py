@@ -127,7 +127,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         meta = parse_meta(args.meta or [])
         result = send(args.file, args.dest, meta=meta, endpoint=args.endpoint,
                       server=args.server, timeout=args.timeout,
-                      result_timeout=args.result_timeout, wait=not args.no_wait)
+                      result_timeout=args.result_timeout, wait=not args.no_wait,
+                      overwrite=args.overwrite)
     except Unreachable as err:
         print(f"trollpush send: {err}", file=sys.stderr)
         return 2
@@ -175,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: as long as the daemon works on it)")
     send.add_argument("--no-wait", action="store_true",
                       help="return once the daemon has accepted the request")
+    send.add_argument("--overwrite", action="store_true",
+                      help="upload even if this file already landed at the destination "
+                           "(skips the content and store check)")
     send.add_argument("--json", action="store_true", help="print the reply as JSON")
     send.set_defaults(func=cmd_send)
 

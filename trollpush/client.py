@@ -72,7 +72,7 @@ def parse_meta(pairs: list[str]) -> dict[str, Any]:
 
 
 def request_message(path: str, destination: str, *, meta: Mapping[str, Any] | None = None,
-                    endpoint: str | None = None, wait: bool = True,
+                    endpoint: str | None = None, wait: bool = True, overwrite: bool = False,
                     subject: str = SEND_SUBJECT) -> Message:
     """The request for one file; raises RouteError for a bad destination."""
     abspath = os.path.abspath(path)
@@ -83,20 +83,25 @@ def request_message(path: str, destination: str, *, meta: Mapping[str, Any] | No
                  "reply": "both" if wait else "accepted"})
     if endpoint is not None:
         data["endpoint"] = endpoint
+    if overwrite:
+        data["overwrite"] = True
     return Message(subject, "file", data)
 
 
 def send(path: str, destination: str, *, meta: Mapping[str, Any] | None = None,
          endpoint: str | None = None, server: str = DEFAULT_SERVER, timeout: float = 10.0,
-         result_timeout: float | None = None, wait: bool = True) -> SendResult:
+         result_timeout: float | None = None, wait: bool = True,
+         overwrite: bool = False) -> SendResult:
     """Submit one file and return the daemon's answer.
 
     ``timeout`` bounds the wait for the daemon to accept (else Unreachable);
     ``result_timeout`` bounds the wait for the result after that (None: as long as the
     daemon works on it; a daemon that goes away ends the wait with ``daemon_gone``).
     A bad destination raises RouteError (reason ``bad_destination``) before anything is sent.
+    ``overwrite`` uploads the file even if it already landed at its object.
     """
-    message = request_message(path, destination, meta=meta, endpoint=endpoint, wait=wait)
+    message = request_message(path, destination, meta=meta, endpoint=endpoint, wait=wait,
+                              overwrite=overwrite)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)

@@ -16,15 +16,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
 
 from posttroll.message import Message
 
 from . import announce
 from .announce import Announcer
-from .checksum import Stat, stat_of
+from .checksum import Stat
 from .config import Config
-from .errors import Reason, SetupError
+from .errors import Reason, SetupError, UnrecordableError
 from .journal import JobRecord, Journal, MemoryJournal, State
 from .models import Job, Rejection, Request, Upload, UploadResult
 from .receive import Limits, RequestServer, SubscribeReceiver
@@ -107,11 +108,15 @@ class Daemon:
         self._resuming: set[str] = set()  # ids of requests recovered from the journal
         self._feeders: set[asyncio.Task[None]] = set()
         self.router = Router(config)
-        self.transfer = TransferEngine(config.endpoints, warm_buckets=config.warm_buckets())
+        self.transfer = TransferEngine(config.endpoints, warm_buckets=config.warm_buckets(),
+                                       roots=config.daemon.allowed_roots,
+                                       file_timeout=config.daemon.file_timeout)
         self.announcer = Announcer(config.publish)
         self.requests: RequestServer | None = None
         self.subscriber: SubscribeReceiver | None = None
         self.counts: Counter[str] = Counter()
+        #: the last journal write failed: new requests are refused until one succeeds
+        self.journal_down = False
         self.ready = threading.Event()
         self._stop_requested = threading.Event()
         self._queue: asyncio.Queue[Request | Rejection] | None = None
@@ -302,12 +307,47 @@ class Daemon:
             try:
                 await self.journal.accepted(item)
                 self.counts["accepted"] += 1
-            except Exception as err:
-                logger.exception("journal: cannot accept %s", item.describe())
-                item = Rejection(Reason.INTERNAL, f"journal: {err}", item.origin,
+                self._journal_ok()
+            except UnrecordableError as err:
+                item = Rejection(Reason.BAD_MESSAGE, str(err), item.origin,
                                  subject=item.subject, uri=item.files[0].uri,
-                                 metadata=item.metadata, reply=item.reply)
+                                 reply=item.reply)
+            except Exception as err:  # a full disk, an I/O error: refused, nothing kept
+                self._journal_failed(err, item.describe())
+                item = Rejection(Reason.JOURNAL_UNAVAILABLE,
+                                 f"the journal cannot be written, the request is not "
+                                 f"accepted ({err})", item.origin, subject=item.subject,
+                                 uri=item.files[0].uri, metadata=item.metadata,
+                                 reply=item.reply)
         await self._queue.put(item)
+
+    async def _record[R](self, step: Awaitable[R], what: str) -> R | None:
+        """A journal step of a request already accepted.  If the journal cannot be
+        written, the request goes on: its outcome stays the one it has (one outcome per
+        request, never a completion and an internal error), and the journal keeps the
+        older record, which at worst repeats work after a restart."""
+        try:
+            result = await step
+        except Exception as err:
+            self._journal_failed(err, what)
+            return None
+        self._journal_ok()
+        return result
+
+    def _journal_failed(self, err: BaseException, what: str) -> None:
+        self.counts["journal_errors"] += 1
+        if not self.journal_down:
+            self.journal_down = True
+            logger.error("the journal cannot be written (%s): new requests are refused "
+                         "(journal_unavailable) until it can; work in progress goes on",
+                         err, exc_info=err)
+        else:
+            logger.warning("journal still unavailable (%s): %s", what, err)
+
+    def _journal_ok(self) -> None:
+        if self.journal_down:
+            self.journal_down = False
+            logger.warning("the journal can be written again: accepting requests")
 
     async def _dispatch(self) -> None:
         assert self._queue is not None and self._slots is not None
@@ -377,7 +417,8 @@ class Daemon:
                                fail.reason)
                 messages.append(self.announcer.route_failure(request, fail))
                 self.announcer.publish(messages[-1])
-                await self.journal.failed(request, None, fail.reason)
+                await self._record(self.journal.failed(request, None, fail.reason),
+                                   request.describe())
             # a lone job finishes its request in the journal step that records it
             lone = len(jobs) == 1 and not result.failures
             messages += await self._jobs(request, jobs, [
@@ -412,11 +453,8 @@ class Daemon:
 
     async def _finish(self, request: Request, messages: Sequence[Message], *,
                       jobs_started: bool, journaled: bool = False) -> None:
-        try:
-            if not journaled:
-                await self.journal.finished(request)
-        except Exception:
-            logger.exception("journal: finishing %s failed", request.describe())
+        if not journaled:
+            await self._record(self.journal.finished(request), request.describe())
         reply = request.reply
         # a request that could not start gets its failure even if it asked only for the ack
         if reply is not None and (reply.wants_final or not jobs_started) and messages:
@@ -458,27 +496,25 @@ class Daemon:
 
     async def _transfer(self, job: Job, *, recovered: bool = False
                         ) -> tuple[UploadResult, ...]:
-        """Upload what has not landed yet; an unchanged file already at its object is
-        answered from the journal (unless the target says ``overwrite: always``)."""
-        stats: list[Stat | None] | None = None
-        if self._overwrite.get(job.target or "", "changed") != "always":
-            stats = [u.source.stat for u in job.uploads]
-            if None in stats:  # (taken on receipt; not for requests from older journals)
-                stats = await asyncio.to_thread(_stats, [u.source.path for u in job.uploads])
-        # one journal step: what already landed, and "transferring" for the rest
-        reused = await self.journal.begin(job, stats)
-        for i in sorted(reused):
-            logger.info("already landed, answered from the journal: %s -> %s",
-                        job.uploads[i].source.uri, job.uploads[i].url)
+        """Upload what has not landed yet; a file that already landed at its object is
+        answered without a transfer once its content and the store confirm it (unless the
+        target says ``overwrite: always`` or the request asks to overwrite)."""
+        lookup = (self._overwrite.get(job.target or "", "changed") != "always"
+                  and not job.request.overwrite)
+        # one journal step: what landed at these objects before, and "transferring"
+        landed = await self._record(self.journal.begin(job, lookup), job.describe()) or {}
         progress = _JobProgress(self.journal, job, recovered=recovered) if self.durable else None
-        results: dict[int, UploadResult] = dict(reused)
-        todo = [i for i in range(len(job.uploads)) if i not in reused]
+        results: dict[int, UploadResult] = {}
+        todo = list(range(len(job.uploads)))
         delay = RETRY_FIRST
         while todo:
-            uploads = [self.transfer.upload(job.uploads[i], job.endpoint, progress=progress)
-                       for i in todo]
+            uploads = [self.transfer.upload(job.uploads[i], job.endpoint, progress=progress,
+                                            landed=landed.pop(i, None)) for i in todo]
             fresh = [await uploads[0]] if len(uploads) == 1 else await asyncio.gather(*uploads)
-            results.update(zip(todo, fresh, strict=True))
+            for i, result in zip(todo, fresh, strict=True):
+                before = results.get(i)  # every attempt of every round counts
+                results[i] = result if before is None else replace(
+                    result, attempts=before.attempts + result.attempts)
             todo = [i for i in todo if not results[i].ok and results[i].reason in TRANSIENT]
             left = job.request.accepted_at + self.config.daemon.max_age - time.time()
             if not todo or left <= 0:
@@ -499,14 +535,17 @@ class Daemon:
         finished in the same journal step)."""
         failed = [r for r in results if not r.ok]
         if failed:
-            await self.journal.failed(job.request, job, failed[0].reason or "upload_failed")
             messages = [self.announcer.upload_failure(job, r) for r in failed]
             for m in messages:
                 self.announcer.publish(m)
+            await self._record(self.journal.failed(job.request, job,
+                                                   failed[0].reason or "upload_failed"),
+                               job.describe())
         else:  # published first: a crash before the record repeats it, never loses it
             messages = [announce.completion(job, results)]
             await self.announcer.sent(messages[0])
-            await self.journal.concluded(job, results, finish=finish)
+            await self._record(self.journal.concluded(job, results, finish=finish),
+                               job.describe())
             logger.debug("announced %s on %s", job.describe(), job.publish_topic)
         done[index] = messages
         return messages
@@ -536,22 +575,13 @@ class Daemon:
             self.announcer.publish(message)
             messages.append(message)
             if job is not None:
-                await self.journal.failed(request, job, Reason.SHUTDOWN)
+                await self._record(self.journal.failed(request, job, Reason.SHUTDOWN),
+                                   request.describe())
         await self._finish(request, messages, jobs_started=True)
 
 
 def _failed(messages: Sequence[Message]) -> bool:
     return any(m.type == announce.FAILURE_TYPE for m in messages)
-
-
-def _stats(paths: Sequence[object]) -> list[Stat | None]:
-    out: list[Stat | None] = []
-    for path in paths:
-        try:
-            out.append(stat_of(str(path)))
-        except OSError:
-            out.append(None)
-    return out
 
 
 async def run_daemon(config: Config) -> None:

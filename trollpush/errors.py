@@ -102,6 +102,11 @@ class JournalError(TrollpushError):
     """The journal cannot record or read: its file, its lock, its data or SQLite failed."""
 
 
+class UnrecordableError(JournalError):
+    """A value of a request cannot be written to the journal (the request is at fault,
+    not the journal)."""
+
+
 # --- input: messages and requests ----------------------------------------------------
 
 

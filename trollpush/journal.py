@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -103,15 +103,15 @@ class Journal(Protocol):
         consult :meth:`landed` before this call, not after.
         """
 
-    async def begin(self, job: Job,
-                    stats: Sequence[Stat | None] | None) -> dict[int, UploadResult]:
-        """:meth:`landed` for each upload (``stats[i]`` is its file now; ``None``: no
-        look-up), then :meth:`transferring` unless every upload was found: one step.
+    async def begin(self, job: Job, lookup: bool) -> dict[int, UploadResult]:
+        """:meth:`landed` for each upload (when ``lookup``), then :meth:`transferring`
+        unless every upload was found: one step.
 
-        Returns the uploads found, by index.  This is what the daemon calls per job (one
-        record instead of a read and a write).
+        Returns what landed at the job's objects earlier, by upload index: candidates
+        only, since only the file's content and the store can tell whether the object
+        still holds this file (the engine checks both).  This is what the daemon calls per
+        job (one record instead of a read and a write).
         """
-
     async def multipart_started(self, job: Job, upload: Upload, upload_id: str, *,
                                 part_size: int | None = None,
                                 source_stat: Stat | None = None) -> None:
@@ -159,14 +159,14 @@ class Journal(Protocol):
     def multipart(self, job: Job, upload: Upload) -> MultipartState | None:
         """The multipart upload recorded for this upload of this job (same endpoint)."""
 
-    def landed(self, endpoint: str, bucket: str, key: str, stat: Stat) -> UploadResult | None:
-        """The answer for an object that already holds exactly this file, else None.
+    def landed(self, endpoint: str, bucket: str, key: str, stat: Stat | None = None
+               ) -> UploadResult | None:
+        """What landed last at this object (same endpoint, bucket and key), within the
+        retention window; with ``stat``, only if the file was that (size, mtime_ns, inode).
 
-        A hit needs the same endpoint, bucket and key, the same (size, mtime_ns, inode)
-        and a landing within the retention window.  The result has ``attempts=0``
-        and ``seconds=0.0`` (nothing was sent) and the source as recorded then.
+        The result has ``attempts=0`` and ``seconds=0.0`` (nothing was sent) and the
+        source, its stat, size and checksums as recorded then.
         """
-
 
 def _slot(target: str | None) -> str:
     """A job's key within its request (targets have names; a direct job has none)."""
@@ -174,19 +174,21 @@ def _slot(target: str | None) -> str:
 
 
 def _answer(upload: Upload, size: int, etag: str | None, checksum: str | None,
-            algorithm: str | None, parts: int, stat: Stat) -> UploadResult:
+            algorithm: str | None, parts: int, stat: Stat, part_size: int | None = None
+            ) -> UploadResult:
     return UploadResult(upload, size, 0, 0.0, etag=etag, checksum=checksum,
-                        checksum_algorithm=algorithm, parts=parts, source_stat=stat)
+                        checksum_algorithm=algorithm, parts=parts, part_size=part_size,
+                        source_stat=stat)
 
 
-def _found(landed: Callable[[str, str, str, Stat], UploadResult | None], job: Job,
-           stats: Sequence[Stat | None] | None) -> dict[int, UploadResult]:
-    """The job's uploads that ``landed`` answers, by index (``begin``'s look-up)."""
-    if stats is None:
+def _found(landed: Callable[[str, str, str], UploadResult | None], job: Job,
+           lookup: bool) -> dict[int, UploadResult]:
+    """What landed at the job's objects, by upload index (``begin``'s look-up)."""
+    if not lookup:
         return {}
     found = {}
-    for i, (u, st) in enumerate(zip(job.uploads, stats, strict=True)):
-        hit = landed(job.endpoint, u.bucket, u.key, st) if st is not None else None
+    for i, u in enumerate(job.uploads):
+        hit = landed(job.endpoint, u.bucket, u.key)
         if hit is not None:
             found[i] = hit
     return found
@@ -268,9 +270,8 @@ class MemoryJournal:
             for obj in _objects(job):
                 self._landed.pop(obj, None)
 
-    async def begin(self, job: Job,
-                    stats: Sequence[Stat | None] | None) -> dict[int, UploadResult]:
-        found = _found(self.landed, job, stats)
+    async def begin(self, job: Job, lookup: bool) -> dict[int, UploadResult]:
+        found = _found(self.landed, job, lookup)
         if len(found) < len(job.uploads):
             await self.transferring(job)
         return found
@@ -312,7 +313,7 @@ class MemoryJournal:
                 self._landed.pop(obj, None)  # re-inserted: the newest is last
                 self._landed[obj] = _Landed(r.source_stat, _answer(
                     r.upload, r.size, r.etag, r.checksum, r.checksum_algorithm, r.parts,
-                    r.source_stat), now)
+                    r.source_stat, r.part_size), now)
             else:
                 self._landed.pop(obj, None)
 
@@ -366,9 +367,10 @@ class MemoryJournal:
         return MultipartState(mp.upload_id, dict(sorted(mp.parts.items())), mp.part_size,
                               mp.source_stat)
 
-    def landed(self, endpoint: str, bucket: str, key: str, stat: Stat) -> UploadResult | None:
+    def landed(self, endpoint: str, bucket: str, key: str, stat: Stat | None = None
+               ) -> UploadResult | None:
         hit = self._landed.get((endpoint, bucket, key))
-        if (hit is None or hit.stat != tuple(stat)
+        if (hit is None or (stat is not None and hit.stat != tuple(stat))
                 or hit.at < self._clock() - self.keep_landed_seconds):
             return None
         return hit.result

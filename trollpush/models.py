@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 #: keys of a request's data that steer trollpush and are not passed on as metadata
-RESERVED_KEYS = frozenset({"destination", "reply", "endpoint"})
+RESERVED_KEYS = frozenset({"destination", "reply", "endpoint", "overwrite"})
 #: keys that describe the files themselves rather than the product
 FILE_KEYS = frozenset({"uri", "uid", "dataset", "collection"})
 
@@ -56,6 +56,7 @@ class Request:
     origin: str  # "subscribe" | "request" | "cli"
     destination: str | None = None  # explicit s3:// destination: bypasses routing
     endpoint: str | None = None  # explicit endpoint for an explicit destination
+    overwrite: bool = False  # upload even if the file already landed there (REQ/REP)
     reply: Replier | None = None
     received: float = field(default_factory=time.monotonic)
     accepted_at: float = field(default_factory=time.time)  # wall clock: survives restarts
@@ -109,6 +110,7 @@ class UploadResult:
     checksum: str | None = None  # base64, as the store verified it ("-N": multipart)
     checksum_algorithm: str | None = None
     parts: int = 0  # 0: a single PUT
+    part_size: int | None = None  # of a multipart upload: to compute its checksum again
     source_stat: tuple[int, int, int] | None = None  # (size, mtime_ns, inode) as uploaded
 
     @property

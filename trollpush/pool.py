@@ -19,6 +19,7 @@ import weakref
 from typing import Any
 
 from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession
 from botocore.handlers import add_expect_header
 
@@ -28,6 +29,20 @@ logger = logging.getLogger(__name__)
 
 SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)  # Linux; missing in Python
 TCP_KEEPALIVE = ((socket.TCP_KEEPIDLE, 15), (socket.TCP_KEEPINTVL, 5), (socket.TCP_KEEPCNT, 4))
+
+
+class NoResendSession(AIOHTTPSession):  # type: ignore[misc]
+    """aiobotocore's HTTP session, with aiohttp's silent second send of a request turned
+    off: on a reused connection that the server reset, aiohttp sends a PUT (idempotent)
+    once more on its own, so a body went twice while trollpush counted one attempt.
+    Each attempt is trollpush's, and counted (``attempts``)."""
+
+    async def _get_session(self, proxy_url: Any) -> Any:
+        session = await super()._get_session(proxy_url)
+        if getattr(session, "_retry_connection", False):
+            # aiohttp has no public switch for it (3.14): the private flag it reads
+            session._retry_connection = False
+        return session
 
 
 def client_config(ep: EndpointConfig, socket_factory: Any) -> AioConfig:
@@ -46,6 +61,7 @@ def client_config(ep: EndpointConfig, socket_factory: Any) -> AioConfig:
         response_checksum_validation="when_required",
         connector_args={"keepalive_timeout": ep.keepalive_timeout,
                         "socket_factory": socket_factory},
+        http_session_cls=NoResendSession,
     )
 
 

@@ -158,6 +158,7 @@ def build_request(message: Message, *, origin: str, reply: Replier | None = None
     if not isinstance(data, Mapping):
         raise MessageError(Reason.BAD_MESSAGE, "the message data is not a mapping")
     destination = endpoint = None
+    overwrite = False
     if origin == "request":
         destination = data.get("destination")
         endpoint = data.get("endpoint")
@@ -166,12 +167,16 @@ def build_request(message: Message, *, origin: str, reply: Replier | None = None
                                f"destination {destination!r} is not a string")
         if endpoint is not None and not isinstance(endpoint, str):
             raise MessageError(Reason.BAD_DESTINATION, f"endpoint {endpoint!r} is not a string")
+        overwrite = data.get("overwrite", False)
+        if not isinstance(overwrite, bool):
+            raise MessageError(Reason.BAD_MESSAGE, f"overwrite {overwrite!r} is not true or false")
     files = _items(kind, data, check=check, limits=limits)
     hidden = FILE_KEYS | (RESERVED_KEYS if origin == "request" else frozenset())
     metadata = {k: v for k, v in data.items() if k not in hidden}
     return Request(id=uuid.uuid4().hex[:12], subject=message.subject, type=kind, data=data,
                    metadata=metadata, files=tuple(files), origin=origin,
-                   destination=destination, endpoint=endpoint, reply=reply)
+                   destination=destination, endpoint=endpoint, overwrite=overwrite,
+                   reply=reply)
 
 
 def decode_message(text: str) -> Message:

@@ -223,14 +223,13 @@ class SQLiteJournal:
         body = _job_body(job)
         await self._run(lambda c, t: self._transferring(c, t, job, body))
 
-    async def begin(self, job: Job,
-                    stats: Sequence[Stat | None] | None) -> dict[int, UploadResult]:
+    async def begin(self, job: Job, lookup: bool) -> dict[int, UploadResult]:
         body = _job_body(job)
 
         def op(c: sqlite3.Connection, tally: Counter[str]) -> dict[int, UploadResult]:
             # looked up on the writer's connection, in the same transaction as the write
             found = _found(lambda *a: self._landed(
-                lambda sql, params: c.execute(sql, params).fetchall(), *a), job, stats)
+                lambda sql, params: c.execute(sql, params).fetchall(), *a), job, lookup)
             if len(found) < len(job.uploads):
                 self._transferring(c, tally, job, body)
             return found
@@ -440,22 +439,24 @@ class SQLiteJournal:
         stat = (size, mtime, _u64(ino)) if size is not None else None
         return MultipartState(upload_id, {n: (e, s) for n, e, s in parts}, part_size, stat)
 
-    def landed(self, endpoint: str, bucket: str, key: str, stat: Stat) -> UploadResult | None:
+    def landed(self, endpoint: str, bucket: str, key: str, stat: Stat | None = None
+               ) -> UploadResult | None:
         return self._landed(self._rows, endpoint, bucket, key, stat)
 
     def _landed(self, rows_of: Callable[[str, Sequence[Any]], list[Any]], endpoint: str,
-                bucket: str, key: str, stat: Stat) -> UploadResult | None:
-        size, mtime, ino = stat
+                bucket: str, key: str, stat: Stat | None = None) -> UploadResult | None:
         rows = rows_of("SELECT size, etag, checksum, checksum_algorithm, parts, uri, path, "
-                       "uid FROM landed WHERE endpoint = ? AND bucket = ? AND key = ? AND "
-                       "st_size = ? AND st_mtime_ns = ? AND st_ino = ? AND at >= ?",
-                       (endpoint, bucket, key, size, mtime, _i64(ino),
-                        self._clock() - self.keep_landed_seconds))
+                       "uid, st_size, st_mtime_ns, st_ino FROM landed WHERE endpoint = ? AND "
+                       "bucket = ? AND key = ? AND at >= ?",
+                       (endpoint, bucket, key, self._clock() - self.keep_landed_seconds))
         if not rows:
             return None
-        rsize, etag, checksum, algorithm, parts, uri, path, uid = rows[0]
+        rsize, etag, checksum, algorithm, parts, uri, path, uid, *st = rows[0]
+        recorded = (st[0], st[1], _u64(st[2]))
+        if stat is not None and recorded != tuple(stat):
+            return None
         upload = Upload(SourceFile(uri=uri, path=Path(path), uid=uid), bucket, key)
-        return _answer(upload, rsize, etag, checksum, algorithm, parts, (size, mtime, ino))
+        return _answer(upload, rsize, etag, checksum, algorithm, parts, recorded)
 
     def state(self, request_id: str) -> dict[str | None, State]:
         """Per-job states of an open request (empty once finished); None: the request."""

@@ -13,10 +13,9 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -29,6 +28,7 @@ from .config import EndpointConfig
 from .errors import PermanentTransferError, Reason, RetriesExhausted, TransferError, TransferTimeout
 from .models import Upload, UploadResult
 from .pool import EndpointPool
+from .source import Guard, Source, SourceChanged, open_source
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -115,14 +115,18 @@ class _Outcome:
     etag: str | None
     checksum: str | None
     parts: int
+    part_size: int | None = None
 
 
 class TransferEngine:
     """Uploads files to S3 through one warm pool per endpoint."""
 
     def __init__(self, endpoints: Mapping[str, EndpointConfig],
-                 warm_buckets: Mapping[str, str] | None = None) -> None:
+                 warm_buckets: Mapping[str, str] | None = None, *,
+                 roots: tuple[str, ...] = (), file_timeout: float = 30.0) -> None:
         self._configs = dict(endpoints)
+        self._roots = roots  # daemon.allowed_roots, checked again on the opened file
+        self._file_timeout = file_timeout
         self._warm = dict(warm_buckets or {})
         self._pools: dict[str, EndpointPool] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
@@ -167,11 +171,16 @@ class TransferEngine:
     # --- one file -------------------------------------------------------------------------
 
     async def upload(self, upload: Upload, endpoint: str, *,
-                     progress: Progress | None = None) -> UploadResult:
+                     progress: Progress | None = None,
+                     landed: UploadResult | None = None) -> UploadResult:
         """Upload one file; never raises (the result says what happened).
 
-        The file's (size, mtime, inode) is taken before and after: a file that changed
-        meanwhile is uploaded again (up to ``tries`` times), never reported as landed.
+        The file is opened once and every byte is read from that descriptor.  An attempt
+        during which the file changes is abandoned before the store commits it; a file
+        that changed after a commit is uploaded again (up to ``tries`` times), never
+        reported as landed.  ``landed``: what the journal says landed at this object
+        earlier; if the file's content and the object at the store both still match it,
+        nothing is sent (``attempts`` 0).
         """
         pool = self._pools[endpoint]
         ep = pool.config
@@ -179,28 +188,32 @@ class TransferEngine:
         counter = _Counter()
         size = -1
         stat: Stat | None = None
+        source: Source | None = None
         try:
+            source = await self._fs(ep, 0, open_source, upload.source.path, upload.source.uri,
+                                    self._roots)
+            size = source.size
+            if landed is not None:
+                reused = await self._reuse(pool, endpoint, upload, source, landed)
+                if reused is not None:
+                    return reused
             for turn in range(1, ep.tries + 1):
-                try:  # one trip to a worker thread: stat, and the bytes of a small file
-                    before, small = await self._io.run(
-                        checksum.prepare, upload.source.path, ep.multipart_chunksize,
-                        ep.checksum)
-                except OSError as err:
-                    raise classify(err) from err
-                stat, size = before, before[0]
-                if size >= ep.multipart_threshold:
-                    out = await self._multipart(pool, endpoint, upload, before, counter,
-                                                progress)
-                else:
-                    out = await self._single(pool, endpoint, upload, size, small, counter)
+                if turn > 1:
+                    await self._fs(ep, 0, source.refresh)
+                stat, size = source.stat, source.size
                 try:
-                    after = await self._io.run(checksum.stat_of, upload.source.path)
-                except OSError as err:
-                    raise classify(err) from err
-                if after == before:
+                    if size >= ep.multipart_threshold:
+                        out = await self._multipart(pool, endpoint, upload, source, counter,
+                                                    progress)
+                    else:
+                        out = await self._single(pool, endpoint, upload, source, counter)
+                except SourceChanged as err:
+                    logger.warning("%s (upload %d of %d)", err.detail, turn, ep.tries)
+                    continue
+                if await self._fs(ep, 0, source.fingerprint) == source.opened:
                     break
-                logger.warning("file changed while uploading %s (%s -> %s), upload %d of %d",
-                               upload.source.uri, stat, after, turn, ep.tries)
+                logger.warning("file changed after its upload to %s; upload %d of %d",
+                               upload.url, turn, ep.tries)
             else:
                 raise PermanentTransferError(
                     f"{upload.source.uri} kept changing during {ep.tries} upload(s)",
@@ -211,6 +224,9 @@ class TransferEngine:
                            upload.source.uri, upload.url, counter.attempts, err.detail)
             return UploadResult(upload, size, counter.attempts, time.monotonic() - start,
                                 error=err.detail, reason=err.reason)
+        finally:
+            if source is not None:
+                source.close()
         self.completed += 1
         seconds = time.monotonic() - start
         logger.info("upload complete %s -> %s (%d bytes, %.3f s, %d attempt(s)%s)",
@@ -219,43 +235,129 @@ class TransferEngine:
         return UploadResult(upload, size, counter.attempts, seconds, etag=out.etag,
                             checksum=out.checksum,
                             checksum_algorithm=None if ep.checksum == "none" else ep.checksum,
-                            parts=out.parts, source_stat=stat)
+                            parts=out.parts, part_size=out.part_size, source_stat=stat)
 
-    async def _single(self, pool: EndpointPool, endpoint: str, upload: Upload, size: int,
-                      small: tuple[bytes, str | None] | None, counter: _Counter) -> _Outcome:
+    async def _fs(self, ep: EndpointConfig, size: int, fn: Callable[..., T], *args: Any) -> T:
+        """One blocking file-system call in a worker thread, waited for at most
+        ``file_timeout`` (plus the time ``size`` bytes may take to read): a hung mount
+        fails the upload instead of holding it up for ever.  (The thread itself stays
+        stuck until the kernel returns.)"""
+        limit = self._file_timeout + (ep.attempt_budget(size, 1) if size else 0.0)
+        try:
+            async with asyncio.timeout(limit):
+                if size:  # long reads: a thread of their own, not one of the short-call batch
+                    return await asyncio.to_thread(fn, *args)
+                return await self._io.run(fn, *args)
+        except TimeoutError as err:
+            raise PermanentTransferError(
+                f"a file-system call ({getattr(fn, '__name__', 'read')}) took longer than "
+                f"{limit:g} s (daemon.file_timeout): a hung mount?",
+                reason=Reason.FILE_UNREADABLE) from err
+        except OSError as err:
+            raise classify(err) from err
+
+    async def _reuse(self, pool: EndpointPool, endpoint: str, upload: Upload, source: Source,
+                     landed: UploadResult) -> UploadResult | None:
+        """The answer for a file that already landed at this object, or None to upload.
+
+        Size, mtime and inode are no proof of identity (1-second timestamps, a rewrite in
+        place): the content's checksum is computed afresh and must equal the one recorded,
+        and a HEAD must show the object at the store with that size and checksum (or the
+        recorded ETag where the store keeps no checksum).  Costs a read of the file and
+        one round trip; any doubt means an upload.
+        """
         ep = pool.config
         algo = ep.checksum
+        why = None
+        if algo == "none" or landed.checksum_algorithm != algo or landed.checksum is None:
+            why = "no recorded checksum to compare with"
+        elif landed.size != source.size:
+            why = f"size {source.size} is not the {landed.size} recorded"
+        if why is None:
+            value = await self._fs(ep, source.size, checksum.of_object, source.fd, source.size,
+                                   algo, landed.parts, landed.part_size)
+            if value != landed.checksum:
+                why = "its content differs from what landed"
+        if why is None:
+            why = await self._at_store(pool, endpoint, upload, landed)
+        if why is not None:
+            logger.info("uploading %s -> %s again: %s", upload.source.uri, upload.url, why)
+            return None
+        logger.info("already landed, answered from the journal: %s -> %s (content and store "
+                    "checked)", upload.source.uri, upload.url)
+        return replace(landed, upload=upload, attempts=0, seconds=0.0,
+                       source_stat=source.stat)
+
+    async def _at_store(self, pool: EndpointPool, endpoint: str, upload: Upload,
+                        landed: UploadResult) -> str | None:
+        """Why the object at the store is not the one recorded (None: it is)."""
+        ep = pool.config
+        try:
+            async with self._slot(endpoint), asyncio.timeout(ep.attempt_budget(0, 1)):
+                pool.begin()
+                try:
+                    head = await pool.client.head_object(Bucket=upload.bucket, Key=upload.key,
+                                                         ChecksumMode="ENABLED")
+                finally:
+                    pool.end()
+        except TimeoutError:
+            return "the store did not answer a HEAD in time"
+        except Exception as err:
+            return f"HEAD at the store: {classify(err).detail}"
+        if head.get("ContentLength") != landed.size:
+            return (f"the store holds {head.get('ContentLength')} bytes, not the "
+                    f"{landed.size} recorded")
+        at_store = checksum.stored(ep.checksum, head)
+        if at_store is not None:
+            return None if at_store == landed.checksum else "the store's checksum differs"
+        if landed.etag and head.get("ETag") == landed.etag:
+            return None
+        return "the store's ETag differs"
+
+    async def _single(self, pool: EndpointPool, endpoint: str, upload: Upload,
+                      source: Source, counter: _Counter) -> _Outcome:
+        ep = pool.config
+        algo = ep.checksum
+        size = source.size
         async with self._slot(endpoint):
-            if small is not None:  # read once, with its checksum, kept for every attempt
+            # read (small files: once, kept for every attempt) right before sending, so
+            # that the check that the file did not change covers the whole attempt
+            small = await self._fs(ep, 0, source.read_all, ep.multipart_chunksize, algo)
+            guard = source.guard()
+            if small is not None:  # a snapshot, checked whole as it was read
                 body, value = small
+                sent = False
 
                 async def put() -> Any:
+                    nonlocal sent
+                    if sent:  # a retry, later: is the snapshot still the file?
+                        await self._fs(ep, 0, guard.check)
+                    sent = True
                     return await pool.client.put_object(
                         Bucket=upload.bucket, Key=upload.key, Body=body,
                         ContentLength=len(body), **checksum.put_params(algo, value))
-            else:  # larger: checksum first, then stream from disk
-                value = await asyncio.to_thread(checksum.of_file, upload.source.path, algo)
+            else:  # larger: checksum first, then stream from the descriptor
+                value = await self._fs(ep, size, checksum.of_range, source.fd, 0, size, algo)
 
                 async def put() -> Any:
-                    fh = await self._io.run(open, upload.source.path, "rb")
-                    try:
-                        return await pool.client.put_object(
-                            Bucket=upload.bucket, Key=upload.key, Body=fh, ContentLength=size,
-                            **checksum.put_params(algo, value))
-                    finally:
-                        fh.close()
+                    return await pool.client.put_object(
+                        Bucket=upload.bucket, Key=upload.key, ContentLength=size,
+                        Body=checksum.RangeReader(source.fd, 0, size, check=guard.check),
+                        **checksum.put_params(algo, value))
 
-            response = await self._tries(pool, size, counter, put, f"PUT {upload.url}")
+            response = await self._tries(pool, size, counter, put, f"PUT {upload.url}", guard)
         return _Outcome(response.get("ETag"), value, 0)
 
-    async def _multipart(self, pool: EndpointPool, endpoint: str, upload: Upload, stat: Stat,
-                         counter: _Counter, progress: Progress | None) -> _Outcome:
+    async def _multipart(self, pool: EndpointPool, endpoint: str, upload: Upload,
+                         source: Source, counter: _Counter, progress: Progress | None
+                         ) -> _Outcome:
         ep = pool.config
         algo = ep.checksum
-        size = stat[0]
+        size, stat = source.size, source.stat
         chunk = part_size(size, ep.multipart_chunksize)
         count = math.ceil(size / chunk)
         client = pool.client
+        guard = source.guard()
         upload_id, done_parts = await self._resumable(pool, upload, chunk, stat, progress)
         if upload_id is None:
             if progress is not None and progress.recovered:
@@ -272,18 +374,16 @@ class TransferEngine:
         # from here on, any way out but success aborts the upload (no parts left behind);
         # only a cancellation with progress recorded keeps it, to be resumed later
         try:
-            fd = await self._io.run(os.open, upload.source.path, os.O_RDONLY)
-            try:
-                in_flight = asyncio.Semaphore(ep.max_parts_in_flight)
-                async with asyncio.TaskGroup() as group:
-                    tasks = {number: group.create_task(self._part(
-                        pool, endpoint, upload, upload_id, fd, number, chunk, size, in_flight,
-                        counter, progress)) for number in range(1, count + 1)
-                        if number not in done_parts}
-            finally:
-                os.close(fd)
+            in_flight = asyncio.Semaphore(ep.max_parts_in_flight)
+            async with asyncio.TaskGroup() as group:
+                tasks = {number: group.create_task(self._part(
+                    pool, endpoint, upload, upload_id, source, number, chunk, in_flight,
+                    counter, progress, guard)) for number in range(1, count + 1)
+                    if number not in done_parts}
             parts = [done_parts[n] if n in done_parts else tasks[n].result()
                      for n in range(1, count + 1)]
+            # the last moment to keep a changed file from becoming the object
+            await self._fs(ep, 0, guard.check)
             done = await self._tries(pool, 0, counter, lambda: client.complete_multipart_upload(
                 Bucket=upload.bucket, Key=upload.key, UploadId=upload_id,
                 MultipartUpload={"Parts": [p for p, _ in parts]}), f"complete {upload.url}")
@@ -301,7 +401,7 @@ class TransferEngine:
                 raise classify(first) from err
             raise
         return _Outcome(done.get("ETag"), checksum.composite(algo, [v for _, v in parts]),
-                        count)
+                        count, chunk)
 
     async def _resumable(self, pool: EndpointPool, upload: Upload, chunk: int, stat: Stat,
                          progress: Progress | None
@@ -333,21 +433,20 @@ class TransferEngine:
         return upload_id, kept
 
     async def _part(self, pool: EndpointPool, endpoint: str, upload: Upload, upload_id: str,
-                    fd: int, number: int, chunk: int, size: int, in_flight: asyncio.Semaphore,
-                    counter: _Counter, progress: Progress | None
+                    source: Source, number: int, chunk: int, in_flight: asyncio.Semaphore,
+                    counter: _Counter, progress: Progress | None, guard: Guard
                     ) -> tuple[dict[str, Any], str | None]:
-        algo = pool.config.checksum
+        ep = pool.config
+        algo = ep.checksum
         offset = (number - 1) * chunk
-        length = min(chunk, size - offset)
+        length = min(chunk, source.size - offset)
+        fd = source.fd
         async with in_flight, self._slot(endpoint):
-            try:
-                value = await asyncio.to_thread(checksum.of_range, fd, offset, length, algo)
-            except OSError as err:
-                raise PermanentTransferError(f"reading part {number}: {err}") from err
+            value = await self._fs(ep, length, checksum.of_range, fd, offset, length, algo)
             response = await self._tries(pool, length, counter, lambda: pool.client.upload_part(
                 Bucket=upload.bucket, Key=upload.key, UploadId=upload_id, PartNumber=number,
                 Body=checksum.RangeReader(fd, offset, length), ContentLength=length,
-                **checksum.put_params(algo, value)), f"part {number} of {upload.url}")
+                **checksum.put_params(algo, value)), f"part {number} of {upload.url}", guard)
         if progress is not None:
             await progress.part_done(upload, number, response["ETag"], value)
         return {"PartNumber": number, "ETag": response["ETag"],
@@ -404,8 +503,13 @@ class TransferEngine:
             slots.release()
 
     async def _tries(self, pool: EndpointPool, size: int, counter: _Counter,
-                     call: Callable[[], Awaitable[T]], what: str) -> T:
-        """Run ``call`` with the per-attempt budget until it succeeds or tries run out."""
+                     call: Callable[[], Awaitable[T]], what: str, guard: Guard | None = None
+                     ) -> T:
+        """Run ``call`` with the per-attempt budget until it succeeds or tries run out.
+
+        With a ``guard``, a failure while the source file changed is no network error:
+        it ends the attempts at once (:class:`SourceChanged`).
+        """
         ep = pool.config
         for attempt in range(1, ep.tries + 1):
             counter.attempts += 1
@@ -414,10 +518,16 @@ class TransferEngine:
             try:
                 async with asyncio.timeout(budget):
                     return await call()
+            except SourceChanged:
+                raise
             except TimeoutError:
                 error: TransferError = TransferTimeout(f"{what}: attempt {attempt} exceeded "
                                                        f"{budget:.3g} s")
             except Exception as exc:
+                if guard is not None and (guard.tripped or not await self._fs(ep, 0, guard.ok)):
+                    raise SourceChanged(f"{what}: the file changed during the upload; the "
+                                        "attempt was abandoned before the store committed "
+                                        "it") from exc
                 error = classify(exc)
                 error.detail = f"{what}: {error.detail}"
             finally:
