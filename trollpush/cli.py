@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ._startup import StartupSignals
 from .errors import ConfigError, TrollpushError, UsageError
 
 LOG_FORMAT = "[%(asctime)s %(levelname)-8s %(name)s] %(message)s"
@@ -75,13 +76,17 @@ def _json_default(obj: object) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    startup: StartupSignals = args.startup
+    setup_logging(args.log_config, args.verbose)
     from .config import load_config
     from .daemon import serve
 
-    setup_logging(args.log_config, args.verbose)
     config = load_config(args.config)
+    if startup.requested is not None:
+        logger.info("%s during start-up: stopped before starting", startup.requested.name)
+        return 0
     with logging_in_a_thread():
-        serve(config)
+        serve(config, startup=startup)
     return 0
 
 
@@ -206,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args: Any = parser.parse_args(argv)
+    if args.command == "run":  # first of all: a stop during start-up is a clean stop
+        args.startup = StartupSignals()
+        args.startup.install()
     try:
         return int(args.func(args))
     except ConfigError as err:

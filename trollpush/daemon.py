@@ -22,6 +22,7 @@ from typing import Any
 from posttroll.message import Message
 
 from . import announce
+from ._startup import StartupSignals
 from .announce import Announcer
 from .checksum import Stat
 from .config import Config
@@ -152,6 +153,9 @@ class Daemon:
             self._stopping.set()
         self._queue = asyncio.Queue(self.config.daemon.queue_size)
         self._slots = asyncio.Semaphore(self.config.daemon.max_in_flight)
+        if self._stopping.is_set():  # a stop during start-up: nothing started, nothing lost
+            logger.info("stopped before starting (a stop was asked for during start-up)")
+            return
         self._install_signals()
         try:
             await self._start()
@@ -584,16 +588,20 @@ def _failed(messages: Sequence[Message]) -> bool:
     return any(m.type == announce.FAILURE_TYPE for m in messages)
 
 
-async def run_daemon(config: Config) -> None:
-    """Run a daemon for ``config`` until SIGINT/SIGTERM."""
-    await Daemon(config).run()
+async def run_daemon(config: Config, *, startup: StartupSignals | None = None) -> None:
+    """Run a daemon for ``config`` until SIGINT/SIGTERM (``startup``: the signal handlers
+    that stood in while it started)."""
+    daemon = Daemon(config)
+    if startup is not None:
+        startup.attach(daemon.stop)
+    await daemon.run()
 
 
-def serve(config: Config) -> None:
+def serve(config: Config, *, startup: StartupSignals | None = None) -> None:
     """Run a daemon for ``config`` on the event loop it asks for (``daemon.event_loop``)."""
     if config.daemon.event_loop == "uvloop":
         import uvloop
 
-        uvloop.run(run_daemon(config))
+        uvloop.run(run_daemon(config, startup=startup))
     else:
-        asyncio.run(run_daemon(config))
+        asyncio.run(run_daemon(config, startup=startup))
