@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -540,3 +541,109 @@ def test_a_daemon_that_would_hear_its_own_announcements_is_refused(
         parse_config(data)
     [problem] = info.value.problems
     assert problem.key == "subscribe.topics[0]" and "its own publisher" in str(problem)
+
+
+# --- message texts ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), [
+    (("endpoints", "default", "multipart_threshold"), "1MiB",
+     "a size >= 5MiB: a number of bytes or a string with a unit like 64MiB"),
+    (("endpoints", "default", "multipart_chunksize"), 1000,
+     "a size >= 5MiB: a number of bytes or a string with a unit like 16MiB"),
+    (("endpoints", "default", "min_throughput"), 0.5,
+     "a rate >= 1B/s: a number of bytes per second or a string with a unit like 1MiB/s"),
+    (("endpoints", "default", "bandwidth_limit"), "1kbit",
+     "a rate >= 8kbit: a number of bits per second or a string with a unit like 100Mbit"),
+    (("daemon", "max_request_bytes"), 100,
+     "a size >= 1KiB: a number of bytes or a string with a unit like 1MiB"),
+    (("endpoints", "default", "tries"), 0, "an integer >= 1"),
+    (("endpoints", "default", "max_parallel"), "many", "an integer >= 1"),
+    (("endpoints", "default", "timeout_factor"), 0.5, "a finite number >= 1"),
+    (("daemon", "max_age"), float("inf"), "a finite number >= 1"),
+    (("journal", "keep_landed_days"), -1, "a finite number >= 0"),
+], ids=["threshold", "chunksize", "min_throughput", "bandwidth_limit", "max_request_bytes",
+        "tries", "max_parallel-type", "timeout_factor", "max_age-inf", "keep_landed_days"])
+def test_limits_are_shown_in_the_unit_the_key_is_written_in(
+        path: tuple[str, ...], value: object, expected: str) -> None:
+    """A size's minimum reads 5MiB (not 5.24288e+06), a rate's 8kbit, an integer's has no
+    stray space: the exact text of each problem."""
+    data = valid() if path[0] != "journal" else {**valid(), "journal": {}}
+    node: Any = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+    key = ".".join(path)
+    texts = [str(p) for p in problems_of(data) if p.key == key]
+    assert texts == [f"{key}: got {value!r}, expected {expected}"]
+
+
+# --- docs/config.md against the validator ------------------------------------------------
+
+CONFIG_MD = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+NUMBERS = {"five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
+
+
+def known_keys(section: str | None) -> set[str]:
+    """The keys the validator accepts in ``section`` (None: the top level), as it lists them
+    for an unknown key."""
+    data: dict[str, Any] = {**valid(), "journal": {}}
+    if section is None:
+        data["no_such_key"] = 1
+    elif section == "endpoints":
+        data["endpoints"]["default"]["no_such_key"] = 1
+    elif section == "targets":
+        data["targets"][0]["no_such_key"] = 1
+    else:
+        data[section]["no_such_key"] = 1
+    (problem,) = [p for p in problems_of(data) if p.key.endswith("no_such_key")]
+    listed = problem.expected.removeprefix("no such key (known: ").removesuffix(")")
+    return set(listed.split(", "))
+
+
+def documented_keys() -> dict[str | None, set[str]]:
+    """The keys in the first column of each section's tables in docs/config.md."""
+    out: dict[str | None, set[str]] = {None: set()}
+    section: str | None = None
+    for line in CONFIG_MD.read_text(encoding="utf-8").splitlines():
+        if m := re.match(r"^## `(\w+)`", line):
+            section = m.group(1)
+            out[section] = set()
+        elif line.startswith("## "):
+            section = "-"  # a section about no keys
+        elif line.startswith("| ") and not line.startswith("| Key") and section != "-":
+            first = line.split("|")[1]
+            out.setdefault(section, set()).update(re.findall(r"`(\w+)`", first))
+    out.pop("-", None)
+    return out
+
+
+def test_config_md_lists_every_section_and_key_the_validator_knows() -> None:
+    """The reference names the sections and keys that exist, and only those."""
+    documented = documented_keys()
+    assert documented.pop(None) == known_keys(None)
+    text = CONFIG_MD.read_text(encoding="utf-8")
+    m = re.search(r"It has (\w+) top-level sections", text)
+    assert m is not None and NUMBERS[m.group(1)] == len(known_keys(None))
+    for section, keys in documented.items():
+        assert keys == known_keys(section), section
+
+
+def test_config_md_validation_example_is_what_check_prints() -> None:
+    """The example output in docs/config.md is the validator's real output, word for word."""
+    text = CONFIG_MD.read_text(encoding="utf-8")
+    m = re.search(r"```\n\$ trollpush check bad\.yaml\n(.*?)\n```", text, re.S)
+    assert m is not None
+    data = yaml.safe_load("""
+requests:
+publish: {name: trollpush, nameservers: false}
+endpoints:
+  default: {url: s3.example.org, secret_access_key: hush, tries: 0}
+targets:
+  - pattern: "{platform_name_{orbit:05d}.h5"
+    destination: "l1-data/{platform_name}/"
+    conditions: {sensor: [viirs, {a: 1}]}
+""")
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, source="bad.yaml")
+    assert str(info.value) == m.group(1)

@@ -37,6 +37,14 @@ def _human(n: float) -> str:
             return f"{n / scale:g}{unit}"
     return f"{n:g}B"
 
+
+def _rate(bits: float) -> str:
+    """A bit rate in the unit rates are written in (8000 -> 8kbit), for messages."""
+    for unit, scale in (("Gbit", 1e9), ("Mbit", 1e6), ("kbit", 1e3)):
+        if bits >= scale:
+            return f"{bits / scale:g}{unit}"
+    return f"{bits:g}bit"
+
 #: a named field, optionally indexed or with attributes: {sensor[0]}, {start_time.year}
 _NAMED_FIELD_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*|\[[^\]]+\])*")
 _ADDRESS_RE = re.compile(r"^(tcp://[^\s:]+:\d+|ipc://\S+|inproc://\S+)$")
@@ -332,15 +340,19 @@ class _Validator:
             self.problem(f"{prefix}{key}", value, f"{kind} >= {minimum:g}")
             return default
         if not math.isfinite(value) or value < minimum:
-            self.problem(f"{prefix}{key}", value, f"a finite {kind[2:] if integer else 'number'}"
-                         f" >= {minimum:g}")
+            finite = kind if integer else "a finite number"  # an int is always finite
+            self.problem(f"{prefix}{key}", value, f"{finite} >= {minimum:g}")
             return default
         return value
 
     def quantity(self, data: Mapping[str, Any], key: str, prefix: str, default: float | None,
-                 units: Mapping[str, float], example: str, *, minimum: float = 0.0
-                 ) -> float | None:
-        """A number, or a string with a unit (``16MiB``, ``100Mbit``)."""
+                 units: Mapping[str, float], example: str, *, minimum: float = 0.0,
+                 per_second: bool = False) -> float | None:
+        """A number, or a string with a unit (``16MiB``, ``100Mbit``).
+
+        A problem shows the minimum in the unit the key is written in (5MiB, 8kbit), not
+        as a bare number of bytes or bits.
+        """
         value = data.get(key)
         if value is None:
             return default
@@ -352,8 +364,14 @@ class _Validator:
         else:
             number = None
         if number is None or not math.isfinite(number) or number < minimum:
-            self.problem(f"{prefix}{key}", value,
-                         f"a number >= {minimum:g} or a string with a unit like {example}")
+            if units is _BIT_UNITS:
+                least, what = _rate(minimum), "bits per second"
+            else:
+                least = _human(minimum) + ("/s" if per_second else "")
+                what = "bytes per second" if per_second else "bytes"
+            noun = "a rate" if per_second or units is _BIT_UNITS else "a size"
+            self.problem(f"{prefix}{key}", value, f"{noun} >= {least}: a number of {what} "
+                         f"or a string with a unit like {example}")
             return default
         return number
 
@@ -531,7 +549,7 @@ def _endpoints(v: _Validator, raw: object) -> dict[str, EndpointConfig]:
             attempt_timeout=float(v.number(e, "attempt_timeout", p, d.attempt_timeout,
                                            minimum=0.001)),
             min_throughput=v.quantity(e, "min_throughput", p, d.min_throughput, _BYTE_UNITS,
-                                      "1MiB", minimum=1) or d.min_throughput,
+                                      "1MiB/s", minimum=1, per_second=True) or d.min_throughput,
             timeout_factor=float(v.number(e, "timeout_factor", p, d.timeout_factor,
                                           minimum=1)),
             tries=v.number(e, "tries", p, d.tries, minimum=1, integer=True),

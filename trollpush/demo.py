@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -171,9 +171,25 @@ def run_demo(*, config_path: str | None = None, files: int = 8, verbose: bool = 
         return 0 if ok else 1
 
 
+def failure_line(data: Mapping[str, Any]) -> str:
+    """One line for a failure announcement, naming the file once.
+
+    The daemon's error texts often start with the file's URI (``URI: what went wrong``);
+    the line names it already, so that prefix is dropped.
+    """
+    uri, error = data.get("uri"), str(data.get("error"))
+    for prefix in (f"{uri}: ", f"{uri!r}: ") if uri is not None else ():
+        if error.startswith(prefix):
+            error = error[len(prefix):]
+            break
+    dest = data.get("destination")
+    where = f"{uri} -> {dest}" if dest else f"{uri}"
+    return f"  FAILED {where}: {error} [{data.get('reason')}]"
+
+
 def _show(m: Any, seen: dict[str, set[str]], published_at: dict[str, float]) -> int:
     if m.type == "failure":
-        say(f"  FAILED {m.data.get('uri')}: {m.data.get('error')} [{m.data.get('reason')}]")
+        say(failure_line(m.data))
         return 1
     if m.type == "file":
         uid = m.data["uri"].rsplit("/", 1)[-1]
