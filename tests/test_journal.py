@@ -560,10 +560,12 @@ async def test_finished_compacts_the_file(tmp_path: Path) -> None:
     await j.transferring(job)
     await j.multipart_started(job, job.uploads[0], "U1")
     await j.part_done(job, job.uploads[0], 1, '"e1"', None)
-    assert tables(path) == {"requests": 1, "jobs": 1, "multipart": 1, "parts": 1, "landed": 0}
+    assert tables(path) == {"requests": 1, "jobs": 1, "multipart": 1, "parts": 1, "landed": 0,
+                            "quarantine": 0}
     await j.uploaded(job, (make_result(job.uploads[0]),))
     await j.finished(r)
-    assert tables(path) == {"requests": 0, "jobs": 0, "multipart": 0, "parts": 0, "landed": 1}
+    assert tables(path) == {"requests": 0, "jobs": 0, "multipart": 0, "parts": 0, "landed": 1,
+                            "quarantine": 0}
 
     blob = "x" * 1000  # 5,000 requests would leave > 10 MB behind without compaction
     sizes = []
@@ -575,7 +577,7 @@ async def test_finished_compacts_the_file(tmp_path: Path) -> None:
         assert wal < 8 << 20, wal  # checkpointed as it goes, and truncated
     assert j.counts["finished"] == 5001
     assert tables(path) == {"requests": 0, "jobs": 0, "multipart": 0, "parts": 0,
-                            "landed": 21}
+                            "landed": 21, "quarantine": 0}
     await j.close()
     assert max(sizes) < 3 << 20, sizes
     assert path.stat().st_size < 1 << 20, path.stat().st_size  # checkpointed on close
