@@ -561,10 +561,12 @@ async def test_finished_compacts_the_file(tmp_path: Path) -> None:
     await j.transferring(job)
     await j.multipart_started(job, job.uploads[0], "U1")
     await j.part_done(job, job.uploads[0], 1, '"e1"', None)
-    assert tables(path) == {"requests": 1, "jobs": 1, "multipart": 1, "parts": 1, "landed": 0}
+    assert tables(path) == {"requests": 1, "jobs": 1, "multipart": 1, "parts": 1, "landed": 0,
+                            "quarantine": 0}
     await j.uploaded(job, (make_result(job.uploads[0]),))
     await j.finished(r)
-    assert tables(path) == {"requests": 0, "jobs": 0, "multipart": 0, "parts": 0, "landed": 1}
+    assert tables(path) == {"requests": 0, "jobs": 0, "multipart": 0, "parts": 0, "landed": 1,
+                            "quarantine": 0}
 
     blob = "x" * 1000  # 5,000 requests would leave > 10 MB behind without compaction
     sizes = []
@@ -576,7 +578,7 @@ async def test_finished_compacts_the_file(tmp_path: Path) -> None:
         assert wal < 8 << 20, wal  # checkpointed as it goes, and truncated
     assert j.counts["finished"] == 5001
     assert tables(path) == {"requests": 0, "jobs": 0, "multipart": 0, "parts": 0,
-                            "landed": 21}
+                            "landed": 21, "quarantine": 0}
     await j.close()
     assert max(sizes) < 3 << 20, sizes
     assert path.stat().st_size < 1 << 20, path.stat().st_size  # checkpointed on close
@@ -680,3 +682,16 @@ _values = st.recursive(
 @given(_values)
 def test_the_encoding_restores_values_exactly(value: Any) -> None:
     assert same(_loads(_dumps(value, "x")), value)
+
+
+async def test_landed_keeps_the_part_size_of_a_multipart_object(journal: AnyJournal) -> None:
+    """A repeat's composite checksum can only be computed again with the same part size."""
+    r = make_request(1)
+    job = make_job(r)
+    await journal.accepted(r)
+    multi = UploadResult(job.uploads[0], 11 << 20, 3, 1.0, etag='"m-3"', checksum="X-3",
+                         checksum_algorithm="crc32c", parts=3, part_size=5 << 20,
+                         source_stat=(11 << 20, 1, 1))
+    await journal.concluded(job, (multi,), finish=True)
+    hit = journal.landed("default", "bucket", job.uploads[0].key)
+    assert hit is not None and (hit.parts, hit.part_size) == (3, 5 << 20)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UnrecordableError
+from .journal import JobRecord, State
 from .models import Job, Request, SourceFile, Upload, UploadResult
 
 # --- the tagged JSON encoding ---------------------------------------------------------------
@@ -92,8 +93,48 @@ def _dumps(value: Any, what: str) -> str:
     return json.dumps(packed, ensure_ascii=False, separators=(",", ":"))
 
 
-def _loads(text: str) -> Any:
+def _loads(text: str | bytes) -> Any:
     return json.loads(text, object_hook=_unpack)
+
+
+class Unreadable(ValueError):
+    """A recorded body is not what this trollpush writes: a key is missing or has another
+    type (a damaged file, a hand edit, a record from another version)."""
+
+
+#: what reading a damaged record back can raise (json, the tags, the checks, deep nesting)
+UNREADABLE = (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError,
+              OverflowError)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _get(d: object, key: str, where: str, *types: type, optional: bool = False) -> Any:
+    """``d[key]`` if it has one of ``types`` (or is None when ``optional``); else
+    :class:`Unreadable`, naming the key, the value and what was expected."""
+    if type(d) is not dict:  # what _loads gives for every JSON object
+        raise Unreadable(f"{where}: got {_short(d)}, expected a mapping")
+    if key not in d:
+        raise Unreadable(f"{where}: no {key!r}")
+    value = d[key]
+    if isinstance(value, types) and (type(value) is not bool or bool in types):
+        return value
+    if value is None and optional:
+        return None
+    names = " or ".join(t.__name__ for t in types) + (" or null" if optional else "")
+    raise Unreadable(f"{where}.{key}: got {_short(value)}, expected {names}")
+
+
+def _stat(value: object, where: str) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, (list, tuple)) or len(value) != 3
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in value)):
+        raise Unreadable(f"{where}: got {_short(value)}, expected 3 integers or null")
+    return (value[0], value[1], value[2])
 
 
 def _file(f: SourceFile) -> dict[str, Any]:
@@ -101,10 +142,12 @@ def _file(f: SourceFile) -> dict[str, Any]:
             "stat": list(f.stat) if f.stat else None}
 
 
-def _unfile(d: Mapping[str, Any]) -> SourceFile:
-    stat = d.get("stat")
-    return SourceFile(uri=d["uri"], path=Path(d["path"]), uid=d["uid"], meta=d["meta"],
-                      stat=(int(stat[0]), int(stat[1]), int(stat[2])) if stat else None)
+def _unfile(d: object, where: str) -> SourceFile:
+    uri = _get(d, "uri", where, str)
+    stat = d.get("stat") if isinstance(d, dict) else None  # older records have none
+    return SourceFile(uri=uri, path=Path(_get(d, "path", where, str)),
+                      uid=_get(d, "uid", where, str), meta=_get(d, "meta", where, Mapping),
+                      stat=_stat(stat, f"{where}.stat"))
 
 
 def _request_body(r: Request) -> str:
@@ -115,12 +158,21 @@ def _request_body(r: Request) -> str:
                   f"request {r.id}")
 
 
-def _request(rid: str, accepted_at: float, body: str) -> Request:
-    d = _loads(body)
-    return Request(id=rid, subject=d["subject"], type=d["type"], data=d["data"],
-                   metadata=d["metadata"], files=tuple(_unfile(f) for f in d["files"]),
-                   origin=d["origin"], destination=d["destination"], endpoint=d["endpoint"],
-                   overwrite=bool(d.get("overwrite", False)), accepted_at=accepted_at)
+def _request(rid: object, accepted_at: object, body: str | bytes) -> Request:
+    """A request as recorded; :data:`UNREADABLE` when the row is not one."""
+    if not isinstance(rid, str):
+        raise Unreadable(f"requests.id: got {_short(rid)}, expected text")
+    if not isinstance(accepted_at, (int, float)) or isinstance(accepted_at, bool):
+        raise Unreadable(f"requests.accepted_at: got {_short(accepted_at)}, expected a number")
+    d, w = _loads(body), "body"
+    files = _get(d, "files", w, list)
+    return Request(id=rid, subject=_get(d, "subject", w, str), type=_get(d, "type", w, str),
+                   data=_get(d, "data", w, Mapping), metadata=_get(d, "metadata", w, Mapping),
+                   files=tuple(_unfile(f, f"{w}.files[{i}]") for i, f in enumerate(files)),
+                   origin=_get(d, "origin", w, str),
+                   destination=_get(d, "destination", w, str, optional=True),
+                   endpoint=_get(d, "endpoint", w, str, optional=True),
+                   overwrite=bool(d.get("overwrite", False)), accepted_at=float(accepted_at))
 
 
 def _job_body(job: Job) -> str:
@@ -134,12 +186,31 @@ def _job_body(job: Job) -> str:
                   f"request {job.request.id} job {job.target or 'direct'}")
 
 
-def _job(request: Request, target: str | None, body: str) -> Job:
-    d = _loads(body)
-    uploads = tuple(Upload(request.files[src] if isinstance(src, int) else _unfile(src),
-                           bucket, key) for src, bucket, key in d["uploads"])
-    return Job(request=request, target=target, endpoint=d["endpoint"], uploads=uploads,
-               metadata=d["metadata"], publish_topic=d["topic"])
+def _job(request: Request, target: object, body: str | bytes) -> Job:
+    """A job as recorded, rebuilt with its request; :data:`UNREADABLE` when not one."""
+    if target is not None and not isinstance(target, str):
+        raise Unreadable(f"jobs.target: got {_short(target)}, expected text or null")
+    d, w = _loads(body), "body"
+    uploads = []
+    for i, item in enumerate(_get(d, "uploads", w, list)):
+        where = f"{w}.uploads[{i}]"
+        if not isinstance(item, list) or len(item) != 3:
+            raise Unreadable(f"{where}: got {_short(item)}, expected [source, bucket, key]")
+        src, bucket, key = item
+        if isinstance(src, int) and not isinstance(src, bool):
+            if not 0 <= src < len(request.files):
+                raise Unreadable(f"{where}[0]: got {src}, expected a file index below "
+                                 f"{len(request.files)}")
+            source = request.files[src]
+        else:
+            source = _unfile(src, f"{where}[0]")
+        if not isinstance(bucket, str) or not isinstance(key, str):
+            raise Unreadable(f"{where}: got bucket {_short(bucket)} and key {_short(key)}, "
+                             "expected text")
+        uploads.append(Upload(source, bucket, key))
+    return Job(request=request, target=target, endpoint=_get(d, "endpoint", w, str),
+               uploads=tuple(uploads), metadata=_get(d, "metadata", w, Mapping),
+               publish_topic=_get(d, "topic", w, str))
 
 
 def _results_body(job: Job, results: Sequence[UploadResult]) -> str:
@@ -154,18 +225,53 @@ def _results_body(job: Job, results: Sequence[UploadResult]) -> str:
     return _dumps(out, f"request {job.request.id} job {job.target or 'direct'} results")
 
 
-def _results(job: Job, body: str) -> tuple[UploadResult, ...]:
+def _results(job: Job, body: str | bytes) -> tuple[UploadResult, ...]:
+    """A job's results as recorded; :data:`UNREADABLE` when they are not."""
+    items = _loads(body)
+    if not isinstance(items, list):
+        raise Unreadable(f"results: got {_short(items)}, expected a list")
     out = []
-    for d in _loads(body):
-        u = d["upload"]
-        upload = job.uploads[u] if isinstance(u, int) else Upload(
-            _unfile(u["source"]), u["bucket"], u["key"])
-        stat = d["stat"]
-        out.append(UploadResult(upload, d["size"], d["attempts"], d["seconds"], etag=d["etag"],
-                                error=d["error"], reason=d["reason"], checksum=d["checksum"],
-                                checksum_algorithm=d["algorithm"], parts=d["parts"],
-                                source_stat=None if stat is None else (stat[0], stat[1], stat[2])))
+    for i, d in enumerate(items):
+        w = f"results[{i}]"
+        u = _get(d, "upload", w, int, Mapping)
+        if isinstance(u, int):
+            if not 0 <= u < len(job.uploads):
+                raise Unreadable(f"{w}.upload: got {u}, expected an upload index below "
+                                 f"{len(job.uploads)}")
+            upload = job.uploads[u]
+        else:
+            upload = Upload(_unfile(_get(u, "source", f"{w}.upload", Mapping),
+                                    f"{w}.upload.source"),
+                            _get(u, "bucket", f"{w}.upload", str),
+                            _get(u, "key", f"{w}.upload", str))
+        text: dict[str, str | None] = {k: _get(d, k, w, str, optional=True) for k in
+                                       ("etag", "error", "reason", "checksum", "algorithm")}
+        out.append(UploadResult(upload, _get(d, "size", w, int), _get(d, "attempts", w, int),
+                                float(_get(d, "seconds", w, int, float)), etag=text["etag"],
+                                error=text["error"], reason=text["reason"],
+                                checksum=text["checksum"], checksum_algorithm=text["algorithm"],
+                                parts=_get(d, "parts", w, int),
+                                source_stat=_stat(d["stat"], f"{w}.stat")))
     return tuple(out)
+
+
+def _job_record(request: Request, target: object, state: object, reason: object,
+                body: str | bytes, results: str | bytes | None) -> JobRecord:
+    """A jobs row read back whole; :data:`UNREADABLE` when any part of it is not."""
+    if not isinstance(state, str) or state not in tuple(State):
+        raise Unreadable(f"jobs.state: got {_short(state)}, expected one of "
+                         f"{', '.join(State)}")
+    if reason is not None and not isinstance(reason, str):
+        raise Unreadable(f"jobs.reason: got {_short(reason)}, expected text or null")
+    job = _job(request, target, body)
+    done = () if results is None else _results(job, results)
+    return JobRecord(job, State(state), done, reason)
+
+
+def unreadable(err: BaseException) -> str:
+    """What a decoding error says, for a log line and the quarantine."""
+    text = str(err) if isinstance(err, Unreadable) else f"{type(err).__name__}: {err}"
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 def _i64(n: int) -> int:

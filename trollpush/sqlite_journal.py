@@ -10,7 +10,10 @@
   the writer, and every awaited write is committed before its future resolves;
 * ``finished`` deletes the request's rows; the ``landed`` index (one row per object:
   which file, by size, mtime and inode, landed there and how) outlives the request and is
-  pruned by age and by count on open and every :data:`PRUNE_EVERY` finishes.
+  pruned by age and by count on open and every :data:`PRUNE_EVERY` finishes;
+* on open, every open request is read back once, as recovery will read it: one that
+  cannot be (nor any of its jobs) is moved to the ``quarantine`` table instead of
+  stopping every other request from resuming (:mod:`trollpush._journal_schema`).
 """
 
 from __future__ import annotations
@@ -28,9 +31,28 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from ._codec import _i64, _job, _job_body, _request, _request_body, _results, _results_body, _u64
+from ._codec import (
+    UNREADABLE,
+    _i64,
+    _job_body,
+    _job_record,
+    _request,
+    _request_body,
+    _results_body,
+    _u64,
+    unreadable,
+)
+from ._journal_schema import SCHEMA_VERSION as SCHEMA_VERSION
+from ._journal_schema import (
+    Quarantined,
+    migrate,
+    prune_quarantine,
+    quarantined,
+    set_aside,
+    sweep,
+)
 from ._workers import post
 from .errors import JournalError
 from .journal import (
@@ -49,71 +71,9 @@ from .models import Job, Request, SourceFile, Upload, UploadResult
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-#: the SQLite schema this module writes (``PRAGMA user_version``)
-SCHEMA_VERSION = 1
 _MAX_BATCH = 50_000  # operations per transaction, at most
 _WAL_LIMIT = 4 << 20  # bytes the WAL file is truncated to after a checkpoint
 _VACUUM_PAGES = 256  # free pages that make a prune give space back to the file system
-
-# --- SQLite -------------------------------------------------------------------------------
-
-_SCHEMA = [
-    """CREATE TABLE requests (
-        seq INTEGER PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        accepted_at REAL NOT NULL,
-        failure TEXT,
-        body TEXT NOT NULL)""",
-    """CREATE TABLE jobs (
-        seq INTEGER PRIMARY KEY,
-        request_id TEXT NOT NULL,
-        slot TEXT NOT NULL,
-        target TEXT,
-        state TEXT NOT NULL,
-        reason TEXT,
-        body TEXT NOT NULL,
-        results TEXT,
-        UNIQUE (request_id, slot))""",
-    """CREATE TABLE multipart (
-        seq INTEGER PRIMARY KEY,
-        request_id TEXT NOT NULL,
-        slot TEXT NOT NULL,
-        bucket TEXT NOT NULL,
-        key TEXT NOT NULL,
-        endpoint TEXT NOT NULL,
-        upload_id TEXT NOT NULL,
-        part_size INTEGER,
-        st_size INTEGER,
-        st_mtime_ns INTEGER,
-        st_ino INTEGER,
-        UNIQUE (request_id, slot, bucket, key))""",
-    """CREATE TABLE parts (
-        multipart INTEGER NOT NULL,
-        number INTEGER NOT NULL,
-        etag TEXT NOT NULL,
-        checksum TEXT,
-        PRIMARY KEY (multipart, number)) WITHOUT ROWID""",
-    """CREATE TABLE landed (
-        endpoint TEXT NOT NULL,
-        bucket TEXT NOT NULL,
-        key TEXT NOT NULL,
-        st_size INTEGER NOT NULL,
-        st_mtime_ns INTEGER NOT NULL,
-        st_ino INTEGER NOT NULL,
-        at REAL NOT NULL,
-        size INTEGER NOT NULL,
-        etag TEXT,
-        checksum TEXT,
-        checksum_algorithm TEXT,
-        parts INTEGER NOT NULL,
-        uri TEXT NOT NULL,
-        path TEXT NOT NULL,
-        uid TEXT NOT NULL,
-        PRIMARY KEY (endpoint, bucket, key))""",
-    "CREATE INDEX landed_at ON landed (at)",
-]
 
 _Fn = Callable[[sqlite3.Connection, Counter[str]], Any]
 
@@ -154,6 +114,8 @@ class SQLiteJournal:
         self._read_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._since_prune = 0
+        self._aside: set[Any] = set()  # request ids queued for the quarantine while open
+        self._recovered: list[Request] | None = None  # read at open; good until a write
 
     def __repr__(self) -> str:
         with self._stats:
@@ -172,6 +134,7 @@ class SQLiteJournal:
                 raise JournalError(f"journal {self.path} is already {self._state}")
             self._state = "opening"
             self._queue = queue.SimpleQueue()
+            self._aside.clear()
         self._thread = threading.Thread(target=self._serve, args=(ready,),
                                         name="journal-writer", daemon=True)
         self._thread.start()
@@ -329,7 +292,8 @@ class SQLiteJournal:
                 size, mtime, ino = r.source_stat
                 f = r.upload.source
                 index.append((*obj, size, mtime, _i64(ino), now, r.size, r.etag, r.checksum,
-                              r.checksum_algorithm, r.parts, f.uri, str(f.path), f.uid))
+                              r.checksum_algorithm, r.parts, f.uri, str(f.path), f.uid,
+                              r.part_size))
             else:
                 forget.append(obj)
         return index, forget
@@ -349,8 +313,8 @@ class SQLiteJournal:
               forget: list[tuple[str, str, str]]) -> None:
         c.executemany("INSERT OR REPLACE INTO landed (endpoint, bucket, key, st_size, "
                       "st_mtime_ns, st_ino, at, size, etag, checksum, checksum_algorithm, "
-                      "parts, uri, path, uid) VALUES "
-                      "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", index)
+                      "parts, uri, path, uid, part_size) VALUES "
+                      "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", index)
         if forget:
             c.executemany("DELETE FROM landed WHERE endpoint = ? AND bucket = ? AND key = ?",
                           forget)
@@ -409,22 +373,39 @@ class SQLiteJournal:
     # --- reading (any thread; a second, query-only connection) ----------------------------
 
     def unfinished(self) -> list[Request]:
+        with self._gate:  # once after open, before any write: what opening read back
+            cached, self._recovered = self._recovered, None
+        if cached is not None:
+            return cached
         rows = self._rows("SELECT id, accepted_at, body FROM requests "
                           "ORDER BY accepted_at, seq")
-        return [self._decoded(f"request {rid}", _request, rid, at, body)
-                for rid, at, body in rows]
+        out = []
+        for rid, at, body in rows:  # opening read them all once: these fail only if the
+            try:                    # file was changed behind this process's back
+                out.append(_request(rid, at, body))
+            except UNREADABLE as err:
+                self._set_aside_later(rid, f"requests row: {unreadable(err)}")
+        return out
 
     def jobs(self, request: Request) -> list[JobRecord]:
-        rows = self._rows("SELECT target, state, reason, body, results FROM jobs "
+        rows = self._rows("SELECT slot, target, state, reason, body, results FROM jobs "
                           "WHERE request_id = ? ORDER BY seq", (request.id,))
         out = []
-        for target, state, reason, body, results in rows:
-            what = f"request {request.id} job {target or 'direct'}"
-            job = self._decoded(what, _job, request, target, body)
-            done = () if results is None else self._decoded(f"{what} results", _results, job,
-                                                              results)
-            out.append(JobRecord(job, State(state), done, reason))
+        for slot, target, state, reason, body, results in rows:
+            try:
+                out.append(_job_record(request, target, state, reason, body, results))
+            except UNREADABLE as err:
+                why = f"jobs row {slot!r}: {unreadable(err)}"
+                self._set_aside_later(request.id, why)
+                raise JournalError(f"journal {self.path}: request {request.id!r} cannot be "
+                                   f"read back ({why}); set aside in the quarantine") from err
         return out
+
+    def quarantined(self) -> list[Quarantined]:
+        """The rows set aside because their request could not be read back, oldest first
+        (kept for an operator; pruned after 30 days or beyond 10,000 rows)."""
+        return quarantined(self._rows("SELECT seq, at, source, request_id, error, body, "
+                                      "fields FROM quarantine ORDER BY seq"))
 
     def multipart(self, job: Job, upload: Upload) -> MultipartState | None:
         rows = self._rows("SELECT seq, endpoint, upload_id, part_size, st_size, st_mtime_ns, "
@@ -446,17 +427,17 @@ class SQLiteJournal:
     def _landed(self, rows_of: Callable[[str, Sequence[Any]], list[Any]], endpoint: str,
                 bucket: str, key: str, stat: Stat | None = None) -> UploadResult | None:
         rows = rows_of("SELECT size, etag, checksum, checksum_algorithm, parts, uri, path, "
-                       "uid, st_size, st_mtime_ns, st_ino FROM landed WHERE endpoint = ? AND "
-                       "bucket = ? AND key = ? AND at >= ?",
+                       "uid, part_size, st_size, st_mtime_ns, st_ino FROM landed WHERE "
+                       "endpoint = ? AND bucket = ? AND key = ? AND at >= ?",
                        (endpoint, bucket, key, self._clock() - self.keep_landed_seconds))
         if not rows:
             return None
-        rsize, etag, checksum, algorithm, parts, uri, path, uid, *st = rows[0]
+        rsize, etag, checksum, algorithm, parts, uri, path, uid, part_size, *st = rows[0]
         recorded = (st[0], st[1], _u64(st[2]))
         if stat is not None and recorded != tuple(stat):
             return None
         upload = Upload(SourceFile(uri=uri, path=Path(path), uid=uid), bucket, key)
-        return _answer(upload, rsize, etag, checksum, algorithm, parts, recorded)
+        return _answer(upload, rsize, etag, checksum, algorithm, parts, recorded, part_size)
 
     def state(self, request_id: str) -> dict[str | None, State]:
         """Per-job states of an open request (empty once finished); None: the request."""
@@ -476,12 +457,28 @@ class SQLiteJournal:
                 return self._reader.execute(sql, params).fetchall()
             except sqlite3.Error as err:
                 raise JournalError(f"journal {self.path}: {err}") from err
-    def _decoded(self, what: str, build: Callable[..., T], *args: Any) -> T:
-        try:
-            return build(*args)
-        except (ValueError, KeyError, IndexError, TypeError) as err:
-            raise JournalError(f"journal {self.path}: {what} cannot be read back: "
-                               f"{type(err).__name__}: {err}") from err
+
+    def _set_aside_later(self, rid: Any, why: str) -> None:
+        """Queue the move of an unreadable open request into the quarantine (a read
+        method found it; the read connection cannot write); logged once."""
+        def op(c: sqlite3.Connection, tally: Counter[str]) -> None:
+            try:
+                if set_aside(c, rid, why, self._clock()):
+                    tally["open"] -= 1
+                tally["quarantined"] += 1
+            except sqlite3.Error as err:  # nobody awaits this one: say it here
+                logger.error("journal %s: setting request %r aside failed: %s", self.path,
+                             rid, err)
+                raise
+
+        with self._gate:
+            if self._state != "open" or rid in self._aside:
+                return
+            self._aside.add(rid)
+            self._recovered = None
+            logger.warning("journal %s: request %r cannot be read back, set aside in the "
+                           "quarantine: %r", self.path, rid, why)
+            self._queue.put(_Op(op))
 
     # --- the writer thread ----------------------------------------------------------------
 
@@ -490,6 +487,7 @@ class SQLiteJournal:
         with self._gate:
             if self._state != "open":
                 raise JournalError(f"journal {self.path} is not open ({self._state})")
+            self._recovered = None  # what is open may change from here on
             self._queue.put(_Op(fn, future))
         return await future
 
@@ -616,42 +614,39 @@ class SQLiteJournal:
                                "is it on a network file system?")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT}")
-        self._migrate(conn)
+        migrate(conn, path)
         conn.execute("BEGIN IMMEDIATE")
+        recovered, bad = sweep(conn, self._clock())
         pruned = self._prune(conn)
         conn.execute("COMMIT")
+        for rid, why in bad:
+            logger.warning("journal %s: request %r cannot be read back, set aside in the "
+                           "quarantine: %r", path, rid, why)
+        kept = conn.execute("SELECT count(DISTINCT request_id) FROM quarantine").fetchone()[0]
+        with self._stats:
+            self.counts["quarantined"] += len(bad)
         self._open_requests = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
         reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                  timeout=10.0)
         reader.execute("PRAGMA query_only = ON")
         with self._read_lock:
             self._reader = reader
-        logger.info("journal %s open: %d unfinished request(s), %d landed object(s) pruned",
-                    path, self._open_requests, pruned)
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == SCHEMA_VERSION:
-            return
-        if version > SCHEMA_VERSION:
-            raise JournalError(f"journal {self.path} has schema version {version}; this "
-                               f"trollpush knows versions up to {SCHEMA_VERSION}")
-        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if tables:
-            raise JournalError(f"{self.path} is not a trollpush journal (it has tables but "
-                               "no schema version)")
-        conn.execute("BEGIN IMMEDIATE")
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
+        with self._gate:
+            self._recovered = recovered
+        logger.info("journal %s open: %d unfinished request(s), %d record(s) quarantined "
+                    "now (%d request(s) in the quarantine), %d landed object(s) pruned",
+                    path, self._open_requests, len(bad), kept, pruned)
 
     def _prune(self, conn: sqlite3.Connection) -> int:
-        horizon = self._clock() - self.keep_landed_seconds
+        now = self._clock()
+        horizon = now - self.keep_landed_seconds
         n = int(conn.execute("DELETE FROM landed WHERE at < ?", (horizon,)).rowcount)
         n += int(conn.execute("DELETE FROM landed WHERE rowid IN (SELECT rowid FROM landed "
                               "ORDER BY at DESC, rowid DESC LIMIT -1 OFFSET ?)",
                               (self.keep_landed_max,)).rowcount)
+        aside = prune_quarantine(conn, now)
+        if aside:
+            logger.info("journal %s: %d quarantined row(s) pruned", self.path, aside)
         if conn.execute("PRAGMA freelist_count").fetchone()[0] > _VACUUM_PAGES:
             conn.execute("PRAGMA incremental_vacuum").fetchall()
         if n:
@@ -662,6 +657,8 @@ class SQLiteJournal:
         """Close both connections (the writer last: it checkpoints) and the lock."""
         with self._read_lock:
             reader, self._reader = self._reader, None
+        with self._gate:
+            self._recovered = None
         for conn in (reader, self._conn):
             if conn is not None:
                 try:
