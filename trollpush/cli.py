@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from . import logsafe
 from .errors import ConfigError, TrollpushError, UsageError
 
 LOG_FORMAT = "[%(asctime)s %(levelname)-8s %(name)s] %(message)s"
@@ -24,7 +25,12 @@ logger = logging.getLogger("trollpush")
 
 
 def setup_logging(log_config: str | None, verbose: bool) -> None:
-    """pytroll habit: ``-c/--log-config`` takes a YAML dictConfig; else a plain console log."""
+    """pytroll habit: ``-c/--log-config`` takes a YAML dictConfig; else a plain console log.
+
+    Either way, every record is one line: control characters in messages are escaped
+    (:mod:`trollpush.logsafe`), whatever formatters the dictConfig names.
+    """
+    logsafe.install()
     if log_config:
         try:
             with open(log_config, encoding="utf-8") as fh:
@@ -108,15 +114,16 @@ def cmd_match(args: argparse.Namespace) -> int:
     message = decode_message(Message(args.topic, "file", data).encode())
     request = build_request(message, origin="cli", check=False)
     result = Router(config).route(request)
+    say = logsafe.escape  # one line per destination, whatever the file name holds
     for job in result.jobs:
         for up in job.uploads:
-            print(f"{job.target}: {up.url} (endpoint {job.endpoint}, announce on "
-                  f"{job.publish_topic})")
+            print(say(f"{job.target}: {up.url} (endpoint {job.endpoint}, announce on "
+                      f"{job.publish_topic})"))
     for fail in result.failures:
-        print(f"{fail.target or '-'}: FAILS {fail.reason}: {fail.detail}")
+        print(say(f"{fail.target or '-'}: FAILS {fail.reason}: {fail.detail}"))
     if args.verbose or not result.jobs:
         for name, why in result.skipped.items():
-            print(f"{name}: no match: {why}")
+            print(say(f"{name}: no match: {why}"))
     return 0 if result.jobs else 1
 
 
@@ -135,7 +142,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         print(json.dumps({"subject": result.message.subject, "type": result.message.type,
                           "data": result.message.data}, default=_json_default))
     if not result.ok:
-        print(f"trollpush send: upload failed: {result.error}", file=sys.stderr)
+        print(f"trollpush send: upload failed: {logsafe.escape(result.error or '')}",
+              file=sys.stderr)
         return 1
     return 0
 
