@@ -189,3 +189,65 @@ def test_the_daemon_logs_from_a_thread_of_its_own() -> None:
         root.handlers = saved
     assert [m for _, m in seen] == [f"line {i}" for i in range(200)]
     assert threading.current_thread().name not in {t for t, _ in seen}
+
+
+def closed_stdout_run(*args: str, buffered: bool = True, env: dict[str, str] | None = None,
+                      timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`trollpush ARGS` with stdout a pipe whose reader has gone (`| head`, early)."""
+    env = dict(env or os.environ)
+    if buffered:
+        env.pop("PYTHONUNBUFFERED", None)
+    else:
+        env["PYTHONUNBUFFERED"] = "1"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, "-m", "trollpush", *args], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=timeout, env=env)
+    finally:
+        os.close(write_end)
+
+
+def assert_quiet_end(res: subprocess.CompletedProcess[str],
+                     code: int = cli.EXIT_STDOUT_CLOSED) -> None:
+    assert res.returncode == code, res.stderr
+    for text in ("Traceback", "BrokenPipeError", "Exception ignored"):
+        assert text not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("command", ["check", "match", "no-match", "help"])
+def test_a_closed_stdout_ends_quietly(command: str, buffered: bool, tmp_path: Path) -> None:
+    """`trollpush check CONFIG | head`: no traceback, no "Exception ignored", whether
+    stdout is block-buffered (the default into a pipe) or not; exit 141 where it would
+    have been 0, the command's own code otherwise (match: 1 when no target takes it)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "requests": {"address": f"tcp://127.0.0.1:{free_port()}"},
+        "endpoints": {"default": {"url": "http://127.0.0.1:9", "region": "us-east-1"}},
+        "targets": [{"name": "h5", "pattern": "{name}.h5", "destination": "s3://b/{uid}"}]}))
+    args = {"check": ["check", str(cfg)], "match": ["match", str(cfg), str(tmp_path / "x.h5")],
+            "no-match": ["match", str(cfg), str(tmp_path / "x.nc")], "help": ["--help"]}[command]
+    read = trollpush(*args)  # with a reader: as before
+    assert read.stdout and not read.stderr, read.stderr
+    assert read.returncode == (1 if command == "no-match" else 0)
+    closed = closed_stdout_run(*args, buffered=buffered)
+    assert_quiet_end(closed, read.returncode or cli.EXIT_STDOUT_CLOSED)
+
+
+def test_demo_into_a_closed_stdout(tmp_path: Path) -> None:
+    """The demo carries on to its end (so it stops what it started) and exits 141."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    res = closed_stdout_run("demo", "--files", "1", env=env, timeout=120)
+    assert_quiet_end(res)
+    assert not list(tmp_path.glob("trollpush-demo-*"))  # its work directory is gone
+    left = [p.name for p in Path("/proc").glob("[0-9]*")
+            if str(tmp_path).encode() in _cmdline(p)]
+    assert not left, f"processes left running: {left}"
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
