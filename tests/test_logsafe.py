@@ -8,6 +8,7 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -214,3 +215,24 @@ def test_install_is_idempotent_and_keeps_another_factory(clean_logging: None) ->
     assert getattr(record, "tag", None) == "theirs"
     assert record.getMessage() == f"name {HOSTILE_ESCAPED}"
     assert f"ValueError: {HOSTILE_ESCAPED}" in (record.exc_text or "")
+
+
+def test_a_traceback_formatter_of_another_shape_still_gives_one_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should a later Python keep the exception text elsewhere than ``_str``, the
+    traceback is escaped whole: one line, but nothing forged."""
+    import traceback
+
+    class Reshaped(traceback.TracebackException):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            del self._str  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(logsafe, "TracebackException", Reshaped)
+    try:
+        raise ValueError(HOSTILE)
+    except ValueError:
+        text = logsafe.format_exception(logsafe_exc_info())
+    assert "\n" not in text and "\r" not in text and "\x1b" not in text
+    assert text.startswith("Traceback (most recent call last):\\n")
+    assert text.endswith(f"ValueError: {HOSTILE_ESCAPED}")

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import re
-import traceback
+from traceback import TracebackException
+from traceback import format_exception as _plain_traceback
 from types import TracebackType
 from typing import Any
 
@@ -55,8 +56,8 @@ def escape(text: str) -> str:
 def format_exception(exc_info: ExcInfo) -> str:
     """The traceback of ``exc_info`` as ``logging.Formatter.formatException`` writes it, but
     with the message (and notes) of every exception in the chain and group escaped."""
-    te = traceback.TracebackException(*exc_info, compact=True)
-    todo: list[traceback.TracebackException] = [te]
+    te = TracebackException(*exc_info, compact=True)
+    todo: list[TracebackException] = [te]
     seen: set[int] = set()
     while todo:
         node = todo.pop()
@@ -66,7 +67,7 @@ def format_exception(exc_info: ExcInfo) -> str:
         text = getattr(node, "_str", None)  # str(exception), kept since Python 3.5
         if not isinstance(text, str):
             # not the TracebackException this was written for: one escaped line is safe
-            return escape("".join(traceback.format_exception(*exc_info)).rstrip("\n"))
+            return escape("".join(_plain_traceback(*exc_info)).rstrip("\n"))
         node._str = escape(text)  # type: ignore[attr-defined]
         notes = getattr(node, "__notes__", None)
         if isinstance(notes, (list, tuple)):
