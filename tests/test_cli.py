@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from trollpush import cli
+from trollpush import cli, logsafe
 
 from .helpers import Listener, Producer, free_port, link, wait_until
 
@@ -189,3 +190,142 @@ def test_the_daemon_logs_from_a_thread_of_its_own() -> None:
         root.handlers = saved
     assert [m for _, m in seen] == [f"line {i}" for i in range(200)]
     assert threading.current_thread().name not in {t for t, _ in seen}
+
+
+FORGED = "[2026-01-01 00:00:00,000 ERROR    trollpush.daemon] forged"
+RECORD_START = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|"
+                          r"CRITICAL) +\S+\] ")
+
+
+def closed_stdout_run(*args: str, buffered: bool = True, env: dict[str, str] | None = None,
+                      timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`trollpush ARGS` with stdout a pipe whose reader has gone (`| head`, early)."""
+    env = dict(env or os.environ)
+    if buffered:
+        env.pop("PYTHONUNBUFFERED", None)
+    else:
+        env["PYTHONUNBUFFERED"] = "1"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, "-m", "trollpush", *args], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=timeout, env=env)
+    finally:
+        os.close(write_end)
+
+
+def assert_quiet_end(res: subprocess.CompletedProcess[str],
+                     code: int = cli.EXIT_STDOUT_CLOSED) -> None:
+    assert res.returncode == code, res.stderr
+    for text in ("Traceback", "BrokenPipeError", "Exception ignored"):
+        assert text not in res.stderr, res.stderr
+
+
+def test_no_log_line_can_be_forged(base_config: dict[str, Any], tmp_path: Path,
+                                   ports: dict[str, int], producer: Producer,
+                                   listener: Listener, s3: Any, bucket: str) -> None:
+    """File names, metadata and error texts with newlines, CR, ESC, U+2028 reach the log
+    of a real `trollpush run -v` through REQ/REP and pub-sub: every line is a record of
+    the log's format (or a traceback's), none is forged, the names are there escaped."""
+    from trollpush.client import send
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(base_config))
+    log = tmp_path / "daemon.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "trollpush", "run", str(cfg), "-v"],
+                                stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+    names = [f"nl\n{FORGED}.h5", f"cr\r{FORGED}.h5", f"esc\x1b[2K\x1b[1G{FORGED}.h5",
+             f"ls\u2028{FORGED}\u2029.h5", f"mix\r\n\x85\t{FORGED}\n.h5"]
+    server = f"tcp://127.0.0.1:{ports['req']}"
+    try:
+        wait_until(lambda: "trollpush ready" in log.read_text() or proc.poll() is not None,
+                   30, "daemon ready")
+        assert proc.poll() is None, log.read_text()
+        link(producer, listener, "/new/file/viirs/")
+        unrouted: set[str] = set()
+        for i, name in enumerate(names):
+            path = tmp_path / name
+            path.write_bytes(os.urandom(1000 + i))
+            landed = send(str(path), f"s3://{bucket}/ok/{i}.h5", server=server, timeout=20,
+                          meta={"note": f"meta\n{FORGED}"})
+            assert landed.ok, landed.error
+            missing = send(str(tmp_path / f"gone-{name}"), f"s3://{bucket}/gone/{i}.h5",
+                           server=server, timeout=20)
+            assert not missing.ok
+            nobucket = send(str(path), f"s3://no-such-bucket-logs/{i}.h5", server=server,
+                            timeout=20)
+            assert not nobucket.ok
+            unrouted.add(f"file://{tmp_path}/unrouted-{name}")
+            producer.send("/new/file/viirs/", "file", {"uri": f"file://{tmp_path}/unrouted-"
+                                                               f"{name}", "sensor": name})
+        listener.wait_for(lambda ms: unrouted <= {m.data.get("uri") for m in ms
+                                                  if m.type == "failure"}, 20,
+                          "failure announcements of the pub-sub messages")
+        # while the daemon is up: `send --json` into a closed pipe (issue 9, item 14)
+        sent = closed_stdout_run("send", str(tmp_path / names[0]), f"s3://{bucket}/json.h5",
+                                 "--server", server, "--json")
+        assert_quiet_end(sent)
+        assert s3.head_object(Bucket=bucket, Key="json.h5")["ContentLength"] == 1000
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    text = log.read_text(encoding="utf-8")
+    for char in "\r\x1b\x85\u2028\u2029":
+        assert char not in text, f"{char!r} in the log"
+    lines = text.splitlines()
+    assert not [line for line in lines if line.startswith(FORGED)]
+    in_traceback = False
+    for line in lines:
+        if RECORD_START.match(line):
+            in_traceback = False
+        elif line == "Traceback (most recent call last):":
+            in_traceback = True
+        else:
+            assert in_traceback, f"not a record of the log: {line!r}"
+    for name in names:
+        escaped = logsafe.escape(name)
+        assert f"{tmp_path}/{escaped}" in text  # its upload was logged, in one line
+        assert f"gone-{escaped}" in text and f"unrouted-{escaped}" in text
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("command", ["check", "match", "no-match", "help"])
+def test_a_closed_stdout_ends_quietly(command: str, buffered: bool, tmp_path: Path) -> None:
+    """`trollpush check CONFIG | head`: no traceback, no "Exception ignored", whether
+    stdout is block-buffered (the default into a pipe) or not; exit 141 where it would
+    have been 0, the command's own code otherwise (match: 1 when no target takes it)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "requests": {"address": f"tcp://127.0.0.1:{free_port()}"},
+        "endpoints": {"default": {"url": "http://127.0.0.1:9", "region": "us-east-1"}},
+        "targets": [{"name": "h5", "pattern": "{name}.h5", "destination": "s3://b/{uid}"}]}))
+    args = {"check": ["check", str(cfg)], "match": ["match", str(cfg), str(tmp_path / "x.h5")],
+            "no-match": ["match", str(cfg), str(tmp_path / "x.nc")], "help": ["--help"]}[command]
+    read = trollpush(*args)  # with a reader: as before
+    assert read.stdout and not read.stderr, read.stderr
+    assert read.returncode == (1 if command == "no-match" else 0)
+    closed = closed_stdout_run(*args, buffered=buffered)
+    assert_quiet_end(closed, read.returncode or cli.EXIT_STDOUT_CLOSED)
+
+
+def test_demo_into_a_closed_stdout(tmp_path: Path) -> None:
+    """The demo carries on to its end (so it stops what it started) and exits 141."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    res = closed_stdout_run("demo", "--files", "1", env=env, timeout=120)
+    assert_quiet_end(res)
+    assert not list(tmp_path.glob("trollpush-demo-*"))  # its work directory is gone
+    left = [p.name for p in Path("/proc").glob("[0-9]*")
+            if str(tmp_path).encode() in _cmdline(p)]
+    assert not left, f"processes left running: {left}"
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""

@@ -9,23 +9,31 @@ import json
 import logging
 import logging.config
 import logging.handlers
+import os
 import queue
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 import yaml
 
+from . import logsafe
 from ._startup import StartupSignals
 from .errors import ConfigError, TrollpushError, UsageError
 
 LOG_FORMAT = "[%(asctime)s %(levelname)-8s %(name)s] %(message)s"
+EXIT_STDOUT_CLOSED = 141  # what a shell reports for a program ended by SIGPIPE (128 + 13)
 logger = logging.getLogger("trollpush")
 
 
 def setup_logging(log_config: str | None, verbose: bool) -> None:
-    """pytroll habit: ``-c/--log-config`` takes a YAML dictConfig; else a plain console log."""
+    """pytroll habit: ``-c/--log-config`` takes a YAML dictConfig; else a plain console log.
+
+    Either way, every record is one line: control characters in messages are escaped
+    (:mod:`trollpush.logsafe`), whatever formatters the dictConfig names.
+    """
+    logsafe.install()
     if log_config:
         try:
             with open(log_config, encoding="utf-8") as fh:
@@ -113,15 +121,16 @@ def cmd_match(args: argparse.Namespace) -> int:
     message = decode_message(Message(args.topic, "file", data).encode())
     request = build_request(message, origin="cli", check=False)
     result = Router(config).route(request)
+    say = logsafe.escape  # one line per destination, whatever the file name holds
     for job in result.jobs:
         for up in job.uploads:
-            print(f"{job.target}: {up.url} (endpoint {job.endpoint}, announce on "
-                  f"{job.publish_topic})")
+            print(say(f"{job.target}: {up.url} (endpoint {job.endpoint}, announce on "
+                      f"{job.publish_topic})"))
     for fail in result.failures:
-        print(f"{fail.target or '-'}: FAILS {fail.reason}: {fail.detail}")
+        print(say(f"{fail.target or '-'}: FAILS {fail.reason}: {fail.detail}"))
     if args.verbose or not result.jobs:
         for name, why in result.skipped.items():
-            print(f"{name}: no match: {why}")
+            print(say(f"{name}: no match: {why}"))
     return 0 if result.jobs else 1
 
 
@@ -141,7 +150,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         print(json.dumps({"subject": result.message.subject, "type": result.message.type,
                           "data": result.message.data}, default=_json_default))
     if not result.ok:
-        print(f"trollpush send: upload failed: {result.error}", file=sys.stderr)
+        print(f"trollpush send: upload failed: {logsafe.escape(result.error or '')}",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -208,7 +218,78 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StdoutGuard:
+    """``sys.stdout`` while a command runs: a reader that goes away (``| head``) ends the
+    output, not the command.
+
+    Without it, the first write or the final flush into the closed pipe raises
+    ``BrokenPipeError`` (a traceback, or "Exception ignored" at exit) wherever it happens,
+    which in ``demo`` can be between starting the daemon and the code that stops it.
+    From then on the output goes to ``/dev/null`` (also for what the interpreter flushes
+    at exit) and the command finishes as usual; ``main`` then exits with 141 where it
+    would have exited with 0.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.reader_gone = False
+
+    def write(self, text: str) -> int:
+        if not self.reader_gone:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self.gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self.gone()
+
+    def gone(self) -> None:
+        self.reader_gone = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+        except OSError:
+            return
+        try:
+            os.dup2(devnull, self.stream.fileno())
+        except (OSError, ValueError):  # no file descriptor behind it
+            pass
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The console script.  When stdout's reader went away (see _StdoutGuard), a command
+    that succeeded exits with 141 instead of 0; one that failed keeps its own code."""
+    logsafe.install()
+    guard = _StdoutGuard(sys.stdout)
+    sys.stdout = cast(TextIO, guard)
+    try:
+        try:
+            code = _main(argv)
+        except SystemExit as end:  # argparse: --help (0), usage errors (2)
+            guard.flush()
+            if guard.reader_gone and not end.code:
+                return EXIT_STDOUT_CLOSED
+            raise
+        guard.flush()
+    except BrokenPipeError:  # written around the guard (sys.__stdout__, an fd)
+        guard.gone()
+        return EXIT_STDOUT_CLOSED
+    finally:
+        sys.stdout = guard.stream
+    return EXIT_STDOUT_CLOSED if guard.reader_gone and code == 0 else code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args: Any = parser.parse_args(argv)
     if args.command == "run":  # first of all: a stop during start-up is a clean stop

@@ -21,7 +21,7 @@ from typing import Any
 
 from posttroll.message import Message
 
-from . import announce
+from . import announce, logsafe
 from ._startup import StartupSignals
 from .announce import Announcer
 from .checksum import Stat
@@ -599,6 +599,7 @@ async def run_daemon(config: Config, *, startup: StartupSignals | None = None) -
 
 def serve(config: Config, *, startup: StartupSignals | None = None) -> None:
     """Run a daemon for ``config`` on the event loop it asks for (``daemon.event_loop``)."""
+    logsafe.install()  # one record, one line, whoever set up logging
     if config.daemon.event_loop == "uvloop":
         import uvloop
 
