@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -12,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
 from posttroll.message import Message
 from posttroll.publisher import create_publisher_from_dict_config
 from posttroll.subscriber import create_subscriber_from_dict_config
@@ -182,3 +186,22 @@ async def started_engine(url: str, **kw: Any) -> TransferEngine:
                                                        region="us-east-1", **kw)})
     await engine.start()
     return engine
+
+
+@contextmanager
+def daemon_process(config: dict[str, Any], tmp_path: Path, *args: str
+                   ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """``python -m trollpush run CONFIG ARGS`` in a process of its own, its output in a log
+    file; killed (by its PID) if the test left it running."""
+    cfg = tmp_path / "trollpush.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    log = tmp_path / "daemon.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "trollpush", "run", str(cfg), *args],
+                                stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        yield proc, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

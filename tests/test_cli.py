@@ -20,7 +20,7 @@ import yaml
 
 from trollpush import cli, logsafe
 
-from .helpers import Listener, Producer, free_port, link, wait_until
+from .helpers import Listener, Producer, daemon_process, free_port, link, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -229,16 +229,10 @@ def test_no_log_line_can_be_forged(base_config: dict[str, Any], tmp_path: Path,
     the log's format (or a traceback's), none is forged, the names are there escaped."""
     from trollpush.client import send
 
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(base_config))
-    log = tmp_path / "daemon.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "trollpush", "run", str(cfg), "-v"],
-                                stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
     names = [f"nl\n{FORGED}.h5", f"cr\r{FORGED}.h5", f"esc\x1b[2K\x1b[1G{FORGED}.h5",
              f"ls\u2028{FORGED}\u2029.h5", f"mix\r\n\x85\t{FORGED}\n.h5"]
     server = f"tcp://127.0.0.1:{ports['req']}"
-    try:
+    with daemon_process(base_config, tmp_path, "-v") as (proc, log):
         wait_until(lambda: "trollpush ready" in log.read_text() or proc.poll() is not None,
                    30, "daemon ready")
         assert proc.poll() is None, log.read_text()
@@ -269,10 +263,6 @@ def test_no_log_line_can_be_forged(base_config: dict[str, Any], tmp_path: Path,
         assert s3.head_object(Bucket=bucket, Key="json.h5")["ContentLength"] == 1000
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
     text = log.read_text(encoding="utf-8")
     for char in "\r\x1b\x85\u2028\u2029":

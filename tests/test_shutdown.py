@@ -18,7 +18,7 @@ import zmq
 from trollpush import Daemon, Job, MemoryJournal, parse_config, send
 from trollpush.client import Unreachable
 
-from .helpers import running_daemon, wait_until
+from .helpers import daemon_process, running_daemon, wait_until
 
 
 def _hung(base_config: dict[str, Any], silent_server: str) -> dict[str, Any]:
@@ -64,18 +64,35 @@ class _LockedJournal(MemoryJournal):
         raise OSError("database is locked")
 
 
+def test_a_journal_step_that_fails_does_not_fail_the_request(
+        base_config: dict[str, Any], granule: Path, bucket: str,
+        ports: dict[str, int]) -> None:
+    """A request already accepted goes on when a later journal step fails: one outcome,
+    the real one (issue 9, item 6)."""
+    journal = _LockedJournal()
+    with running_daemon(base_config, journal=journal) as daemon:
+        result = send(str(granule), f"s3://{bucket}/x", timeout=15,
+                      server=f"tcp://127.0.0.1:{ports['req']}")
+        assert daemon.counts["journal_errors"] == 1
+    assert result.ok, result.error
+    assert journal.unfinished() == []
+
+
 def test_an_internal_error_is_answered_and_announced(base_config: dict[str, Any],
                                                      granule: Path, bucket: str,
                                                      ports: dict[str, int]) -> None:
-    """A broken dependency (here the journal) fails the request loudly, never silently."""
-    journal = _LockedJournal()
-    with running_daemon(base_config, journal=journal):
+    """A bug in a stage (here the engine) fails the request loudly, never silently."""
+    async def broken(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError("a bug in the engine")
+
+    with running_daemon(base_config) as daemon:
+        daemon.transfer.upload = broken  # type: ignore[method-assign]
         result = send(str(granule), f"s3://{bucket}/x", timeout=15,
                       server=f"tcp://127.0.0.1:{ports['req']}")
+        assert daemon.journal.unfinished() == []
     assert not result.ok
     assert result.message.data["reason"] == "internal_error"
-    assert "database is locked" in result.message.data["error"]
-    assert journal.unfinished() == []
+    assert "a bug in the engine" in result.message.data["error"]
 
 
 def test_stop_before_run_is_not_lost(base_config: dict[str, Any]) -> None:
@@ -134,18 +151,8 @@ def test_a_dead_intake_stops_the_daemon(base_config: dict[str, Any]) -> None:
 
 
 def test_sigterm_in_the_subprocess_exits_0(base_config: dict[str, Any], tmp_path: Path) -> None:
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(base_config))
-    log = tmp_path / "log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "trollpush", "run", str(cfg)],
-                                stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
-    try:
+    with daemon_process(base_config, tmp_path) as (proc, log):
         wait_until(lambda: "trollpush ready" in log.read_text(), 30, "ready")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert "stopped:" in log.read_text()

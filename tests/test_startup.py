@@ -8,19 +8,13 @@ SIGHUP does not kill it.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from .helpers import wait_until
+from .helpers import daemon_process, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -37,23 +31,6 @@ def _caught(pid: int, sig: int) -> bool:
     return False
 
 
-@contextmanager
-def _daemon(config: dict[str, Any], tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes],
-                                                                      Path]]:
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(config))
-    log = tmp_path / "log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "trollpush", "run", str(cfg)],
-                                stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
-    try:
-        yield proc, log
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture
 def slow_start(base_config: dict[str, Any], silent_server: str) -> dict[str, Any]:
     """A config whose start-up takes seconds: an endpoint that never answers its warm-up
@@ -68,7 +45,7 @@ def slow_start(base_config: dict[str, Any], silent_server: str) -> dict[str, Any
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_during_start_up_is_clean(sig: signal.Signals, when: str,
                                          slow_start: dict[str, Any], tmp_path: Path) -> None:
-    with _daemon(slow_start, tmp_path) as (proc, log):
+    with daemon_process(slow_start, tmp_path) as (proc, log):
         wait_until(lambda: _caught(proc.pid, signal.SIGTERM), 20, "the handlers")
         if when == "starting":
             wait_until(lambda: "endpoint default:" in log.read_text(), 20, "start-up")
@@ -81,7 +58,7 @@ def test_a_stop_during_start_up_is_clean(sig: signal.Signals, when: str,
 
 def test_sighup_during_start_up_does_not_kill_the_daemon(slow_start: dict[str, Any],
                                                          tmp_path: Path) -> None:
-    with _daemon(slow_start, tmp_path) as (proc, log):
+    with daemon_process(slow_start, tmp_path) as (proc, log):
         wait_until(lambda: _caught(proc.pid, signal.SIGTERM), 20, "the handlers")
         proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "trollpush ready" in log.read_text() or proc.poll() is not None,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import stat as stat_
-from collections.abc import Callable
 from pathlib import Path
 
 from . import checksum
@@ -184,6 +183,3 @@ def _real_path(fd: int) -> str:
                                      "daemon.allowed_roots needs /proc",
                                      reason=Reason.NOT_ALLOWED) from err
 
-
-#: the function the engine runs to open a source (a seam for tests of hung file systems)
-Opener = Callable[[Path | str, str, tuple[str, ...]], Source]

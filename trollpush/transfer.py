@@ -197,6 +197,7 @@ class TransferEngine:
                 reused = await self._reuse(pool, endpoint, upload, source, landed)
                 if reused is not None:
                     return reused
+            committed = False  # a copy reached the store during this upload
             for turn in range(1, ep.tries + 1):
                 if turn > 1:
                     await self._fs(ep, 0, source.refresh)
@@ -210,11 +211,14 @@ class TransferEngine:
                 except SourceChanged as err:
                     logger.warning("%s (upload %d of %d)", err.detail, turn, ep.tries)
                     continue
+                committed = True
                 if await self._fs(ep, 0, source.fingerprint) == source.opened:
                     break
                 logger.warning("file changed after its upload to %s; upload %d of %d",
                                upload.url, turn, ep.tries)
             else:
+                if committed:  # a copy of a file still being written: not kept
+                    await self._withdraw(pool, upload)
                 raise PermanentTransferError(
                     f"{upload.source.uri} kept changing during {ep.tries} upload(s)",
                     reason=Reason.FILE_CHANGED)
@@ -451,6 +455,19 @@ class TransferEngine:
             await progress.part_done(upload, number, response["ETag"], value)
         return {"PartNumber": number, "ETag": response["ETag"],
                 **checksum.part_record(algo, value)}, value
+
+    async def _withdraw(self, pool: EndpointPool, upload: Upload) -> None:
+        """Delete the object a file that kept changing left behind: it was whole when
+        sent, but the file went on changing right after, so it is a stale prefix or
+        version that no completion describes.  Best effort: a failure is logged."""
+        try:
+            await self._tries(pool, 0, _Counter(), lambda: pool.client.delete_object(
+                Bucket=upload.bucket, Key=upload.key), f"DELETE {upload.url}")
+            logger.warning("removed %s: its file kept changing after each upload",
+                           upload.url)
+        except TransferError as err:
+            logger.error("could not remove %s, the copy of a file that kept changing: %s",
+                         upload.url, err.detail)
 
     async def _abort(self, pool: EndpointPool, upload: Upload, upload_id: str) -> None:
         counter = _Counter()
