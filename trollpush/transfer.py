@@ -400,6 +400,10 @@ class TransferEngine:
                 first = err.exceptions[0]
                 while isinstance(first, BaseExceptionGroup):
                     first = first.exceptions[0]
+                if (isinstance(first, Exception) and not isinstance(first, SourceChanged)
+                        and not await self._fs(ep, 0, guard.ok)):  # (a part read short?)
+                    raise SourceChanged(f"{upload.source.uri} changed during the upload; "
+                                        "the multipart upload was aborted") from err
                 if isinstance(first, TransferError):
                     raise first from err
                 raise classify(first) from err
