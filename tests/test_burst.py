@@ -92,3 +92,26 @@ def test_a_burst_of_50000_in_2_s_is_all_journaled(base_config: dict[str, Any],
     with contextlib.closing(sqlite3.connect(journal)) as db:  # each one survived the stop
         (open_requests,) = db.execute("SELECT count(*) FROM requests").fetchone()
     assert open_requests == BURST
+
+
+def _subscribe(**extra: Any) -> dict[str, Any]:
+    return {"subscribe": {"topics": ["/new/"], "nameserver": False,
+                          "addresses": ["tcp://127.0.0.1:40000"], **extra},
+            "endpoints": {"default": {}},
+            "targets": [{"destination": "s3://b/{uid}"}]}
+
+
+def test_receive_hwm_config() -> None:
+    """100,000 by default; an integer >= 0 (0: no limit, as in ZeroMQ) otherwise."""
+    from trollpush import parse_config
+    from trollpush.errors import ConfigError
+
+    config = parse_config(_subscribe())
+    assert config.subscribe is not None and config.subscribe.receive_hwm == 100_000
+    config = parse_config(_subscribe(receive_hwm=0))
+    assert config.subscribe is not None and config.subscribe.receive_hwm == 0
+    for bad in (-1, 1.5, "lots", True):
+        with pytest.raises(ConfigError, match=r"subscribe\.receive_hwm"):
+            parse_config(_subscribe(receive_hwm=bad))
+    with pytest.raises(ConfigError, match=r"subscribe\.timeout"):
+        parse_config(_subscribe(timeout=0))

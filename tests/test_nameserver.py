@@ -19,6 +19,7 @@ import posttroll
 import posttroll.publisher
 import pytest
 import yaml
+import zmq
 from posttroll.message import Message
 from posttroll.ns import NameServer
 from posttroll.publisher import create_publisher_from_dict_config
@@ -83,6 +84,9 @@ def test_subscribe_through_nameserver(nameserver: None, base_config: dict[str, A
             producer.send(Message("/new/file/viirs/", "file", {"uri": str(granule)}).encode())
             msgs = listener.wait_for(lambda ms: any(m.type == "file" for m in ms))
             assert daemon.subscriber is not None and daemon.subscriber.received >= 2
+            # a socket added from the nameserver's answer got the raised high-water mark
+            sockets = list(daemon.subscriber._subscriber.subscribers)
+            assert sockets and {s.getsockopt(zmq.RCVHWM) for s in sockets} == {100_000}
     finally:
         listener.close()
         producer.stop()

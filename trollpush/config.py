@@ -228,9 +228,13 @@ class Config:
         if self.requests:
             access = ""
             if self.requests.mode is not None:
-                access = f" (socket file mode {self.requests.mode:04o}" + (
-                    f", group {self.requests.group})" if self.requests.group is not None
-                    else ")")
+                group = ""
+                if self.requests.group is not None:
+                    try:
+                        group = f", group {grp.getgrgid(self.requests.group).gr_name}"
+                    except KeyError:
+                        group = f", group {self.requests.group}"
+                access = f" (socket file mode {self.requests.mode:04o}{group})"
             lines.append(f"input  requests: REQ/REP on {self.requests.address}{access}")
         if self.publish:
             s = self.publish.settings
