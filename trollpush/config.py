@@ -415,7 +415,7 @@ class _Validator:
         return tuple(t for i, t in enumerate(value) if self.topic(t, f"{key}[{i}]") is not None)
 
 
-#: keys passed on to posttroll's create_subscriber_from_dict_config / publisher equivalent
+#: posttroll's subscriber keys (and trollpush's receive_hwm); its publisher's keys
 _SUBSCRIBE_KEYS = {"topics", "nameserver", "addresses", "services", "addr_listener", "timeout",
                    "receive_hwm"}
 _PUBLISH_KEYS = {"name", "address", "port", "nameservers", "aliases", "broadcast_interval",
