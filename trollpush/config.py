@@ -6,9 +6,11 @@ was expected.  The YAML schema is documented in ``docs/config.md``.
 
 from __future__ import annotations
 
+import grp
 import math
 import os
 import re
+import stat
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,9 +52,14 @@ _NAMED_FIELD_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*|\[[^\]]+\])*")
 _ADDRESS_RE = re.compile(r"^(tcp://[^\s:]+:\d+|ipc://\S+|inproc://\S+)$")
 
 
+#: messages a SUB socket may buffer per publisher: a burst of 50,000 in 2 s fits with
+#: room to spare while the reader catches up (libzmq's default, 1,000, drops the rest)
+RECEIVE_HWM = 100_000
+
+
 @dataclass(frozen=True)
 class SubscribeConfig:
-    """posttroll pub-sub input; ``settings`` goes to create_subscriber_from_dict_config."""
+    """posttroll pub-sub input; ``settings`` holds posttroll's keys and ``receive_hwm``."""
 
     settings: Mapping[str, Any]
 
@@ -60,12 +67,30 @@ class SubscribeConfig:
     def topics(self) -> tuple[str, ...]:
         return tuple(self.settings.get("topics", ()))
 
+    @property
+    def receive_hwm(self) -> int:
+        return int(self.settings.get("receive_hwm", RECEIVE_HWM))
+
+
+#: sun_path holds 108 bytes with the terminating NUL
+_IPC_PATH_MAX = 107
+
 
 @dataclass(frozen=True)
 class RequestsConfig:
-    """ZeroMQ REQ/REP input."""
+    """ZeroMQ REQ/REP input; for ``ipc://`` the socket file's mode and group decide who
+    may submit (the file is set to them right after bind)."""
 
     address: str = "tcp://127.0.0.1:15556"
+    mode: int | None = None  # permission bits of an ipc socket file; None for tcp
+    group: int | None = None  # gid given to an ipc socket file; None: the daemon's group
+
+    @property
+    def ipc_path(self) -> str | None:
+        """The socket file of an ``ipc://`` address (None for tcp, inproc, abstract)."""
+        if not self.address.startswith("ipc://") or self.address.startswith("ipc://@"):
+            return None
+        return self.address[len("ipc://"):]
 
 
 @dataclass(frozen=True)
@@ -209,7 +234,16 @@ class Config:
                            if s.get("nameserver") is False else "nameserver localhost"))
             lines.append(f"input  subscribe: topics {list(self.subscribe.topics)} via {where}")
         if self.requests:
-            lines.append(f"input  requests: REQ/REP on {self.requests.address}")
+            access = ""
+            if self.requests.mode is not None:
+                group = ""
+                if self.requests.group is not None:
+                    try:
+                        group = f", group {grp.getgrgid(self.requests.group).gr_name}"
+                    except KeyError:
+                        group = f", group {self.requests.group}"
+                access = f" (socket file mode {self.requests.mode:04o}{group})"
+            lines.append(f"input  requests: REQ/REP on {self.requests.address}{access}")
         if self.publish:
             s = self.publish.settings
             if s.get("nameservers") is False:
@@ -399,8 +433,9 @@ class _Validator:
         return tuple(t for i, t in enumerate(value) if self.topic(t, f"{key}[{i}]") is not None)
 
 
-#: keys passed on to posttroll's create_subscriber_from_dict_config / publisher equivalent
-_SUBSCRIBE_KEYS = {"topics", "nameserver", "addresses", "services", "addr_listener", "timeout"}
+#: posttroll's subscriber keys (and trollpush's receive_hwm); its publisher's keys
+_SUBSCRIBE_KEYS = {"topics", "nameserver", "addresses", "services", "addr_listener", "timeout",
+                   "receive_hwm"}
 _PUBLISH_KEYS = {"name", "address", "port", "nameservers", "aliases", "broadcast_interval",
                  "min_port", "max_port", "topic", "failure_topic"}
 
@@ -428,6 +463,11 @@ def _subscribe(v: _Validator, raw: object) -> SubscribeConfig | None:
                     v.problem(f"subscribe.addresses[{i}]", a, "an address like tcp://HOST:PORT")
     elif addresses is not None and not isinstance(addresses, list):
         v.problem("subscribe.addresses", addresses, "a list of addresses")
+    settings["receive_hwm"] = v.number(data, "receive_hwm", "subscribe.", RECEIVE_HWM,
+                                       integer=True)
+    timeout = data.get("timeout")
+    if timeout is not None:
+        v.number(data, "timeout", "subscribe.", 10, minimum=0.1)
     return SubscribeConfig(settings=MappingProxyType(settings))
 
 
@@ -437,11 +477,80 @@ def _requests(v: _Validator, raw: object, *, present: bool) -> RequestsConfig | 
     data = v.mapping(raw, "requests")
     if data is None:
         return None
-    v.no_unknown(data, "requests.", {"address"})
+    v.no_unknown(data, "requests.", {"address", "mode", "group"})
     address = v.string(data, "address", "requests.", default=RequestsConfig.address)
     if address and not _ADDRESS_RE.match(address):
         v.problem("requests.address", address, "an address like tcp://127.0.0.1:15556")
-    return RequestsConfig(address=address or RequestsConfig.address)
+    address = address or RequestsConfig.address
+    config = RequestsConfig(address=address)
+    path = config.ipc_path
+    if path is None:
+        for key in ("mode", "group"):
+            if data.get(key) is not None:
+                v.problem(f"requests.{key}", data.get(key),
+                          f"no {key} unless requests.address is ipc:///PATH (a socket "
+                          f"file); {address} has no file whose permissions could apply")
+        return config
+    _check_ipc_path(v, path, address)
+    group = _group(v, data.get("group"))
+    # with a group, the group is meant to submit; without one, only the daemon's user
+    mode = _mode(v, data.get("mode"), 0o660 if group is not None else 0o600)
+    return RequestsConfig(address=address, mode=mode, group=group)
+
+
+def _check_ipc_path(v: _Validator, path: str, address: str) -> None:
+    if not os.path.isabs(path):
+        v.problem("requests.address", address, "ipc:// with an absolute path, like "
+                  "ipc:///run/trollpush/requests.sock")
+        return
+    if len(os.fsencode(path)) > _IPC_PATH_MAX:
+        v.problem("requests.address", address,
+                  f"a socket path of at most {_IPC_PATH_MAX} bytes (the kernel's limit)")
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        v.problem("requests.address", address, f"a socket path in an existing directory "
+                  f"({parent} is not one)")
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        v.problem("requests.address", address,
+                  f"a path that is free or holds a socket ({path} exists and is not a "
+                  "socket: trollpush does not replace it)")
+
+
+def _mode(v: _Validator, value: object, default: int) -> int:
+    """Permission bits: an octal string ("0660", "660", "0o660") or an int (YAML reads an
+    unquoted 0660 as octal)."""
+    if value is None:
+        return default
+    mode: int | None = None
+    if isinstance(value, str) and re.fullmatch(r"(0o?)?[0-7]{1,4}", value.strip()):
+        text = value.strip()
+        mode = int(text[2:] if text.startswith("0o") else text, 8)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    if mode is None or not 0 <= mode <= 0o777:
+        v.problem("requests.mode", value, "permission bits as a quoted octal string like "
+                  "'0660' (at most 0777)")
+        return default
+    return mode
+
+
+def _group(v: _Validator, value: object) -> int | None:
+    """A group name or gid that exists on this host; its gid."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return grp.getgrgid(value).gr_gid
+        if isinstance(value, str) and value.strip():
+            return grp.getgrnam(value.strip()).gr_gid
+    except (KeyError, OverflowError):
+        pass
+    v.problem("requests.group", value, "the name or gid of a group that exists on this host")
+    return None
 
 
 def _publish(v: _Validator, raw: object) -> PublishConfig | None:

@@ -104,7 +104,8 @@ class Daemon:
         #: a durable journal keeps what shutdown cuts off, to finish at the next start
         self.durable = not isinstance(self.journal, MemoryJournal)
         self._overwrite = {t.name: t.overwrite for t in config.targets}
-        self._limits = Limits(config.daemon.max_request_bytes, config.daemon.allowed_roots)
+        self._limits = Limits(config.daemon.max_request_bytes, config.daemon.allowed_roots,
+                              config.daemon.file_timeout)
         self._objects: dict[tuple[str, str, str], _ObjectLock] = {}
         self._resuming: set[str] = set()  # ids of requests recovered from the journal
         self._feeders: set[asyncio.Task[None]] = set()
@@ -204,7 +205,9 @@ class Daemon:
         await asyncio.to_thread(self.announcer.start)
         if self.config.requests is not None:
             self.requests = RequestServer(self.config.requests.address, self.submit,
-                                          on_fatal=self.fatal, limits=self._limits)
+                                          on_fatal=self.fatal, limits=self._limits,
+                                          mode=self.config.requests.mode,
+                                          group=self.config.requests.group)
             self.requests.start()
         if self.config.subscribe is not None:
             assert self._loop is not None

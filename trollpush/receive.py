@@ -1,225 +1,56 @@
 """Receive: posttroll pub-sub and ZeroMQ REQ/REP in, Requests (or Rejections) out.
 
-Decoding never raises into the loops: every frame becomes either a Request or a
-Rejection that carries the reason, so one bad publisher cannot stop the daemon.
+Decoding (``decode``) never raises into the loops: every frame becomes either a Request
+or a Rejection that carries the reason, so one bad publisher cannot stop the daemon.
+Every frame's file checks run on check threads, bounded by ``daemon.file_timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import logging
-import os
-import socket
-import stat
+import queue
 import threading
 import time
-import uuid
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import zmq
 import zmq.asyncio
 from posttroll.message import Message
-from posttroll.subscriber import create_subscriber_from_dict_config
 
-from .errors import MessageError, Reason, SetupError
-from .models import FILE_KEYS, RESERVED_KEYS, Rejection, Replier, Request, SourceFile
+from ._checks import CheckThreads
+from ._intake import Batch, Discovery, Handover
+from ._ipc import SocketFile, clear_stale, owner_only, restrict
+from .config import RECEIVE_HWM
+from .decode import (
+    LOCAL_NAMES,
+    MESSAGE_TYPES,
+    NO_LIMITS,
+    Limits,
+    build_request,
+    check_file,
+    decode,
+    decode_message,
+    local_path,
+    not_accepted,
+    overdue,
+    refused,
+)
+from .errors import Reason, SetupError
+from .models import Rejection, Request
+
+__all__ = ["LOCAL_NAMES", "MESSAGE_TYPES", "NO_LIMITS", "Limits", "RequestServer",
+           "SubscribeReceiver", "build_request", "check_file", "decode", "decode_message",
+           "local_path", "not_accepted"]
 
 logger = logging.getLogger(__name__)
 
-MESSAGE_TYPES = ("file", "dataset", "collection")
 REPLY_MODES = ("final", "accepted", "both")
 Sink = Callable[[Request | Rejection], Coroutine[Any, Any, None]]
 OnFatal = Callable[[str, BaseException], None]
-
-
-def _local_names() -> frozenset[str]:
-    names = {"", "localhost", "127.0.0.1", "::1"}
-    for fn in (socket.gethostname, socket.getfqdn):
-        with contextlib.suppress(OSError):  # depends on the host's resolver
-            names.add(fn().lower())
-    return frozenset(names)
-
-
-LOCAL_NAMES = _local_names()
-
-
-def local_path(uri: str) -> Path:
-    """The local path a uri names; MessageError if it is remote or not a path."""
-    if not isinstance(uri, str) or not uri:
-        raise MessageError(Reason.MISSING_URI, f"uri must be a non-empty string, got {uri!r}")
-    if "\x00" in uri:
-        raise MessageError(Reason.BAD_MESSAGE, f"{uri!r}: NUL in the uri")
-    if "://" not in uri:
-        path = uri
-    else:
-        try:
-            parts = urlsplit(uri)
-            host = (parts.hostname or "").lower()
-        except ValueError as err:
-            raise MessageError(Reason.BAD_MESSAGE, f"{uri!r}: not a valid URI ({err})") from err
-        if parts.scheme not in ("file", "ssh", "scp", "sftp"):
-            raise MessageError(Reason.REMOTE_FILE,
-                               f"{uri}: scheme {parts.scheme!r} is not a local file")
-        if host not in LOCAL_NAMES:
-            raise MessageError(Reason.REMOTE_FILE,
-                               f"{uri}: the file is on host {host!r}, not on this host")
-        path = unquote(parts.path)
-        if "\x00" in path:
-            raise MessageError(Reason.BAD_MESSAGE, f"{uri!r}: NUL in the path")
-    if not os.path.isabs(path):
-        raise MessageError(Reason.BAD_MESSAGE, f"{uri}: the path must be absolute")
-    return Path(os.path.normpath(path))
-
-
-def check_file(path: Path, uri: str) -> tuple[int, int, int]:
-    """Refuse what is not an existing, readable regular file; its (size, mtime, inode)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError as err:
-        raise MessageError(Reason.FILE_MISSING, f"{uri}: no such file") from err
-    except OSError as err:
-        raise MessageError(Reason.FILE_UNREADABLE, f"{uri}: {err.strerror}") from err
-    except ValueError as err:  # e.g. a lone surrogate the file system cannot encode
-        raise MessageError(Reason.BAD_MESSAGE, f"{uri!r}: not a usable path ({err})") from err
-    if not stat.S_ISREG(st.st_mode):
-        raise MessageError(Reason.NOT_A_FILE, f"{uri}: not a regular file")
-    if not os.access(path, os.R_OK):
-        raise MessageError(Reason.FILE_UNREADABLE, f"{uri}: permission denied")
-    return st.st_size, st.st_mtime_ns, st.st_ino
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What any message or request may ask for."""
-
-    max_bytes: int | None = None  # a larger frame is refused (too_large)
-    roots: tuple[str, ...] = ()  # real paths; files elsewhere are refused (not_allowed)
-
-    def check_path(self, path: Path, uri: str) -> None:
-        if not self.roots:
-            return
-        real = os.path.realpath(path)  # symlinks and .. resolved: no way out of a root
-        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep)
-                   for root in self.roots):
-            raise MessageError(Reason.NOT_ALLOWED, f"{uri}: outside the allowed roots")
-
-
-NO_LIMITS = Limits()
-
-
-def _source(item: Mapping[str, Any], *, check: bool, limits: Limits) -> SourceFile:
-    uri = item.get("uri")
-    if uri is None:
-        raise MessageError(Reason.MISSING_URI, "the message has no 'uri'")
-    path = local_path(uri)
-    limits.check_path(path, uri)
-    stat = check_file(path, uri) if check else None
-    uid = item.get("uid")
-    extras = {k: v for k, v in item.items() if k not in ("uri", "uid")}
-    return SourceFile(uri=uri, path=path, uid=uid if isinstance(uid, str) and uid else path.name,
-                      meta=extras, stat=stat)
-
-
-def _items(kind: str, data: Mapping[str, Any], *, check: bool, limits: Limits
-           ) -> list[SourceFile]:
-    if kind == "file":
-        return [_source({"uri": data.get("uri"), "uid": data.get("uid")}, check=check,
-                        limits=limits)]
-    key = "dataset" if kind == "dataset" else "collection"
-    items = data.get(key)
-    if not isinstance(items, list) or not items:
-        raise MessageError(Reason.MISSING_URI, f"a {kind} message needs a non-empty {key!r} list")
-    out: list[SourceFile] = []
-    for i, item in enumerate(items):
-        if not isinstance(item, Mapping):
-            raise MessageError(Reason.BAD_MESSAGE, f"{key}[{i}] is not a mapping")
-        if kind == "collection" and "dataset" in item:
-            out.extend(_items("dataset", item, check=check, limits=limits))
-        else:
-            out.append(_source(item, check=check, limits=limits))
-    return out
-
-
-def build_request(message: Message, *, origin: str, reply: Replier | None = None,
-                  check: bool = True, limits: Limits = NO_LIMITS) -> Request:
-    """A Request from a decoded posttroll message; MessageError says why not."""
-    kind = message.type
-    if kind not in MESSAGE_TYPES:
-        raise MessageError(Reason.UNSUPPORTED_TYPE,
-                           f"message type {kind!r} is not one of {', '.join(MESSAGE_TYPES)}")
-    data = message.data
-    if not isinstance(data, Mapping):
-        raise MessageError(Reason.BAD_MESSAGE, "the message data is not a mapping")
-    destination = endpoint = None
-    overwrite = False
-    if origin == "request":
-        destination = data.get("destination")
-        endpoint = data.get("endpoint")
-        if destination is not None and not isinstance(destination, str):
-            raise MessageError(Reason.BAD_DESTINATION,
-                               f"destination {destination!r} is not a string")
-        if endpoint is not None and not isinstance(endpoint, str):
-            raise MessageError(Reason.BAD_DESTINATION, f"endpoint {endpoint!r} is not a string")
-        overwrite = data.get("overwrite", False)
-        if not isinstance(overwrite, bool):
-            raise MessageError(Reason.BAD_MESSAGE, f"overwrite {overwrite!r} is not true or false")
-    files = _items(kind, data, check=check, limits=limits)
-    hidden = FILE_KEYS | (RESERVED_KEYS if origin == "request" else frozenset())
-    metadata = {k: v for k, v in data.items() if k not in hidden}
-    return Request(id=uuid.uuid4().hex[:12], subject=message.subject, type=kind, data=data,
-                   metadata=metadata, files=tuple(files), origin=origin,
-                   destination=destination, endpoint=endpoint, overwrite=overwrite,
-                   reply=reply)
-
-
-def decode_message(text: str) -> Message:
-    """Parse one posttroll wire string.
-
-    ``Message.decode`` of posttroll 1.16 emits a PendingDeprecationWarning on every call;
-    the pickle protocol runs the same parser without it.
-    """
-    message: Message = Message.__new__(Message)
-    message.__setstate__(text)
-    return message
-
-
-def decode(raw: bytes, *, origin: str, reply: Replier | None = None,
-           limits: Limits = NO_LIMITS) -> Request | Rejection:
-    """Turn one frame into a Request or a Rejection; never raises."""
-    if limits.max_bytes is not None and len(raw) > limits.max_bytes:
-        return Rejection(Reason.TOO_LARGE, f"{len(raw)} bytes, more than max_request_bytes "
-                         f"({limits.max_bytes})", origin, reply=reply)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return Rejection(Reason.BAD_MESSAGE, f"frame is not UTF-8 ({err.reason} at byte "
-                         f"{err.start})", origin, reply=reply)
-    try:
-        message = decode_message(text)
-    except Exception as err:  # posttroll raises MessageError, ValueError, IndexError, ...
-        return Rejection(Reason.BAD_MESSAGE, f"not a posttroll message ({type(err).__name__}: "
-                         f"{str(err)[:200]})", origin, reply=reply)
-    data = message.data if isinstance(message.data, Mapping) else {}
-    try:
-        return build_request(message, origin=origin, reply=reply, limits=limits)
-    except MessageError as err:
-        uri = data.get("uri") if isinstance(data.get("uri"), str) else None
-        dest = data.get("destination") if isinstance(data.get("destination"), str) else None
-        meta = {k: v for k, v in data.items() if k not in FILE_KEYS | RESERVED_KEYS}
-        return Rejection(err.reason, err.detail, origin, subject=message.subject, uri=uri,
-                         destination=dest, metadata=meta, reply=reply, message_type=message.type)
-    except Exception as err:  # last line of defence: one frame must never stop a loop
-        logger.exception("unexpected error decoding a %s message", origin)
-        return Rejection(Reason.BAD_MESSAGE, f"cannot read the message ({type(err).__name__})",
-                         origin, subject=message.subject, reply=reply,
-                         message_type=message.type)
 
 
 # --- posttroll pub-sub -----------------------------------------------------------------
@@ -228,50 +59,101 @@ def decode(raw: bytes, *, origin: str, reply: Replier | None = None,
 class SubscribeReceiver:
     """posttroll subscriber run in a thread, bridged to the event loop with backpressure.
 
-    posttroll builds the sockets (nameserver discovery, address updates); frames are read
-    raw here so that a malformed one is logged with its reason instead of ending the loop.
+    posttroll builds the sockets; frames are read raw here so that a malformed one is
+    logged with its reason instead of ending the loop.  A burst is absorbed by each SUB
+    socket's receive high-water mark (``receive_hwm``, set here: posttroll has no
+    setting) while the reader drains it in batches; file checks run on check threads
+    bounded by ``limits.file_timeout``.  In nameserver mode the producers are looked up in
+    the background, so a missing nameserver never stops the daemon from starting.
     """
 
     POLL_MS = 200
-    WINDOW = 1000
+    WINDOW = 1000  # items read and handed over but not yet accepted
+    BATCH = 256  # frames decoded and handed over together
+    STALL_WARNING = 5.0  # seconds the window may stay full before it is logged
 
     def __init__(self, settings: Mapping[str, Any], sink: Sink,
                  loop: asyncio.AbstractEventLoop, *, on_fatal: OnFatal | None = None,
                  limits: Limits = NO_LIMITS) -> None:
         self._limits = limits
         self._settings = dict(settings)
-        self._sink = sink
+        self._hwm = int(self._settings.get("receive_hwm", RECEIVE_HWM))
         self._loop = loop
         self._on_fatal = on_fatal
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._subscriber: Any = None
+        self._discovery: Discovery | None = None
+        self._handover: Handover[Request | Rejection] = Handover(loop, sink, self.WINDOW)
+        self._checks = CheckThreads("trollpush-subscribe-check")
         self.received = 0
+        #: times the window stayed full longer than STALL_WARNING (the queue was full)
+        self.stalls = 0
         #: items read but not handed over when intake stopped (answered by the daemon)
         self.undelivered: list[Request | Rejection] = []
-        self._outstanding: collections.deque[tuple[Request | Rejection,
-                                                   concurrent.futures.Future[None]]] = (
-            collections.deque())
 
     def __repr__(self) -> str:
         return f"<SubscribeReceiver topics={self._settings.get('topics')} received={self.received}>"
 
+    @property
+    def nameserver_mode(self) -> bool:
+        s = self._settings
+        return not (s.get("addresses") and s.get("nameserver") is False)
+
     def start(self) -> None:
-        """Create the subscriber (may wait for a nameserver) and start the reading thread."""
-        self._subscriber = create_subscriber_from_dict_config(dict(self._settings))
+        """Create the sockets and start the reading thread; never waits for a nameserver."""
+        from posttroll.subscriber import Subscriber
+
+        s = self._settings
+        self._subscriber = Subscriber(list(s.get("addresses") or []), list(s["topics"]))
+        if self.nameserver_mode:
+            nameserver = s.get("nameserver") or "localhost"
+            self._discovery = Discovery(nameserver, s.get("services", ""),
+                                        float(s.get("timeout", 10)), self._stop)
+            if s.get("addr_listener"):
+                self._listen_for_addresses(nameserver)
+            self._discovery.start()
         self._thread = threading.Thread(target=self._supervised, name="trollpush-subscribe",
                                         daemon=True)
         self._thread.start()
+
+    def _listen_for_addresses(self, nameserver: str) -> None:
+        """posttroll's address listener: producers that the nameserver announces later
+        are added (and removed when they go), in the reader thread."""
+        from posttroll.address_receiver import get_configured_address_port
+
+        assert self._discovery is not None
+        services = self._discovery.services
+
+        def handle(msg: Message) -> None:
+            data = msg.data if isinstance(msg.data, Mapping) else {}
+            uri = data.get("URI")
+            if not isinstance(uri, str):
+                return
+            if not data.get("status", True):
+                self._subscriber.remove(uri)
+                return
+            offered = data.get("service") or []
+            if any(not name or name in offered for name in services):
+                self._subscriber.add(dict(data))
+
+        host = nameserver.split("://", 1)[-1].rsplit(":", 1)[0] if "://" in nameserver \
+            else nameserver
+        self._subscriber.add_hook_sub(f"tcp://{host}:{get_configured_address_port()}",
+                                      ["pytroll://address"], handle)
 
     def stop(self) -> None:
         """Stop reading and close the subscriber; safe to call twice."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=10)
             if self._thread.is_alive():  # never close sockets under a live reader
                 logger.error("the subscriber thread did not stop; leaving its sockets open")
                 return
             self._thread = None
+        if self._discovery is not None:
+            self._discovery.join(timeout=Discovery.ASK + 1)
+        self._checks.close()
         if self._subscriber is not None:
             self._subscriber.close()
             self._subscriber = None
@@ -279,15 +161,18 @@ class SubscribeReceiver:
     def _supervised(self) -> None:
         try:
             self._run()
-            self._settle()
         except Exception as err:
             if self._on_fatal is not None and not self._stop.is_set():
-                self._loop.call_soon_threadsafe(self._on_fatal, "the subscriber", err)
+                with contextlib.suppress(RuntimeError):  # the loop is gone already
+                    self._loop.call_soon_threadsafe(self._on_fatal, "the subscriber", err)
             else:
                 logger.exception("the subscriber stopped")
+        finally:
+            for item, entered in self._handover.settle():
+                self.undelivered.append(item if entered else not_accepted(item))
 
     def _hooks(self) -> dict[Any, Callable[[Message], None]]:
-        """posttroll's hook sockets (the nameserver address listener, ``addr_listener``).
+        """posttroll's hook sockets (the nameserver address listener).
 
         posttroll serves them inside its own receive loop and has no public accessor, so
         they are read from its backend here; without them only static addresses work.
@@ -295,16 +180,44 @@ class SubscribeReceiver:
         backend = getattr(self._subscriber, "_subscriber", None)
         return dict(getattr(backend, "_hooks_cb", {}) or {})
 
+    def _adopt_found(self) -> None:
+        """Connect to what the nameserver look-up found (sockets belong to this thread)."""
+        if self._discovery is None:
+            return
+        while True:
+            try:
+                address = self._discovery.found.get_nowait()
+            except queue.Empty:
+                return
+            self._subscriber.add(address)
+
     def _run(self) -> None:
         poller: zmq.Poller | None = None
         sockets: list[Any] = []
+        hooks: dict[Any, Callable[[Message], None]] = {}
+        stalled_since: float | None = None
         while not self._stop.is_set():
+            self._adopt_found()
             hooks = self._hooks()
             current = list(self._subscriber.subscribers) + list(hooks)
             if poller is None or current != sockets:
+                for sock in current:
+                    if sock not in hooks and sock not in sockets:
+                        # takes effect on connected pipes too (libzmq >= 4.2)
+                        sock.setsockopt(zmq.RCVHWM, self._hwm)
                 poller, sockets = zmq.Poller(), current
-                for s in sockets:
-                    poller.register(s, zmq.POLLIN)
+                for sock in sockets:
+                    poller.register(sock, zmq.POLLIN)
+            room = self._handover.room(self._stop, self.POLL_MS / 1000)
+            if not room:  # the daemon's queue is full: frames wait in the sockets
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since > self.STALL_WARNING:
+                    self._stalled(stalled_since)
+                    stalled_since = float("inf")  # once per stall
+                continue
+            if stalled_since == float("inf"):
+                logger.info("subscribe: reading again")
+            stalled_since = None
             try:
                 ready = dict(poller.poll(self.POLL_MS))
             except zmq.ZMQError as err:
@@ -312,22 +225,80 @@ class SubscribeReceiver:
                     return
                 logger.warning("subscribe poll failed: %s", err)
                 continue
-            for sock in sockets:
-                if ready.get(sock) != zmq.POLLIN:
-                    continue
-                while not self._stop.is_set():
-                    try:
-                        raw = sock.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    except zmq.ZMQError as err:
-                        logger.warning("subscribe receive failed: %s", err)
-                        break
-                    if sock in hooks:
-                        self._hook(hooks[sock], raw)
-                        continue
-                    self.received += 1
-                    self._deliver(decode(raw, origin="subscribe", limits=self._limits))
+            frames = self._read(sockets, ready, hooks, min(room, self.BATCH))
+            if frames:
+                self.received += len(frames)
+                if not self._handover.put(self._decode_all(frames)):
+                    return
+
+    def _stalled(self, since: float) -> None:
+        self.stalls += 1
+        logger.warning("subscribe: intake paused for %.0f s: the daemon's queue is full "
+                       "(daemon.queue_size); messages wait in ZeroMQ's buffers "
+                       "(subscribe.receive_hwm = %d per publisher) and beyond them the "
+                       "publisher drops what it sends, unseen", time.monotonic() - since,
+                       self._hwm)
+
+    def _read(self, sockets: list[Any], ready: dict[Any, int],
+              hooks: dict[Any, Callable[[Message], None]], limit: int) -> list[bytes]:
+        frames: list[bytes] = []
+        for sock in sockets:
+            if ready.get(sock) != zmq.POLLIN:
+                continue
+            while len(frames) < limit and not self._stop.is_set():
+                try:
+                    raw = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except zmq.ZMQError as err:
+                    logger.warning("subscribe receive failed: %s", err)
+                    break
+                if sock in hooks:
+                    self._hook(hooks[sock], raw)
+                else:
+                    frames.append(raw)
+        return frames
+
+    def _decode_one(self, raw: bytes) -> Request | Rejection:
+        return decode(raw, origin="subscribe", limits=self._limits)
+
+    def _decode_all(self, frames: list[bytes]) -> list[Request | Rejection]:
+        """Decode on a check thread: a check that outlives ``file_timeout`` answers its
+        message (``file_unreadable``) and the rest go on without it; at stop, what is
+        not decoded yet becomes a ``shutdown`` failure."""
+        out: list[Request | Rejection] = []
+        timeout = self._limits.file_timeout
+        while frames:
+            batch = Batch(frames, self._decode_one)
+            try:
+                self._checks.submit(batch.run)
+            except RuntimeError:  # closed: stopping
+                return out + [self._unchecked(raw, stop=True) for raw in frames]
+            queued = time.monotonic()
+            while not batch.done.wait(0.1):
+                if self._stop.is_set() or time.monotonic() - (batch.started or queued) > timeout:
+                    break
+            done = batch.abandon()
+            out += done
+            rest = frames[len(done):]
+            if not rest:
+                break
+            if self._stop.is_set():
+                return out + [self._unchecked(raw, stop=True) for raw in rest]
+            if batch.started is None:  # never began: every check thread is stuck
+                stuck = self._checks.busy
+                return out + [overdue(self._unchecked(raw), timeout, stuck=stuck)
+                              for raw in rest]
+            logger.warning("subscribe: a file check took longer than daemon.file_timeout "
+                           "(%g s); its message is refused", timeout)
+            out.append(overdue(self._unchecked(rest[0]), timeout))
+            frames = rest[1:]
+        return out
+
+    def _unchecked(self, raw: bytes, *, stop: bool = False) -> Request | Rejection:
+        """The frame decoded without touching the file system (to answer it)."""
+        item = decode(raw, origin="subscribe", limits=self._limits, check=False)
+        return not_accepted(item) if stop else item
 
     @staticmethod
     def _hook(callback: Callable[[Message], None], raw: bytes) -> None:
@@ -335,42 +306,6 @@ class SubscribeReceiver:
             callback(decode_message(raw.decode("utf-8")))
         except Exception as err:  # a bad address announcement must not stop the reader
             logger.warning("nameserver address message ignored: %s", err)
-
-    def _deliver(self, item: Request | Rejection) -> None:
-        """Hand an item over without waiting for it to be journaled: up to WINDOW hand-overs
-        run at once, so the journal commits them in groups and acceptance keeps pace with
-        a burst (what is read but not yet journaled dies with the process)."""
-        future = asyncio.run_coroutine_threadsafe(self._sink(item), self._loop)
-        self._outstanding.append((item, future))
-        while len(self._outstanding) >= self.WINDOW and not self._stop.is_set():
-            oldest = self._outstanding[0][1]
-            try:
-                oldest.result(timeout=0.5)
-            except TimeoutError:
-                continue
-            except Exception:  # the sink logs its own errors; keep the reader alive
-                logger.exception("subscribe delivery failed")
-            self._outstanding.popleft()
-        while self._outstanding and self._outstanding[0][1].done():
-            self._outstanding.popleft()
-
-    def _settle(self) -> None:
-        """At stop: let hand-overs finish briefly, then take back what did not get in."""
-        deadline = time.monotonic() + 2
-        for item, future in self._outstanding:
-            try:
-                future.result(timeout=max(0.0, deadline - time.monotonic()))
-                continue
-            except TimeoutError:
-                future.cancel()
-            except BaseException:  # cancelled or failed: not in the pipeline
-                self.undelivered.append(item)
-                continue
-            try:
-                future.result(timeout=5)
-            except BaseException:  # cancelled (or never settled): it did not get in
-                self.undelivered.append(item)
-        self._outstanding.clear()
 
 
 # --- ZeroMQ REQ/REP ---------------------------------------------------------------------
@@ -404,18 +339,52 @@ class _RouterReply:
             logger.warning("reply to a request failed: %s", err)
 
 
+def _on_loop[T](future: concurrent.futures.Future[T], loop: asyncio.AbstractEventLoop
+             ) -> asyncio.Future[T]:
+    """An asyncio future that follows a thread's future; unlike ``wrap_future`` it stays
+    quiet when the thread finishes after the loop closed (a check stuck past shutdown)."""
+    waiter: asyncio.Future[T] = loop.create_future()
+
+    def settle(done: concurrent.futures.Future[T]) -> None:
+        if waiter.done():
+            return
+        if done.cancelled():
+            waiter.cancel()
+        elif (err := done.exception()) is not None:
+            waiter.set_exception(err)
+        else:
+            waiter.set_result(done.result())
+
+    def copy(done: concurrent.futures.Future[T]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle, done)
+
+    future.add_done_callback(copy)
+    return waiter
+
+
 class RequestServer:
-    """ROUTER socket serving REQ clients concurrently (a REP socket would serialise them)."""
+    """ROUTER socket serving REQ clients concurrently (a REP socket would serialise them).
+
+    ZeroMQ authenticates nobody here: on ``tcp://`` anyone who reaches the port may submit,
+    and libzmq holds whatever one peer sends while its message is incomplete.  On
+    ``ipc://PATH`` the socket file's ``mode`` and ``group`` decide who may connect.
+    """
 
     def __init__(self, address: str, sink: Sink, *, on_fatal: OnFatal | None = None,
-                 limits: Limits = NO_LIMITS) -> None:
+                 limits: Limits = NO_LIMITS, mode: int | None = None,
+                 group: int | None = None) -> None:
         self._limits = limits
         self.address = address
         self._sink = sink
         self._on_fatal = on_fatal
+        self._mode = mode
+        self._group = group
         self._ctx = zmq.asyncio.Context()
         self._sock: zmq.asyncio.Socket | None = None
+        self._file: SocketFile | None = None
         self._task: asyncio.Task[None] | None = None
+        self._checks = CheckThreads("trollpush-request-check")
         self.received = 0
         self._stopping = False
         #: items read but not handed over when intake stopped (answered by the daemon)
@@ -424,22 +393,50 @@ class RequestServer:
     def __repr__(self) -> str:
         return f"<RequestServer {self.address} received={self.received}>"
 
+    @property
+    def ipc_path(self) -> str | None:
+        """The socket file, for ``ipc://`` addresses (not abstract ones)."""
+        if self.address.startswith("ipc://") and not self.address.startswith("ipc://@"):
+            return self.address[len("ipc://"):]
+        return None
+
     def start(self) -> None:
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         if self._limits.max_bytes is not None:  # a hard bound; the soft one answers
             sock.setsockopt(zmq.MAXMSGSIZE, max(self._limits.max_bytes * 16, 1 << 20))
+        path = self.ipc_path
         try:
-            sock.bind(self.address)
+            if path is not None:
+                clear_stale(path, self.address)
+            with owner_only() if path is not None else contextlib.nullcontext():
+                sock.bind(self.address)
+            if path is not None:  # owner-only until here; now the configured access
+                self._file = restrict(path, self.address, 0o600 if self._mode is None
+                                      else self._mode, self._group)
         except zmq.ZMQError as err:
             sock.close(linger=0)
             raise SetupError(f"requests.address {self.address}: cannot listen ({err})") from err
+        except SetupError:
+            sock.close(linger=0)
+            raise
         if self.address.endswith(":0"):
             self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._warn_if_open()
         self._sock = sock
         self._task = asyncio.get_running_loop().create_task(self._serve(), name="requests")
         self._task.add_done_callback(self._ended)
+
+    def _warn_if_open(self) -> None:
+        if not self.address.startswith("tcp://"):
+            return
+        host = self.address[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            logger.warning("requests.address %s is reachable beyond this host and has no "
+                           "authentication: anyone who reaches it may submit files; prefer "
+                           "ipc:// with requests.mode / requests.group, or loopback",
+                           self.address)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         """The serving task ended without stop(): the socket died (zmq cancels pending
@@ -458,12 +455,17 @@ class RequestServer:
             self._task = None
 
     def close(self) -> None:
-        """Close the socket (peers see the connection end); safe to call twice."""
+        """Close the socket (peers see the connection end) and remove its socket file;
+        safe to call twice."""
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
         if not self._ctx.closed:
             self._ctx.destroy(linger=0)
+        if self._file is not None:
+            self._file.remove()
+            self._file = None
+        self._checks.close()
 
     async def _serve(self) -> None:
         assert self._sock is not None
@@ -483,31 +485,42 @@ class RequestServer:
                                            f"expected one message frame, got {len(body)}",
                                            "request", reply=reply))
                 continue
-            # off the loop: checking files may block (a stale NFS mount, a big dataset)
-            decoding = asyncio.ensure_future(asyncio.to_thread(self._decode, body[0], envelope))
-            try:
-                item = await asyncio.shield(decoding)
-            except asyncio.CancelledError:
-                self.undelivered.append(await decoding)  # stopping: keep it to answer it
-                raise
+            item = await self._checked(body[0], envelope)
             try:
                 await self._sink(item)
             except asyncio.CancelledError:
                 self.undelivered.append(item)
                 raise
 
-    def _decode(self, raw: bytes, envelope: list[bytes]) -> Request | Rejection:
+    async def _checked(self, raw: bytes, envelope: list[bytes]) -> Request | Rejection:
+        """Decode off the loop (checking files may block: a stale NFS mount, a big
+        dataset), for at most ``file_timeout`` seconds."""
+        timeout = self._limits.file_timeout
+        future = self._checks.submit(self._decode, raw, envelope, True)
+        try:
+            async with asyncio.timeout(timeout):
+                return await _on_loop(future, asyncio.get_running_loop())
+        except TimeoutError:
+            future.cancel()  # if it has not begun
+            logger.warning("request: a file check took longer than daemon.file_timeout "
+                           "(%g s); the request is refused", timeout)
+            return overdue(self._decode(raw, envelope, False), timeout)
+        except asyncio.CancelledError:  # stopping: answer it, it never reached the journal
+            future.cancel()
+            done = future.done() and not future.cancelled() and future.exception() is None
+            item = future.result() if done else self._decode(raw, envelope, False)
+            self.undelivered.append(not_accepted(item))
+            raise
+
+    def _decode(self, raw: bytes, envelope: list[bytes], check: bool) -> Request | Rejection:
         assert self._sock is not None
         reply = _RouterReply(self._sock, envelope, "final")
-        item = decode(raw, origin="request", reply=reply, limits=self._limits)
+        item = decode(raw, origin="request", reply=reply, limits=self._limits, check=check)
         data = item.data if isinstance(item, Request) else None
         mode = data.get("reply", "final") if data is not None else "final"
         if mode not in REPLY_MODES:
             assert isinstance(item, Request)
-            return Rejection(Reason.BAD_MESSAGE,
-                             f"reply {mode!r} is not one of {', '.join(REPLY_MODES)}",
-                             "request", subject=item.subject, uri=item.files[0].uri,
-                             destination=item.destination, metadata=item.metadata, reply=reply,
-                             message_type=item.type)
+            return refused(item, Reason.BAD_MESSAGE,
+                            f"reply {mode!r} is not one of {', '.join(REPLY_MODES)}")
         reply.mode = mode
         return item

@@ -1,0 +1,252 @@
+"""Decode: one frame in, a Request (or a Rejection that says why not) out.
+
+Decoding never raises: every frame becomes either a Request or a Rejection that carries
+the reason, so one bad publisher or client cannot stop a receiver.  The file checks made
+here (allowed roots, lstat, access) never open the file and never follow a final symlink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import stat
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from posttroll.message import Message
+
+from .errors import MessageError, Reason
+from .models import FILE_KEYS, RESERVED_KEYS, Rejection, Replier, Request, SourceFile
+
+logger = logging.getLogger("trollpush.receive")
+
+MESSAGE_TYPES = ("file", "dataset", "collection")
+
+
+def _local_names() -> frozenset[str]:
+    names = {"", "localhost", "127.0.0.1", "::1"}
+    for fn in (socket.gethostname, socket.getfqdn):
+        with contextlib.suppress(OSError):  # depends on the host's resolver
+            names.add(fn().lower())
+    return frozenset(names)
+
+
+LOCAL_NAMES = _local_names()
+
+
+def local_path(uri: str) -> Path:
+    """The local path a uri names; MessageError if it is remote or not a path."""
+    if not isinstance(uri, str) or not uri:
+        raise MessageError(Reason.MISSING_URI, f"uri must be a non-empty string, got {uri!r}")
+    if "\x00" in uri:
+        raise MessageError(Reason.BAD_MESSAGE, f"{uri!r}: NUL in the uri")
+    if "://" not in uri:
+        path = uri
+    else:
+        try:
+            parts = urlsplit(uri)
+            host = (parts.hostname or "").lower()
+        except ValueError as err:
+            raise MessageError(Reason.BAD_MESSAGE, f"{uri!r}: not a valid URI ({err})") from err
+        if parts.scheme not in ("file", "ssh", "scp", "sftp"):
+            raise MessageError(Reason.REMOTE_FILE,
+                               f"{uri}: scheme {parts.scheme!r} is not a local file")
+        if host not in LOCAL_NAMES:
+            raise MessageError(Reason.REMOTE_FILE,
+                               f"{uri}: the file is on host {host!r}, not on this host")
+        path = unquote(parts.path)
+        if "\x00" in path:
+            raise MessageError(Reason.BAD_MESSAGE, f"{uri!r}: NUL in the path")
+    if not os.path.isabs(path):
+        raise MessageError(Reason.BAD_MESSAGE, f"{uri}: the path must be absolute")
+    return Path(os.path.normpath(path))
+
+
+def check_file(path: Path, uri: str) -> tuple[int, int, int]:
+    """Refuse what is not an existing, readable regular file; its (size, mtime, inode).
+
+    Nothing here opens the file (an open of a FIFO blocks until a writer comes), and a
+    final symlink is not followed: the upload opens the file without following one.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError as err:
+        raise MessageError(Reason.FILE_MISSING, f"{uri}: no such file") from err
+    except OSError as err:
+        raise MessageError(Reason.FILE_UNREADABLE, f"{uri}: {err.strerror}") from err
+    except ValueError as err:  # e.g. a lone surrogate the file system cannot encode
+        raise MessageError(Reason.BAD_MESSAGE, f"{uri!r}: not a usable path ({err})") from err
+    if stat.S_ISLNK(st.st_mode):
+        raise MessageError(Reason.NOT_A_FILE, f"{uri}: a symbolic link: trollpush does not "
+                           "follow a final symlink")
+    if not stat.S_ISREG(st.st_mode):
+        raise MessageError(Reason.NOT_A_FILE, f"{uri}: not a regular file")
+    if not os.access(path, os.R_OK):
+        raise MessageError(Reason.FILE_UNREADABLE, f"{uri}: permission denied")
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What any message or request may ask for, and how long checking its files may take."""
+
+    max_bytes: int | None = None  # a larger frame is refused (too_large)
+    roots: tuple[str, ...] = ()  # real paths; files elsewhere are refused (not_allowed)
+    #: seconds the file-system checks of one file may take on receipt (daemon.file_timeout)
+    file_timeout: float = 30.0
+
+    def check_path(self, path: Path, uri: str) -> None:
+        if not self.roots:
+            return
+        real = os.path.realpath(path)  # symlinks and .. resolved: no way out of a root
+        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+                   for root in self.roots):
+            raise MessageError(Reason.NOT_ALLOWED, f"{uri}: outside the allowed roots")
+
+
+NO_LIMITS = Limits()
+
+
+def _source(item: Mapping[str, Any], *, check: bool, limits: Limits) -> SourceFile:
+    uri = item.get("uri")
+    if uri is None:
+        raise MessageError(Reason.MISSING_URI, "the message has no 'uri'")
+    path = local_path(uri)
+    stat = None
+    if check:  # not_allowed first: a symlink out of the roots is refused as such
+        limits.check_path(path, uri)
+        stat = check_file(path, uri)
+    uid = item.get("uid")
+    extras = {k: v for k, v in item.items() if k not in ("uri", "uid")}
+    return SourceFile(uri=uri, path=path, uid=uid if isinstance(uid, str) and uid else path.name,
+                      meta=extras, stat=stat)
+
+
+def _items(kind: str, data: Mapping[str, Any], *, check: bool, limits: Limits
+           ) -> list[SourceFile]:
+    if kind == "file":
+        return [_source({"uri": data.get("uri"), "uid": data.get("uid")}, check=check,
+                        limits=limits)]
+    key = "dataset" if kind == "dataset" else "collection"
+    items = data.get(key)
+    if not isinstance(items, list) or not items:
+        raise MessageError(Reason.MISSING_URI, f"a {kind} message needs a non-empty {key!r} list")
+    out: list[SourceFile] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise MessageError(Reason.BAD_MESSAGE, f"{key}[{i}] is not a mapping")
+        if kind == "collection" and "dataset" in item:
+            out.extend(_items("dataset", item, check=check, limits=limits))
+        else:
+            out.append(_source(item, check=check, limits=limits))
+    return out
+
+
+def build_request(message: Message, *, origin: str, reply: Replier | None = None,
+                  check: bool = True, limits: Limits = NO_LIMITS) -> Request:
+    """A Request from a decoded posttroll message; MessageError says why not.
+
+    ``check=False`` touches no file system (no allowed_roots, no stat)."""
+    kind = message.type
+    if kind not in MESSAGE_TYPES:
+        raise MessageError(Reason.UNSUPPORTED_TYPE,
+                           f"message type {kind!r} is not one of {', '.join(MESSAGE_TYPES)}")
+    data = message.data
+    if not isinstance(data, Mapping):
+        raise MessageError(Reason.BAD_MESSAGE, "the message data is not a mapping")
+    destination = endpoint = None
+    overwrite = False
+    if origin == "request":
+        destination = data.get("destination")
+        endpoint = data.get("endpoint")
+        if destination is not None and not isinstance(destination, str):
+            raise MessageError(Reason.BAD_DESTINATION,
+                               f"destination {destination!r} is not a string")
+        if endpoint is not None and not isinstance(endpoint, str):
+            raise MessageError(Reason.BAD_DESTINATION, f"endpoint {endpoint!r} is not a string")
+        overwrite = data.get("overwrite", False)
+        if not isinstance(overwrite, bool):
+            raise MessageError(Reason.BAD_MESSAGE, f"overwrite {overwrite!r} is not true or false")
+    files = _items(kind, data, check=check, limits=limits)
+    hidden = FILE_KEYS | (RESERVED_KEYS if origin == "request" else frozenset())
+    metadata = {k: v for k, v in data.items() if k not in hidden}
+    return Request(id=uuid.uuid4().hex[:12], subject=message.subject, type=kind, data=data,
+                   metadata=metadata, files=tuple(files), origin=origin,
+                   destination=destination, endpoint=endpoint, overwrite=overwrite,
+                   reply=reply)
+
+
+def decode_message(text: str) -> Message:
+    """Parse one posttroll wire string.
+
+    ``Message.decode`` of posttroll 1.16 emits a PendingDeprecationWarning on every call;
+    the pickle protocol runs the same parser without it.
+    """
+    message: Message = Message.__new__(Message)
+    message.__setstate__(text)
+    return message
+
+
+def decode(raw: bytes, *, origin: str, reply: Replier | None = None,
+           limits: Limits = NO_LIMITS, check: bool = True) -> Request | Rejection:
+    """Turn one frame into a Request or a Rejection; never raises.
+
+    ``check=False``: no file-system access at all (for answering a frame whose checks
+    ran out of time)."""
+    if limits.max_bytes is not None and len(raw) > limits.max_bytes:
+        return Rejection(Reason.TOO_LARGE, f"{len(raw)} bytes, more than max_request_bytes "
+                         f"({limits.max_bytes})", origin, reply=reply)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return Rejection(Reason.BAD_MESSAGE, f"frame is not UTF-8 ({err.reason} at byte "
+                         f"{err.start})", origin, reply=reply)
+    try:
+        message = decode_message(text)
+    except Exception as err:  # posttroll raises MessageError, ValueError, IndexError, ...
+        return Rejection(Reason.BAD_MESSAGE, f"not a posttroll message ({type(err).__name__}: "
+                         f"{str(err)[:200]})", origin, reply=reply)
+    data = message.data if isinstance(message.data, Mapping) else {}
+    try:
+        return build_request(message, origin=origin, reply=reply, limits=limits, check=check)
+    except MessageError as err:
+        uri = data.get("uri") if isinstance(data.get("uri"), str) else None
+        dest = data.get("destination") if isinstance(data.get("destination"), str) else None
+        meta = {k: v for k, v in data.items() if k not in FILE_KEYS | RESERVED_KEYS}
+        return Rejection(err.reason, err.detail, origin, subject=message.subject, uri=uri,
+                         destination=dest, metadata=meta, reply=reply, message_type=message.type)
+    except Exception as err:  # last line of defence: one frame must never stop a loop
+        logger.exception("unexpected error decoding a %s message", origin)
+        return Rejection(Reason.BAD_MESSAGE, f"cannot read the message ({type(err).__name__})",
+                         origin, subject=message.subject, reply=reply,
+                         message_type=message.type)
+
+
+def refused(item: Request, reason: str, detail: str) -> Rejection:
+    """A Rejection standing for a decoded request that cannot go on."""
+    return Rejection(reason, detail, item.origin, subject=item.subject, uri=item.files[0].uri,
+                     destination=item.destination, metadata=item.metadata, reply=item.reply,
+                     message_type=item.type)
+
+
+def not_accepted(item: Request | Rejection) -> Request | Rejection:
+    """What a request that never reached the journal becomes at stop: a ``shutdown``
+    failure (announced, and answered), not a request believed to be journaled."""
+    if isinstance(item, Rejection):
+        return item
+    return refused(item, Reason.SHUTDOWN, "the daemon stopped before accepting this request")
+
+
+def overdue(item: Request | Rejection, timeout: float, *, stuck: int = 0) -> Request | Rejection:
+    """What a request whose file checks ran out of time becomes."""
+    if isinstance(item, Rejection):
+        return item
+    why = (f"{stuck} earlier file check(s) have not returned (a hung mount?)" if stuck else
+           f"checking the file took longer than daemon.file_timeout ({timeout:g} s)")
+    return refused(item, Reason.FILE_UNREADABLE, why)
