@@ -70,22 +70,33 @@ class _ObjectLock:
         self.users = 0  # holders and waiters
 
 
-class _JobProgress:
-    """The engine's view of the journal for one job: where multipart progress goes."""
+#: runs one journal step of an accepted request: a failure is logged, not raised
+Recorder = Callable[[Awaitable[None], str], Awaitable[None]]
 
-    def __init__(self, journal: Journal, job: Job, *, recovered: bool = False) -> None:
+
+class _JobProgress:
+    """The engine's view of the journal for one job: where multipart progress goes.
+
+    Progress that cannot be recorded (a full disk) costs only a resume: the upload goes
+    on, and a restart starts it afresh."""
+
+    def __init__(self, journal: Journal, job: Job, record: Recorder, *,
+                 recovered: bool = False) -> None:
         self._journal = journal
         self._job = job
+        self._record = record
         self.recovered = recovered
 
     async def multipart_started(self, upload: Upload, upload_id: str, part_size: int,
                                 stat: Stat) -> None:
-        await self._journal.multipart_started(self._job, upload, upload_id,
-                                              part_size=part_size, source_stat=stat)
+        await self._record(self._journal.multipart_started(
+            self._job, upload, upload_id, part_size=part_size, source_stat=stat),
+            self._job.describe())
 
     async def part_done(self, upload: Upload, number: int, etag: str,
                         checksum: str | None) -> None:
-        await self._journal.part_done(self._job, upload, number, etag, checksum)
+        await self._record(self._journal.part_done(self._job, upload, number, etag, checksum),
+                           self._job.describe())
 
     def multipart(self, upload: Upload) -> tuple[str, dict[int, tuple[str, str | None]],
                                                  int | None, Stat | None] | None:
@@ -510,7 +521,8 @@ class Daemon:
                   and not job.request.overwrite)
         # one journal step: what landed at these objects before, and "transferring"
         landed = await self._record(self.journal.begin(job, lookup), job.describe()) or {}
-        progress = _JobProgress(self.journal, job, recovered=recovered) if self.durable else None
+        progress = (_JobProgress(self.journal, job, self._record, recovered=recovered)
+                    if self.durable else None)
         results: dict[int, UploadResult] = {}
         todo = list(range(len(job.uploads)))
         delay = RETRY_FIRST
