@@ -8,11 +8,15 @@ SIGHUP does not kill it.
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from .helpers import daemon_process, wait_until
 
@@ -68,3 +72,46 @@ def test_sighup_during_start_up_does_not_kill_the_daemon(slow_start: dict[str, A
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_while_the_config_is_read(sig: signal.Signals, base_config: dict[str, Any],
+                                           tmp_path: Path) -> None:
+    """A deterministic moment before the event loop exists: the daemon reads its config
+    from a FIFO, and the test holds the writing end.  A stop there is a clean stop; a
+    SIGHUP changes nothing."""
+    base_config["journal"] = {"path": "memory"}
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    log = tmp_path / "daemon.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "trollpush", "run", str(fifo)],
+                                stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        writer = -1
+
+        def reading() -> bool:  # the daemon has the FIFO open for reading
+            nonlocal writer
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                return False
+            return True
+        wait_until(reading, 30, "the daemon reading its config")
+        proc.send_signal(sig)
+        with os.fdopen(writer, "w") as fh:  # the config arrives after the signal
+            fh.write(yaml.safe_dump(base_config))
+        if sig == signal.SIGHUP:
+            wait_until(lambda: "trollpush ready" in log.read_text() or proc.poll() is not None,
+                       30, "ready")
+            assert proc.poll() is None, log.read_text()
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    if sig != signal.SIGHUP:
+        assert "during start-up: stopped before starting" in text, text
