@@ -412,3 +412,110 @@ async def test_a_body_is_never_sent_again_behind_trollpushs_back(
     assert all(r.ok for r in results), results
     assert sum(r.attempts for r in results) == proxy.methods["PUT"] == 3
 
+
+
+# --- from the hostile review: what a directory on the way, a hung mount and a late answer
+# --- must not do
+
+
+async def test_a_directory_symlink_out_of_the_roots_is_never_opened(tmp_path: Path) -> None:
+    """O_NOFOLLOW guards only the last component: the parent is resolved and checked
+    first, so a FIFO (or a device) outside the roots is never opened at all."""
+    from trollpush.errors import PermanentTransferError
+    from trollpush.source import open_source
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    os.mkfifo(outside / "f")
+    (root / "d").symlink_to(outside)
+    opened = threading.Event()
+
+    def writer() -> None:  # returns only when someone opens the FIFO for reading
+        fd = os.open(outside / "f", os.O_WRONLY)
+        opened.set()
+        os.close(fd)
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    with pytest.raises(PermanentTransferError) as caught:
+        await asyncio.to_thread(open_source, str(root / "d" / "f"), "f", (str(root),))
+    assert caught.value.reason == "not_allowed"
+    assert not opened.wait(0.5), "the FIFO outside the roots was opened"
+    os.close(os.open(outside / "f", os.O_RDONLY | os.O_NONBLOCK))  # let the writer go
+    thread.join(timeout=10)
+
+
+async def test_hung_opens_hold_up_only_their_own_uploads(s3_url: str, bucket: str,
+                                                         tmp_path: Path) -> None:
+    """More hung opens than worker threads: healthy files still go, and no descriptor of
+    an open that answered too late is left behind."""
+    import trollpush.transfer as transfer
+
+    real = transfer.open_source  # type: ignore[attr-defined]
+    release = threading.Event()
+
+    def slow(path: Any, *args: Any) -> Any:
+        if Path(path).name.startswith("hung"):
+            release.wait(30)  # a mount that answers only much later
+        return real(path, *args)
+
+    paths = []
+    for n in range(12):
+        paths.append(tmp_path / f"hung{n}")
+        paths[-1].write_bytes(b"h")
+    for n in range(5):
+        paths.append(tmp_path / f"ok{n}")
+        paths[-1].write_bytes(b"o")
+    engine = await started_engine(s3_url)
+    engine._file_timeout = 0.5
+    transfer.open_source = slow  # type: ignore[attr-defined,assignment]
+    try:
+        results = await asyncio.gather(*(engine.upload(upload_of(p, bucket, p.name),
+                                                       "default") for p in paths))
+        release.set()
+
+        def leaked() -> list[str]:
+            found = []
+            for fd in os.listdir("/proc/self/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path)):
+                        found.append(fd)
+            return found
+        await wait_until_async(lambda: not leaked(), 10, "late descriptors closed")
+    finally:
+        transfer.open_source = real  # type: ignore[attr-defined]
+        release.set()
+        await engine.close()
+    assert [r.reason for r in results[:12]] == ["file_unreadable"] * 12
+    assert all(r.ok for r in results[12:]), results[12:]
+
+
+async def test_a_copy_is_withdrawn_when_a_later_try_fails(s3_url: str, s3: Any, bucket: str,
+                                                          tmp_path: Path) -> None:
+    """The first PUT lands, then the file grows; the second try fails otherwise (here a
+    bug): the copy at the store is of a file that went on changing, so it goes."""
+    path = tmp_path / "grows.bin"
+    path.write_bytes(os.urandom(2000))
+    engine = await started_engine(s3_url, tries=3)
+    puts = 0
+
+    def after(**_: Any) -> None:
+        with open(path, "ab") as fh:
+            fh.write(b"more")
+
+    def before(**_: Any) -> None:
+        nonlocal puts
+        puts += 1
+        if puts == 2:
+            raise RuntimeError("injected: the second try breaks")
+
+    events = engine.client("default").meta.events
+    events.register("after-call.s3.PutObject", after)
+    events.register("before-send.s3.PutObject", before)
+    try:
+        result = await engine.upload(upload_of(path, bucket, "grows.bin"), "default")
+    finally:
+        await engine.close()
+    assert not result.ok and result.reason == "internal_error", result
+    with pytest.raises(botocore.exceptions.ClientError):
+        s3.head_object(Bucket=bucket, Key="grows.bin")

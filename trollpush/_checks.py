@@ -45,6 +45,13 @@ class CheckThreads:
         with self._lock:
             return self._threads - self._free
 
+    @property
+    def full(self) -> bool:
+        """Every thread is running a check, and no new one may start: a check submitted
+        now would wait for one of them to return (from a hung mount: maybe never)."""
+        with self._lock:
+            return self._threads >= self._limit and self._free == 0
+
     def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._lock:

@@ -266,7 +266,8 @@ class _StdoutGuard:
         return getattr(self.stream, name)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, startup: StartupSignals | None = None
+         ) -> int:
     """The console script.  When stdout's reader went away (see _StdoutGuard), a command
     that succeeded exits with 141 instead of 0; one that failed keeps its own code."""
     logsafe.install()
@@ -274,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout = cast(TextIO, guard)
     try:
         try:
-            code = _main(argv)
+            code = _main(argv, startup)
         except SystemExit as end:  # argparse: --help (0), usage errors (2)
             guard.flush()
             if guard.reader_gone and not end.code:
@@ -289,12 +290,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_STDOUT_CLOSED if guard.reader_gone and code == 0 else code
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _main(argv: Sequence[str] | None, startup: StartupSignals | None = None) -> int:
     parser = build_parser()
     args: Any = parser.parse_args(argv)
     if args.command == "run":  # first of all: a stop during start-up is a clean stop
-        args.startup = StartupSignals()
-        args.startup.install()
+        if startup is None:  # (the console script installs them sooner, see _entry)
+            startup = StartupSignals()
+            startup.install()
+        args.startup = startup
     try:
         return int(args.func(args))
     except ConfigError as err:

@@ -89,6 +89,7 @@ class SubscribeReceiver:
         self.received = 0
         #: times the window stayed full longer than STALL_WARNING (the queue was full)
         self.stalls = 0
+        self._turn = 0  # which ready socket is read first, in turn
         #: items read but not handed over when intake stopped (answered by the daemon)
         self.undelivered: list[Request | Rejection] = []
 
@@ -241,11 +242,18 @@ class SubscribeReceiver:
 
     def _read(self, sockets: list[Any], ready: dict[Any, int],
               hooks: dict[Any, Callable[[Message], None]], limit: int) -> list[bytes]:
+        """Up to ``limit`` frames, shared among the ready sockets (a busy publisher must
+        not starve a quiet one), starting with a different socket each time."""
         frames: list[bytes] = []
-        for sock in sockets:
-            if ready.get(sock) != zmq.POLLIN:
-                continue
-            while len(frames) < limit and not self._stop.is_set():
+        ready_socks = [sock for sock in sockets if ready.get(sock) == zmq.POLLIN]
+        if not ready_socks:
+            return frames
+        self._turn = (self._turn + 1) % len(ready_socks)
+        ready_socks = ready_socks[self._turn:] + ready_socks[:self._turn]
+        share = max(1, limit // len(ready_socks))
+        for sock in ready_socks:
+            mine = 0
+            while mine < share and len(frames) < limit and not self._stop.is_set():
                 try:
                     raw = sock.recv(zmq.NOBLOCK)
                 except zmq.Again:
@@ -253,6 +261,7 @@ class SubscribeReceiver:
                 except zmq.ZMQError as err:
                     logger.warning("subscribe receive failed: %s", err)
                     break
+                mine += 1
                 if sock in hooks:
                     self._hook(hooks[sock], raw)
                 else:
@@ -269,6 +278,10 @@ class SubscribeReceiver:
         out: list[Request | Rejection] = []
         timeout = self._limits.file_timeout
         while frames:
+            if self._checks.full:  # every check thread is stuck: refused at once
+                stuck = self._checks.busy
+                return out + [overdue(self._unchecked(raw), timeout, stuck=stuck)
+                              for raw in frames]
             batch = Batch(frames, self._decode_one)
             try:
                 self._checks.submit(batch.run)
@@ -496,6 +509,9 @@ class RequestServer:
         """Decode off the loop (checking files may block: a stale NFS mount, a big
         dataset), for at most ``file_timeout`` seconds."""
         timeout = self._limits.file_timeout
+        if self._checks.full:  # every check thread is stuck: refused at once
+            return overdue(self._decode(raw, envelope, False), timeout,
+                           stuck=self._checks.busy)
         future = self._checks.submit(self._decode, raw, envelope, True)
         try:
             async with asyncio.timeout(timeout):

@@ -136,12 +136,33 @@ def open_source(path: Path | str, uri: str, roots: tuple[str, ...] = ()) -> Sour
     a regular file (``not_a_file``), a file whose real path is outside ``roots``
     (``not_allowed``), a missing (``file_missing``) or unreadable one
     (``file_unreadable``).
+
+    ``O_NOFOLLOW`` guards only the last component: a directory on the way may be a
+    symlink out of the roots.  So with ``roots`` the parent directory is resolved first
+    without opening anything (``O_PATH``), its real path checked, and only then is the
+    file opened, relative to that directory: nothing outside the roots (a device, a FIFO
+    of another user) is ever opened.
     """
+    path = os.fspath(path)
+    parent = -1
     try:
-        fd = os.open(path, _FLAGS)
+        try:
+            if roots:
+                head, name = os.path.split(path)
+                parent = os.open(head or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                where = _real_path(parent)
+                if not under(os.path.join(where, name), roots):
+                    raise PermanentTransferError(f"{uri}: outside the allowed roots (it is in "
+                                                 f"{where!r})", reason=Reason.NOT_ALLOWED)
+                fd = os.open(name, _FLAGS, dir_fd=parent)
+            else:
+                fd = os.open(path, _FLAGS)
+        finally:
+            if parent >= 0:
+                os.close(parent)
     except FileNotFoundError as err:
-        raise PermanentTransferError(f"cannot read {uri}: no such file", reason=Reason.FILE_MISSING
-                                     ) from err
+        raise PermanentTransferError(f"cannot read {uri}: no such file",
+                                     reason=Reason.FILE_MISSING) from err
     except PermissionError as err:
         raise PermanentTransferError(f"cannot read {uri}: permission denied",
                                      reason=Reason.FILE_UNREADABLE) from err
@@ -149,12 +170,11 @@ def open_source(path: Path | str, uri: str, roots: tuple[str, ...] = ()) -> Sour
         if err.errno == errno.ELOOP:
             raise PermanentTransferError(f"{uri}: a symbolic link (trollpush does not follow "
                                          "a final symlink)", reason=Reason.NOT_A_FILE) from err
-        if err.errno in (errno.ENXIO, errno.ENODEV, errno.EISDIR):  # sockets, devices
+        if err.errno in (errno.ENXIO, errno.ENODEV, errno.EISDIR, errno.ENOTDIR):
             raise PermanentTransferError(f"{uri}: not a regular file",
                                          reason=Reason.NOT_A_FILE) from err
         raise PermanentTransferError(f"cannot read {uri}: {err.strerror}",
-                                     reason=Reason.FILE_UNREADABLE
-                                     ) from err
+                                     reason=Reason.FILE_UNREADABLE) from err
     except ValueError as err:  # a NUL or a lone surrogate the file system cannot encode
         raise PermanentTransferError(f"{uri!r}: not a usable path ({err})",
                                      reason=Reason.FILE_UNREADABLE) from err
@@ -162,7 +182,7 @@ def open_source(path: Path | str, uri: str, roots: tuple[str, ...] = ()) -> Sour
         st = os.fstat(fd)
         if not stat_.S_ISREG(st.st_mode):
             raise PermanentTransferError(f"{uri}: not a regular file", reason=Reason.NOT_A_FILE)
-        if roots:
+        if roots:  # and the file as opened (the directory may have moved meanwhile)
             real = _real_path(fd)
             if not under(real, roots):
                 raise PermanentTransferError(f"{uri}: outside the allowed roots (it is "

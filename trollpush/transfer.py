@@ -4,7 +4,9 @@ Policy (s3nd's model): each attempt gets ``attempt_budget`` seconds, growing by
 ``timeout_factor`` per retry; timeouts and transient errors are retried at once (with a
 short pause only when the store asks to slow down); permanent errors fail at once.
 ``max_parallel`` slots bound the requests in flight per endpoint: a single PUT takes one,
-a multipart upload one per part in flight.  Files are read from disk as they are sent.
+a multipart upload one per part in flight.  Each file is opened once (see ``source``):
+a small one is read whole right before it is sent, a larger one is streamed from its
+descriptor as it is sent.
 """
 
 from __future__ import annotations
@@ -130,9 +132,11 @@ class TransferEngine:
         self._warm = dict(warm_buckets or {})
         self._pools: dict[str, EndpointPool] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
-        # short file-system calls (stat, open, small reads); long checksum reads go to
-        # asyncio.to_thread so that they never hold up a batch of short ones
+        # short file-system calls (open, fstat, small reads); long checksum reads on
+        # threads of their own, so that they never hold up the short ones (and never
+        # take the loop's default executor, where aiohttp reads request bodies)
         self._io = Workers()
+        self._reads = Workers(name="trollpush-read")
         self.completed = 0
         self.failed = 0
         self.retried = 0
@@ -148,6 +152,7 @@ class TransferEngine:
 
     async def start(self) -> None:
         self._io.start()
+        self._reads.start()
         for name, ep in self._configs.items():
             pool = EndpointPool(ep, self._warm.get(name))
             await pool.start()
@@ -160,6 +165,7 @@ class TransferEngine:
             await pool.close()
         self._pools.clear()
         await self._io.close()
+        await self._reads.close()
 
     def pool(self, endpoint: str) -> EndpointPool:
         return self._pools[endpoint]
@@ -189,15 +195,15 @@ class TransferEngine:
         size = -1
         stat: Stat | None = None
         source: Source | None = None
+        committed = False  # a copy reached the store, and the file changed after it
         try:
             source = await self._fs(ep, 0, open_source, upload.source.path, upload.source.uri,
-                                    self._roots)
+                                    self._roots, discard=Source.close)
             size = source.size
             if landed is not None:
                 reused = await self._reuse(pool, endpoint, upload, source, landed)
                 if reused is not None:
                     return reused
-            committed = False  # a copy reached the store during this upload
             for turn in range(1, ep.tries + 1):
                 if turn > 1:
                     await self._fs(ep, 0, source.refresh)
@@ -213,21 +219,29 @@ class TransferEngine:
                     continue
                 committed = True
                 if await self._fs(ep, 0, source.fingerprint) == source.opened:
+                    committed = False
                     break
                 logger.warning("file changed after its upload to %s; upload %d of %d",
                                upload.url, turn, ep.tries)
             else:
-                if committed:  # a copy of a file still being written: not kept
-                    await self._withdraw(pool, upload)
                 raise PermanentTransferError(
                     f"{upload.source.uri} kept changing during {ep.tries} upload(s)",
                     reason=Reason.FILE_CHANGED)
-        except TransferError as err:
+        except Exception as exc:
+            if isinstance(exc, TransferError):
+                failure = exc
+            else:  # a bug, or a store's answer without what S3 promises: never raised
+                logger.error("internal error uploading %s -> %s", upload.source.uri,
+                             upload.url, exc_info=exc)
+                failure = TransferError(f"internal error: {type(exc).__name__}: {exc}",
+                                    reason=Reason.INTERNAL)
+            if committed:  # the copy at the store is of a file that went on changing
+                await self._withdraw(pool, upload)
             self.failed += 1
             logger.warning("upload failed %s -> %s after %d attempt(s): %s",
-                           upload.source.uri, upload.url, counter.attempts, err.detail)
+                           upload.source.uri, upload.url, counter.attempts, failure.detail)
             return UploadResult(upload, size, counter.attempts, time.monotonic() - start,
-                                error=err.detail, reason=err.reason)
+                                error=failure.detail, reason=failure.reason)
         finally:
             if source is not None:
                 source.close()
@@ -241,22 +255,41 @@ class TransferEngine:
                             checksum_algorithm=None if ep.checksum == "none" else ep.checksum,
                             parts=out.parts, part_size=out.part_size, source_stat=stat)
 
-    async def _fs(self, ep: EndpointConfig, size: int, fn: Callable[..., T], *args: Any) -> T:
+    async def _fs(self, ep: EndpointConfig, size: int, fn: Callable[..., T], *args: Any,
+                  long: bool = False, discard: Callable[[T], object] | None = None) -> T:
         """One blocking file-system call in a worker thread, waited for at most
         ``file_timeout`` (plus the time ``size`` bytes may take to read): a hung mount
-        fails the upload instead of holding it up for ever.  (The thread itself stays
-        stuck until the kernel returns.)"""
+        fails the upload instead of holding it up for ever.  The thread itself stays stuck
+        until the kernel returns, so another takes its place; ``discard`` releases what the
+        call returns if it comes back after the wait was given up."""
+        workers = self._reads if long else self._io
         limit = self._file_timeout + (ep.attempt_budget(size, 1) if size else 0.0)
+        call = workers.submit(fn, *args, discard=discard)
         try:
-            async with asyncio.timeout(limit):
-                if size:  # long reads: a thread of their own, not one of the short-call batch
-                    return await asyncio.to_thread(fn, *args)
-                return await self._io.run(fn, *args)
+            wait = limit
+            while True:
+                try:
+                    return await asyncio.wait_for(asyncio.shield(call.future), wait)
+                except TimeoutError:
+                    # the time counts from when a thread began the call; not begun: every
+                    # thread is stuck in an earlier call, so a new one takes this call
+                    if call.started is None:
+                        if not workers.grow():
+                            raise
+                        continue
+                    wait = call.started + limit - time.monotonic()
+                    if wait <= 0:
+                        raise
         except TimeoutError as err:
+            call.future.cancel()
+            workers.grow()
             raise PermanentTransferError(
                 f"a file-system call ({getattr(fn, '__name__', 'read')}) took longer than "
                 f"{limit:g} s (daemon.file_timeout): a hung mount?",
                 reason=Reason.FILE_UNREADABLE) from err
+        except asyncio.CancelledError:
+            call.future.cancel()
+            raise
         except OSError as err:
             raise classify(err) from err
 
@@ -279,7 +312,7 @@ class TransferEngine:
             why = f"size {source.size} is not the {landed.size} recorded"
         if why is None:
             value = await self._fs(ep, source.size, checksum.of_object, source.fd, source.size,
-                                   algo, landed.parts, landed.part_size)
+                                   algo, landed.parts, landed.part_size, long=True)
             if value != landed.checksum:
                 why = "its content differs from what landed"
         if why is None:
@@ -326,7 +359,8 @@ class TransferEngine:
         async with self._slot(endpoint):
             # read (small files: once, kept for every attempt) right before sending, so
             # that the check that the file did not change covers the whole attempt
-            small = await self._fs(ep, 0, source.read_all, ep.multipart_chunksize, algo)
+            small = await self._fs(ep, min(size, ep.multipart_chunksize), source.read_all,
+                                   ep.multipart_chunksize, algo)
             guard = source.guard()
             if small is not None:  # a snapshot, checked whole as it was read
                 body, value = small
@@ -341,7 +375,8 @@ class TransferEngine:
                         Bucket=upload.bucket, Key=upload.key, Body=body,
                         ContentLength=len(body), **checksum.put_params(algo, value))
             else:  # larger: checksum first, then stream from the descriptor
-                value = await self._fs(ep, size, checksum.of_range, source.fd, 0, size, algo)
+                value = await self._fs(ep, size, checksum.of_range, source.fd, 0, size, algo,
+                                       long=True)
 
                 async def put() -> Any:
                     return await pool.client.put_object(
@@ -450,7 +485,8 @@ class TransferEngine:
         length = min(chunk, source.size - offset)
         fd = source.fd
         async with in_flight, self._slot(endpoint):
-            value = await self._fs(ep, length, checksum.of_range, fd, offset, length, algo)
+            value = await self._fs(ep, length, checksum.of_range, fd, offset, length, algo,
+                                   long=True)
             response = await self._tries(pool, length, counter, lambda: pool.client.upload_part(
                 Bucket=upload.bucket, Key=upload.key, UploadId=upload_id, PartNumber=number,
                 Body=checksum.RangeReader(fd, offset, length), ContentLength=length,
