@@ -5,10 +5,12 @@ Also a property test that routing arbitrary metadata never raises.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -533,3 +535,51 @@ def test_route_never_raises_on_random_metadata(meta: dict[str, Any], names: list
             assert up.bucket and up.key and not up.key.startswith("/")
     for fail in result.failures:
         assert fail.reason in {Reason.NO_ROUTE, Reason.COMPOSE_ERROR, Reason.BAD_DESTINATION}
+
+
+async def test_a_busy_publisher_does_not_starve_a_quiet_one() -> None:
+    """Each read shares its batch among the ready sockets, starting with another each
+    time: a flood on one publisher's socket leaves room for the others."""
+    import zmq
+
+    from trollpush._checks import CheckThreads
+    from trollpush.receive import SubscribeReceiver
+
+    async def sink(item: Any) -> None:
+        pass
+
+    receiver = SubscribeReceiver({"addresses": [], "nameserver": False}, sink,
+                                 asyncio.get_running_loop())
+    ctx = zmq.Context()
+    pairs = []
+    try:
+        for name in ("busy", "quiet"):
+            a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+            a.bind(f"inproc://{name}")
+            b.connect(f"inproc://{name}")
+            pairs.append((a, b))
+        for n in range(1000):
+            pairs[0][0].send(b"busy %d" % n)
+        for n in range(10):
+            pairs[1][0].send(b"quiet %d" % n)
+        readers = [b for _, b in pairs]
+        ready: dict[Any, int] = {sock: int(zmq.POLLIN) for sock in readers}
+        frames = receiver._read(readers, ready, {}, 256)
+        assert sum(f.startswith(b"quiet") for f in frames) == 10
+        assert len(frames) <= 256
+    finally:
+        for a, b in pairs:
+            a.close(linger=0)
+            b.close(linger=0)
+        ctx.term()
+
+    threads = CheckThreads("t", limit=2)
+    gate = threading.Event()
+    try:
+        assert not threads.full
+        for _ in range(2):
+            threads.submit(gate.wait, 10)
+        assert threads.full  # a new check would wait behind two that may never return
+    finally:
+        gate.set()
+        threads.close()

@@ -521,19 +521,18 @@ def _check_ipc_path(v: _Validator, path: str, address: str) -> None:
 
 
 def _mode(v: _Validator, value: object, default: int) -> int:
-    """Permission bits: an octal string ("0660", "660", "0o660") or an int (YAML reads an
-    unquoted 0660 as octal)."""
+    """Permission bits, as a quoted octal string ("0660", "660", "0o660").  An unquoted
+    number is refused: YAML reads 0660 as octal but 440 as decimal (0o670), and the two
+    cannot be told apart afterwards; a wrong guess would open the socket to others."""
     if value is None:
         return default
     mode: int | None = None
     if isinstance(value, str) and re.fullmatch(r"(0o?)?[0-7]{1,4}", value.strip()):
         text = value.strip()
         mode = int(text[2:] if text.startswith("0o") else text, 8)
-    elif isinstance(value, int) and not isinstance(value, bool):
-        mode = value
     if mode is None or not 0 <= mode <= 0o777:
         v.problem("requests.mode", value, "permission bits as a quoted octal string like "
-                  "'0660' (at most 0777)")
+                  "'0660' (at most 0777; unquoted, YAML reads a number)")
         return default
     return mode
 
