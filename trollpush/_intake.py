@@ -19,6 +19,7 @@ from typing import Any
 
 logger = logging.getLogger("trollpush.receive")
 
+
 class Handover[T]:
     """Items from a reader thread to the event loop: one wake-up of the loop per batch,
     then one task per item (the sink awaits the journal's group commit), at most

@@ -23,6 +23,7 @@ from posttroll.message import Message
 
 from .errors import MessageError, Reason
 from .models import FILE_KEYS, RESERVED_KEYS, Rejection, Replier, Request, SourceFile
+from .source import under
 
 logger = logging.getLogger("trollpush.receive")
 
@@ -105,8 +106,7 @@ class Limits:
         if not self.roots:
             return
         real = os.path.realpath(path)  # symlinks and .. resolved: no way out of a root
-        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep)
-                   for root in self.roots):
+        if not under(real, self.roots):
             raise MessageError(Reason.NOT_ALLOWED, f"{uri}: outside the allowed roots")
 
 

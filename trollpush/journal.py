@@ -112,6 +112,7 @@ class Journal(Protocol):
         still holds this file (the engine checks both).  This is what the daemon calls per
         job (one record instead of a read and a write).
         """
+
     async def multipart_started(self, job: Job, upload: Upload, upload_id: str, *,
                                 part_size: int | None = None,
                                 source_stat: Stat | None = None) -> None:
@@ -167,6 +168,7 @@ class Journal(Protocol):
         The result has ``attempts=0`` and ``seconds=0.0`` (nothing was sent) and the
         source, its stat, size and checksums as recorded then.
         """
+
 
 def _slot(target: str | None) -> str:
     """A job's key within its request (targets have names; a direct job has none)."""

@@ -234,7 +234,7 @@ class TransferEngine:
                 logger.error("internal error uploading %s -> %s", upload.source.uri,
                              upload.url, exc_info=exc)
                 failure = TransferError(f"internal error: {type(exc).__name__}: {exc}",
-                                    reason=Reason.INTERNAL)
+                                        reason=Reason.INTERNAL)
             if committed:  # the copy at the store is of a file that went on changing
                 await self._withdraw(pool, upload)
             self.failed += 1
@@ -330,17 +330,12 @@ class TransferEngine:
         """Why the object at the store is not the one recorded (None: it is)."""
         ep = pool.config
         try:
-            async with self._slot(endpoint), asyncio.timeout(ep.attempt_budget(0, 1)):
-                pool.begin()
-                try:
-                    head = await pool.client.head_object(Bucket=upload.bucket, Key=upload.key,
-                                                         ChecksumMode="ENABLED")
-                finally:
-                    pool.end()
-        except TimeoutError:
-            return "the store did not answer a HEAD in time"
-        except Exception as err:
-            return f"HEAD at the store: {classify(err).detail}"
+            async with self._slot(endpoint):
+                head = await self._tries(pool, 0, _Counter(), lambda: pool.client.head_object(
+                    Bucket=upload.bucket, Key=upload.key, ChecksumMode="ENABLED"),
+                    f"HEAD {upload.url}")
+        except TransferError as err:
+            return err.detail
         if head.get("ContentLength") != landed.size:
             return (f"the store holds {head.get('ContentLength')} bytes, not the "
                     f"{landed.size} recorded")
