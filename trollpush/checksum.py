@@ -58,8 +58,6 @@ def encode(h: _Hash) -> str | None:
     return base64.b64encode(raw).decode() if raw else None
 
 
-Stat = tuple[int, int, int]  # (size, mtime_ns, inode): "the same file, unchanged"
-
 
 def of_range(fd: int, offset: int, length: int, algorithm: str) -> str | None:
     """The checksum of ``length`` bytes at ``offset``, read in chunks (worker thread):

@@ -24,11 +24,10 @@ from posttroll.message import Message
 from . import announce, logsafe
 from ._startup import StartupSignals
 from .announce import Announcer
-from .checksum import Stat
 from .config import Config
 from .errors import Reason, SetupError, UnrecordableError
 from .journal import JobRecord, Journal, MemoryJournal, State
-from .models import Job, Rejection, Request, Upload, UploadResult
+from .models import Job, Rejection, Request, Stat, Upload, UploadResult
 from .receive import Limits, RequestServer, SubscribeReceiver
 from .route import Router
 from .sqlite_journal import SQLiteJournal

@@ -7,6 +7,7 @@ downstream consumers of failure announcements can branch on it.
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 
@@ -110,8 +111,9 @@ class UnrecordableError(JournalError):
 # --- input: messages and requests ----------------------------------------------------
 
 
-class Reason:
-    """Stable reason codes carried by failure messages (documented in docs/messages.md)."""
+class Reason(enum.StrEnum):
+    """Stable reason codes carried by failure messages (documented in docs/messages.md);
+    each member is also its own string, as it goes on the wire and into the journal."""
 
     BAD_MESSAGE = "bad_message"
     UNSUPPORTED_TYPE = "unsupported_type"
@@ -139,7 +141,7 @@ class Reason:
 class MessageError(TrollpushError):
     """An incoming message or request cannot be processed; ``reason`` is a stable code."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str) -> None:
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}")
@@ -155,9 +157,9 @@ class RouteError(MessageError):
 class TransferError(TrollpushError):
     """An upload did not complete."""
 
-    reason = Reason.UPLOAD_FAILED
+    reason: Reason = Reason.UPLOAD_FAILED
 
-    def __init__(self, detail: str, *, attempts: int = 1, reason: str | None = None,
+    def __init__(self, detail: str, *, attempts: int = 1, reason: Reason | None = None,
                  throttled: bool = False) -> None:
         self.detail = detail
         self.attempts = attempts

@@ -19,12 +19,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from .models import Job, Request, Upload, UploadResult
+from .models import Job, Request, Stat, Upload, UploadResult
 
 logger = logging.getLogger(__name__)
-
-#: (size, mtime_ns, inode) of a source file, as ``os.stat`` gives them
-Stat = tuple[int, int, int]
 
 #: the landed index is pruned after this many finished requests (and on open)
 PRUNE_EVERY = 1000

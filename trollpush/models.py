@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+#: (size, mtime_ns, inode) of a source file: "the same file, unchanged"
+Stat = tuple[int, int, int]
+
 #: keys of a request's data that steer trollpush and are not passed on as metadata
 RESERVED_KEYS = frozenset({"destination", "reply", "endpoint", "overwrite"})
 #: keys that describe the files themselves rather than the product

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import checksum
 from .errors import PermanentTransferError, Reason, TransferError
+from .models import Stat
 
 #: what tells two states of one open file apart: size, mtime, ctime (any write or
 #: metadata change moves it), inode, device
@@ -60,7 +61,7 @@ class Source:
         return self.opened[0]
 
     @property
-    def stat(self) -> checksum.Stat:
+    def stat(self) -> Stat:
         """(size, mtime_ns, inode) as opened: what the journal records."""
         return self.opened[0], self.opened[1], self.opened[3]
 

@@ -59,7 +59,6 @@ from .journal import (
     PRUNE_EVERY,
     JobRecord,
     MultipartState,
-    Stat,
     State,
     _answer,
     _found,
@@ -67,7 +66,7 @@ from .journal import (
     _slot,
     advance,
 )
-from .models import Job, Request, SourceFile, Upload, UploadResult
+from .models import Job, Request, SourceFile, Stat, Upload, UploadResult
 
 logger = logging.getLogger(__name__)
 

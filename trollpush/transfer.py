@@ -25,10 +25,9 @@ import botocore.exceptions
 
 from . import checksum
 from ._workers import Workers
-from .checksum import Stat
 from .config import EndpointConfig
 from .errors import PermanentTransferError, Reason, RetriesExhausted, TransferError, TransferTimeout
-from .models import Upload, UploadResult
+from .models import Stat, Upload, UploadResult
 from .pool import EndpointPool
 from .source import Guard, Source, SourceChanged, open_source
 
