@@ -20,15 +20,11 @@ from posttroll.message import Message
 from posttroll.publisher import create_publisher_from_dict_config
 from posttroll.subscriber import create_subscriber_from_dict_config
 
-from trollpush import (
-    Daemon,
-    EndpointConfig,
-    Journal,
-    SourceFile,
-    TransferEngine,
-    Upload,
-    parse_config,
-)
+from trollpush.config import EndpointConfig, parse_config
+from trollpush.journal import Journal
+from trollpush.models import SourceFile, Upload
+from trollpush.service import Service, build_service
+from trollpush.transfer import TransferEngine
 
 
 def free_port() -> int:
@@ -133,9 +129,9 @@ def link(producer: Producer, listener: Listener, subject: str, timeout: float = 
 
 @contextmanager
 def running_daemon(config: dict[str, Any], journal: Journal | None = None
-                   ) -> Iterator[Daemon]:
+                   ) -> Iterator[Service]:
     """A daemon in a background thread with its own event loop; stopped on exit."""
-    daemon = Daemon(parse_config(config), journal=journal)
+    daemon = build_service(parse_config(config), journal=journal)
     errors: list[BaseException] = []
 
     def run() -> None:

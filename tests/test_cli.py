@@ -163,7 +163,7 @@ def test_log_config_dictconfig(base_config: dict[str, Any], tmp_path: Path) -> N
             proc.kill()
             proc.wait()
     text = logfile.read_text()
-    assert "INFO trollpush.daemon stopped" in text
+    assert "INFO trollpush.service stopped" in text
     assert "testing-secret" not in text
 
 

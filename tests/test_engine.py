@@ -18,9 +18,10 @@ import boto3
 import crc32c
 import pytest
 
-from trollpush import EndpointConfig, TransferEngine, Upload
+from trollpush.config import EndpointConfig
+from trollpush.models import Upload
 from trollpush.pool import SO_MAX_PACING_RATE
-from trollpush.transfer import part_size
+from trollpush.transfer import TransferEngine, part_size
 
 from .conftest import CREDS
 from .helpers import started_engine, upload_of, wait_until_async
@@ -345,7 +346,9 @@ async def test_interrupted_multipart_resumes_from_its_parts(s3_url: str, s3: Any
 _RSS_SCRIPT = """
 import asyncio, os, resource, sys
 from pathlib import Path
-from trollpush import EndpointConfig, SourceFile, TransferEngine, Upload
+from trollpush.config import EndpointConfig
+from trollpush.models import SourceFile, Upload
+from trollpush.transfer import TransferEngine
 
 async def main(url, bucket, path):
     engine = TransferEngine({"d": EndpointConfig(name="d", url=url, region="us-east-1",

@@ -373,8 +373,8 @@ def test_a_daemon_starts_from_a_damaged_journal_and_finishes_the_rest(
     _damage(journal_path, "UPDATE jobs SET body = json_set(body, '$.endpoint', 7) "
             "WHERE request_id = ?", requests[3].id)
     with running_daemon(base_config) as daemon:
-        wait_until(lambda: daemon.counts["completed"] == 2, 30, "the two good requests")
-        assert daemon.counts["resumed"] == 2
+        wait_until(lambda: daemon.counts.get("completed", 0) == 2, 30, "the two good requests")
+        assert daemon.counts.get("resumed", 0) == 2
         journal = daemon.journal
         assert isinstance(journal, SQLiteJournal)
         assert journal.counts["quarantined"] == 2

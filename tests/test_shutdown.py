@@ -15,8 +15,11 @@ import pytest
 import yaml
 import zmq
 
-from trollpush import Daemon, Job, MemoryJournal, parse_config, send
+from trollpush import parse_config, send
 from trollpush.client import Unreachable
+from trollpush.journal import MemoryJournal
+from trollpush.models import Job
+from trollpush.service import build_service
 
 from .helpers import daemon_process, running_daemon, wait_until
 
@@ -47,8 +50,9 @@ def test_every_request_read_is_answered_at_shutdown(base_config: dict[str, Any],
         threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
         for t in threads:
             t.start()
-        assert daemon.requests is not None
-        wait_until(lambda: daemon.requests is not None and daemon.requests.received == 3
+        assert daemon.input("requests") is not None
+        server = daemon.input("requests")
+        wait_until(lambda: server.received == 3
                    and daemon.transfer.active == 1, 15, "one uploading, two waiting")
     for t in threads:
         t.join(timeout=30)
@@ -56,7 +60,7 @@ def test_every_request_read_is_answered_at_shutdown(base_config: dict[str, Any],
     for r in results.values():
         assert not isinstance(r, Unreachable), r
         assert not r.ok and r.message.data["reason"] == "shutdown"
-    assert daemon.counts["abandoned"] == 3  # uploading, queued, and still at the door
+    assert daemon.counts.get("abandoned", 0) == 3  # uploading, queued, and still at the door
 
 
 class _LockedJournal(MemoryJournal):
@@ -73,7 +77,7 @@ def test_a_journal_step_that_fails_does_not_fail_the_request(
     with running_daemon(base_config, journal=journal) as daemon:
         result = send(str(granule), f"s3://{bucket}/x", timeout=15,
                       server=f"tcp://127.0.0.1:{ports['req']}")
-        assert daemon.counts["journal_errors"] == 1
+        assert daemon.counts.get("journal_errors", 0) == 1
     assert result.ok, result.error
     assert journal.unfinished() == []
 
@@ -96,7 +100,7 @@ def test_an_internal_error_is_answered_and_announced(base_config: dict[str, Any]
 
 
 def test_stop_before_run_is_not_lost(base_config: dict[str, Any]) -> None:
-    daemon = Daemon(parse_config(base_config))
+    daemon = build_service(parse_config(base_config))
     daemon.stop()
     thread = threading.Thread(target=lambda: asyncio.run(daemon.run()), daemon=True)
     thread.start()
@@ -130,7 +134,7 @@ def test_a_busy_port_fails_start_up_clearly(base_config: dict[str, Any], tmp_pat
 def test_a_dead_intake_stops_the_daemon(base_config: dict[str, Any]) -> None:
     """If the request server dies, the daemon does not run on deaf: it stops, and run()
     says why."""
-    daemon = Daemon(parse_config(base_config))
+    daemon = build_service(parse_config(base_config))
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -142,9 +146,9 @@ def test_a_dead_intake_stops_the_daemon(base_config: dict[str, Any]) -> None:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     wait_until(daemon.ready.is_set, 20, "ready")
-    server = daemon.requests
-    assert server is not None and daemon._loop is not None
-    daemon._loop.call_soon_threadsafe(server.close)  # its socket dies under it
+    server = daemon.input("requests")
+    assert server is not None and daemon.loop is not None
+    asyncio.run_coroutine_threadsafe(server.close(), daemon.loop)  # its socket dies under it
     thread.join(timeout=30)
     assert not thread.is_alive()
     assert errors and "intake failed" in str(errors[0])

@@ -126,7 +126,7 @@ def test_a_file_swapped_after_acceptance_is_refused_at_upload(
             first = _sender(server, a, dest, out, "a")
             wait_until(lambda: proxy.held == 1, 15, "A's PUT held at the proxy")
             second = _sender(server, b, dest, out, "b")
-            wait_until(lambda: any(e.users == 2 for e in daemon._objects.values()), 15,
+            wait_until(lambda: any(e.users == 2 for e in daemon.pipeline._objects.values()), 15,
                        "B waiting for the object's lock")
             subprocess.run([python, "-c", SWAP, str(b), str(secret), swap], check=True,
                            timeout=30, **as_attacker)

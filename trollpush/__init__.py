@@ -1,8 +1,10 @@
 """trollpush: land announced files in S3 object storage, then announce them.
 
-The names below are imported on first use (PEP 562): ``trollpush send`` and ``import
-trollpush.client`` must not pay for aiobotocore and the daemon, and ``trollpush run``
-must reach its signal handlers within milliseconds of starting.
+The public API is small: send a request to a running daemon (``send``), load a config,
+run a daemon (``serve``), and the errors.  Everything else lives in its stage's module
+(see docs/architecture.md).  Names are imported on first use (PEP 562): ``trollpush
+send`` and ``import trollpush.client`` must not pay for aiobotocore and the daemon, and
+``trollpush run`` must reach its signal handlers within milliseconds of starting.
 """
 
 from __future__ import annotations
@@ -12,18 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .client import SendResult, Unreachable, send
-    from .config import (
-        Config,
-        DaemonConfig,
-        EndpointConfig,
-        PublishConfig,
-        RequestsConfig,
-        SubscribeConfig,
-        TargetConfig,
-        load_config,
-        parse_config,
-    )
-    from .daemon import Daemon, run_daemon
+    from .config import Config, load_config, parse_config
     from .errors import (
         ConfigError,
         ConfigProblem,
@@ -39,28 +30,18 @@ if TYPE_CHECKING:
         TrollpushError,
         UsageError,
     )
-    from .journal import Journal, MemoryJournal
-    from .models import Job, Rejection, Request, SourceFile, Upload, UploadResult
-    from .route import Router, parse_destination
-    from .sqlite_journal import SQLiteJournal
-    from .transfer import TransferEngine
+    from .service import serve
 
 __version__ = "0.1.0"
 
 #: the module that defines each public name
 _LAZY: dict[str, str] = {name: module for module, names in {
     "client": "SendResult Unreachable send",
-    "config": "Config DaemonConfig EndpointConfig PublishConfig RequestsConfig "
-              "SubscribeConfig TargetConfig load_config parse_config",
-    "daemon": "Daemon run_daemon",
+    "config": "Config load_config parse_config",
+    "service": "serve",
     "errors": "ConfigError ConfigProblem JournalError MessageError PermanentTransferError "
               "Reason RetriesExhausted RouteError SetupError TransferError TransferTimeout "
               "TrollpushError UsageError",
-    "journal": "Journal MemoryJournal",
-    "models": "Job Rejection Request SourceFile Upload UploadResult",
-    "route": "Router parse_destination",
-    "sqlite_journal": "SQLiteJournal",
-    "transfer": "TransferEngine",
 }.items() for name in names.split()}
 
 
@@ -78,17 +59,11 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    # configuration
-    "Config", "DaemonConfig", "EndpointConfig", "PublishConfig", "RequestsConfig",
-    "SubscribeConfig", "TargetConfig", "load_config", "parse_config",
-    # the pipeline
-    "Daemon", "run_daemon", "Router", "parse_destination", "TransferEngine", "Journal",
-    "MemoryJournal", "SQLiteJournal",
-    # data flowing through it
-    "Request", "Rejection", "SourceFile", "Job", "Upload", "UploadResult",
-    # client
+    # send a request to a running daemon
     "send", "SendResult", "Unreachable",
-    # errors
+    # configure and run one
+    "Config", "load_config", "parse_config", "serve",
+    # errors: one root, families by cause, reasons as an enum
     "TrollpushError", "ConfigError", "ConfigProblem", "MessageError", "RouteError", "Reason",
     "TransferError", "TransferTimeout", "PermanentTransferError", "RetriesExhausted",
     "UsageError", "SetupError", "JournalError", "__version__",

@@ -87,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     startup: StartupSignals = args.startup
     setup_logging(args.log_config, args.verbose)
     from .config import load_config
-    from .daemon import serve
+    from .service import serve
 
     config = load_config(args.config)
     if startup.requested is not None:

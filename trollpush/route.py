@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import trollsift
@@ -208,3 +209,26 @@ def _compose(template: str, meta: Mapping[str, Any], where: str) -> str:
     except Exception as err:  # trollsift/format raise many kinds (Index, Attribute, Value...)
         raise RouteError(Reason.COMPOSE_ERROR, f"{where}: cannot compose {template!r}: "
                          f"{type(err).__name__}: {err}") from err
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What a request's run reads from the config, as one immutable snapshot: the router,
+    each target's overwrite policy, and how long a request may keep retrying.  The
+    service may replace its snapshot between requests (a reload); a request keeps the
+    snapshot it started with."""
+
+    router: Router
+    overwrite: Mapping[str, str]  # target name -> "changed" | "always"
+    max_age: float  # seconds from acceptance
+
+    @classmethod
+    def from_config(cls, config: Config) -> Routing:
+        return cls(Router(config), MappingProxyType({t.name: t.overwrite for t in config.targets}),
+                   config.daemon.max_age)
+
+    def reuse_allowed(self, job: Job) -> bool:
+        """Whether a file that already landed at its object may be answered without a
+        transfer (not with ``overwrite: always``, nor when the request asks to)."""
+        return (self.overwrite.get(job.target or "", "changed") != "always"
+                and not job.request.overwrite)

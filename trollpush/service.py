@@ -1,0 +1,319 @@
+"""The service: lifecycle around the pipeline.
+
+Start the journal, engine, publisher and inputs; accept (journal, then queue) what the
+inputs hand over; dispatch queued requests to the pipeline within ``max_in_flight``; on
+SIGINT/SIGTERM stop intake and let work in progress finish for ``daemon.shutdown_grace``
+seconds.  Whatever is left is answered and announced as a ``shutdown`` failure, or kept
+in a durable journal for the next start, never dropped in silence.  ``build_service``
+wires the real collaborators; tests may pass fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from . import logsafe, stats
+from ._startup import StartupSignals
+from .announce import Announcer
+from .config import Config
+from .errors import Reason, SetupError, UnrecordableError
+from .journal import Journal, MemoryJournal
+from .models import Rejection, Request
+from .pipeline import Pipeline, shutdown
+from .receive import Limits
+from .route import Routing
+from .stats import Stats
+
+if TYPE_CHECKING:
+    from ._interim import Engine as TransferEngine
+
+logger = logging.getLogger(__name__)
+
+#: after a restart, how long subscribers get to reconnect before recovered completions
+#: are published (a PUB socket drops what it sends before they have re-subscribed)
+RECOVERY_SETTLE = 1.0
+
+
+class Service:
+    """One trollpush daemon; ``await run()`` until ``stop()`` or a signal."""
+
+    def __init__(self, config: Config, *, journal: Journal, engine: TransferEngine,
+                 announcer: Announcer, inputs: Callable[[Service], list[Any]],
+                 registry: Stats | None = None) -> None:
+        self.config = config
+        self.stats = registry if registry is not None else Stats()
+        self.journal = journal
+        self.transfer = engine
+        self.announcer = announcer
+        self.limits = Limits(config.daemon.max_request_bytes, config.daemon.allowed_roots,
+                             config.daemon.file_timeout)
+        self.pipeline = Pipeline(journal=journal, engine=engine, announcer=announcer,
+                                 routing=Routing.from_config(config), registry=self.stats,
+                                 durable=not isinstance(journal, MemoryJournal))
+        self._make_inputs = inputs
+        self.inputs: list[Any] = []
+        self.ready = threading.Event()
+        self._stop_requested = threading.Event()
+        self._queue: asyncio.Queue[Request | Rejection] = asyncio.Queue(config.daemon.queue_size)
+        self._slots = asyncio.Semaphore(config.daemon.max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._feeders: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._fatal: BaseException | None = None
+        self.stats.set(stats.QUEUED, self._queue.qsize)
+        self.stats.set(stats.IN_FLIGHT, lambda: len(self._tasks))
+
+    def __repr__(self) -> str:
+        return (f"<Service queued={self._queue.qsize()} in_flight={len(self._tasks)} "
+                f"{self.stats.summary() or 'no requests'} {self.transfer!r}>")
+
+    @property
+    def journal_down(self) -> bool:
+        """The last journal write failed: new requests are refused until one succeeds."""
+        return self.pipeline.record.down
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Requests by outcome (``accepted``, ``refused``, ``completed``, ...) and journal
+        errors: a view of the stats, for logs and tests."""
+        out: dict[str, int] = {}
+        for name, labels, value in self.stats.series():
+            if name == stats.REQUESTS:
+                outcome = dict(labels)["outcome"]
+                out[outcome] = out.get(outcome, 0) + int(value)
+        out["journal_errors"] = self.stats.count(stats.JOURNAL_ERRORS)
+        return out
+
+    def input(self, name: str) -> Any:
+        """The running input called ``name``, or None."""
+        return next((i for i in self.inputs if i.name == name), None)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the daemon to shut down; safe from any thread, before or after run()."""
+        self._stop_requested.set()
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: nothing to stop
+                loop.call_soon_threadsafe(self._stopping.set)
+
+    def fatal(self, what: str, err: BaseException) -> None:
+        """An input died: stop the daemon loudly rather than run on deaf."""
+        logger.error("%s stopped working, shutting down: %s", what, err, exc_info=err)
+        self._fatal = err
+        self.stop()
+
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        if self._stop_requested.is_set():  # a stop during start-up: nothing started or lost
+            logger.info("stopped before starting (a stop was asked for during start-up)")
+            return
+        self._install_signals()
+        try:
+            await self._start()
+            dispatcher = asyncio.create_task(self._dispatch(), name="dispatch")
+            self._recover()
+            logger.info("trollpush ready: %s",
+                        ", ".join(i.describe() for i in self.inputs) or "no inputs")
+            self.ready.set()
+            await self._stopping.wait()
+            logger.info("shutting down: intake stopped, %d request(s) queued, %d in flight",
+                        self._queue.qsize(), len(self._tasks))
+            await self._stop_intake()
+            await self._drain(dispatcher)
+        finally:
+            await self._close()
+            self.ready.clear()
+            count = self.stats.count
+            logger.info("stopped: %s; uploads: %d completed, %d failed, %d retried",
+                        self.stats.summary() or "no requests",
+                        count(stats.UPLOADS, outcome="completed"),
+                        count(stats.UPLOADS, outcome="failed"), count(stats.RETRIES))
+        if self._fatal is not None:
+            raise SetupError(f"intake failed: {self._fatal}") from self._fatal
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        assert self.loop is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.loop.add_signal_handler(sig, self._stopping.set)
+        # SIGHUP is reserved for a config reload; until then it must not kill the daemon.
+        self.loop.add_signal_handler(signal.SIGHUP, lambda: logger.info("SIGHUP ignored"))
+
+    async def _start(self) -> None:
+        try:
+            await self.journal.open()
+        except Exception as err:
+            raise SetupError(f"journal: {err}") from err
+        await self.transfer.start()
+        await asyncio.to_thread(self.announcer.start)
+        self.inputs = self._make_inputs(self)
+        for each in self.inputs:
+            await each.start()
+
+    async def _stop_intake(self) -> None:
+        for each in self.inputs:
+            await each.stop()
+
+    async def _drain(self, dispatcher: asyncio.Task[None]) -> None:
+        """Finish queued and running work within the grace period; the rest is kept for
+        the next start (durable journal) or failed loudly."""
+        grace = self.config.daemon.shutdown_grace
+        try:
+            async with asyncio.timeout(grace):
+                await self._queue.join()
+                while self._tasks:
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
+        except TimeoutError:
+            logger.warning("grace period of %g s over: cancelling %d running and %d waiting "
+                           "request(s)", grace, len(self._tasks), self._queue.qsize())
+        for feeder in list(self._feeders):  # recovered requests not yet queued stay journaled
+            feeder.cancel()
+        dispatcher.cancel()
+        await asyncio.gather(dispatcher, *self._feeders, return_exceptions=True)
+        left = [item for each in self.inputs for item in each.undelivered()]
+        while not self._queue.empty():
+            left.append(self._queue.get_nowait())
+        for item in left:
+            if isinstance(item, Request):
+                self.stats.inc(stats.REQUESTS, input=item.origin, outcome="abandoned")
+                if self.pipeline.durable:  # journaled on receipt: the next start does it
+                    await self.pipeline.defer(item)
+                    continue
+                item = shutdown(item, "the daemon stopped before starting this request")
+            await self.pipeline.refuse(item)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _close(self) -> None:
+        """Release everything; one failing step must not skip the others."""
+        steps: list[tuple[str, Callable[[], Awaitable[None] | None]]] = [
+            ("intake", self._stop_intake), ("transfer", self.transfer.close),
+            ("publisher", self.announcer.stop)]
+        steps += [(f"{each.name} input", each.close) for each in self.inputs]
+        steps.append(("journal", self.journal.close))
+        for name, step in steps:
+            try:
+                result = step()
+                if result is not None:
+                    await result
+            except Exception:
+                logger.exception("shutdown: closing the %s failed", name)
+
+    def _recover(self) -> None:
+        """Queue what the journal holds from an earlier run (crash or stop): each request
+        continues from its recorded state instead of starting over."""
+        pending = self.journal.unfinished()
+        if not pending:
+            return
+        logger.info("resuming %d request(s) from the journal", len(pending))
+        self.pipeline.resuming.update(r.id for r in pending)
+        for request in pending:
+            self.stats.inc(stats.REQUESTS, input=request.origin, outcome="resumed")
+
+        async def feed() -> None:
+            if self.config.publish is not None:
+                await asyncio.sleep(RECOVERY_SETTLE)
+            for request in pending:
+                await self._queue.put(request)
+
+        task = asyncio.create_task(feed(), name="recover")
+        self._feeders.add(task)
+        task.add_done_callback(self._feeders.discard)
+
+    # --- intake and dispatch --------------------------------------------------------------
+
+    async def submit(self, item: Request | Rejection) -> None:
+        """Record a request in the journal (it is accepted from here on: on receipt for
+        pub-sub, before any reply for REQ/REP), then queue it; waits while the queue is
+        full."""
+        if isinstance(item, Request):
+            try:
+                await self.journal.accepted(item)
+                self.stats.inc(stats.REQUESTS, input=item.origin, outcome="accepted")
+                self.pipeline.record.ok()
+            except UnrecordableError as err:
+                item = Rejection(Reason.BAD_MESSAGE, str(err), item.origin,
+                                 subject=item.subject, uri=item.files[0].uri,
+                                 reply=item.reply)
+            except Exception as err:  # a full disk, an I/O error: refused, nothing kept
+                self.pipeline.record.failed(err, item.describe())
+                item = Rejection(Reason.JOURNAL_UNAVAILABLE,
+                                 f"the journal cannot be written, the request is not "
+                                 f"accepted ({err})", item.origin, subject=item.subject,
+                                 uri=item.files[0].uri, metadata=item.metadata,
+                                 reply=item.reply)
+        await self._queue.put(item)
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._slots.acquire()  # before taking an item: nothing is held here
+            try:
+                item = await self._queue.get()
+            except BaseException:
+                self._slots.release()
+                raise
+            try:
+                if isinstance(item, Rejection):
+                    self._slots.release()
+                    await self.pipeline.refuse(item)
+                    continue
+                task = asyncio.create_task(self.pipeline.run(item), name=f"request-{item.id}")
+                self._tasks.add(task)
+                task.add_done_callback(self._ended)
+            except Exception:
+                logger.exception("dispatch failed for %r", item)
+            finally:
+                self._queue.task_done()
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("request task crashed", exc_info=task.exception())
+
+
+def build_service(config: Config, *, journal: Journal | None = None,
+                  registry: Stats | None = None) -> Service:
+    """The service with its real collaborators (``journal``: one to use instead of the
+    configured one, for tests and tools)."""
+    from ._interim import Engine as TransferEngine
+    from ._interim import build_inputs, make_journal
+
+    registry = registry if registry is not None else Stats()
+    engine = TransferEngine(config.endpoints, warm_buckets=config.warm_buckets(),
+                            roots=config.daemon.allowed_roots,
+                            file_timeout=config.daemon.file_timeout, stats=registry)
+    return Service(config, journal=journal if journal is not None else make_journal(config),
+                   engine=engine, announcer=Announcer(config.publish),
+                   inputs=lambda service: build_inputs(config, service), registry=registry)
+
+
+async def run_daemon(config: Config, *, startup: StartupSignals | None = None) -> None:
+    """Run a daemon for ``config`` until SIGINT/SIGTERM (``startup``: the signal handlers
+    that stood in while it started)."""
+    service = build_service(config)
+    if startup is not None:
+        startup.attach(service.stop)
+    await service.run()
+
+
+def serve(config: Config, *, startup: StartupSignals | None = None) -> None:
+    """Run a daemon for ``config`` on the event loop it asks for (``daemon.event_loop``)."""
+    logsafe.install()  # one record, one line, whoever set up logging
+    if config.daemon.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(run_daemon(config, startup=startup))
+    else:
+        asyncio.run(run_daemon(config, startup=startup))
