@@ -1,0 +1,183 @@
+"""One request's flow through the pipeline, with fakes: no sockets, no store, no threads.
+
+The engine is a scripted fake, the journal the memory journal, the announcer the real
+one with its publisher replaced by a list.  These pin the flow that the end-to-end tests
+check against real servers: routing to jobs, one outcome per request, failures
+announced with their reason, a swapped routing snapshot, journal faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from posttroll.message import Message
+
+from trollpush import stats
+from trollpush.announce import Announcer
+from trollpush.config import Config, parse_config
+from trollpush.errors import Reason
+from trollpush.journal import MemoryJournal, State
+from trollpush.models import Request, Upload, UploadResult
+from trollpush.pipeline import Pipeline, RequestRun
+from trollpush.receive import build_request
+from trollpush.route import Routing
+from trollpush.stats import Stats
+
+
+class FakeEngine:
+    """Lands every upload, except those whose key is in ``fail`` (with that reason)."""
+
+    def __init__(self, fail: dict[str, Reason] | None = None) -> None:
+        self.fail = fail or {}
+        self.calls: list[tuple[str, list[str], float]] = []
+        self.gate: asyncio.Event | None = None  # set: uploads wait for it
+        self.called = asyncio.Event()
+
+    async def upload_all(self, uploads: Sequence[Upload], endpoint: str, *, deadline: float,
+                         progress: Any, landed: dict[int, UploadResult]
+                         ) -> tuple[UploadResult, ...]:
+        self.calls.append((endpoint, [u.url for u in uploads], deadline))
+        self.called.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        return tuple(
+            UploadResult(u, 10, 1, 0.01, error=f"{self.fail[u.key]}: scripted",
+                         reason=self.fail[u.key]) if u.key in self.fail
+            else UploadResult(u, 10, 1, 0.01, etag='"e"', checksum="c", checksum_algorithm="crc32c")
+            for u in uploads)
+
+
+class RecordingAnnouncer(Announcer):
+    """The real message builders; what is published goes to a list."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.out: list[Message] = []
+
+    def publish(self, message: Message) -> None:
+        self.out.append(message)
+
+    async def sent(self, message: Message) -> None:
+        self.out.append(message)
+
+
+def config(bucket: str = "one", *, second: str | None = None) -> Config:
+    targets = [{"name": "a", "topics": ["/new/"], "destination": f"s3://{bucket}/{{uid}}"}]
+    if second is not None:
+        targets.append({"name": "b", "topics": ["/new/"],
+                        "destination": f"s3://{second}/{{uid}}"})
+    return parse_config({"requests": None, "endpoints": {"main": {}}, "targets": targets,
+                         "daemon": {"max_age": 600}})
+
+
+def request(name: str = "granule.h5", subject: str = "/new/x") -> Request:
+    return build_request(Message(subject, "file", {"uri": f"/data/{name}", "sensor": "viirs"}),
+                         origin="subscribe", check=False)
+
+
+def pipeline(cfg: Config, engine: FakeEngine | None = None,
+             journal: MemoryJournal | None = None) -> tuple[Pipeline, RecordingAnnouncer]:
+    announcer = RecordingAnnouncer()
+    p = Pipeline(journal=journal or MemoryJournal(), engine=engine or FakeEngine(),
+                 announcer=announcer, routing=Routing.from_config(cfg), registry=Stats(),
+                 durable=False)
+    return p, announcer
+
+
+async def accepted(p: Pipeline, r: Request) -> Request:
+    await p.journal.accepted(r)
+    return r
+
+
+async def test_a_request_fanned_out_to_two_targets_lands_and_is_announced_per_job() -> None:
+    engine = FakeEngine()
+    p, announcer = pipeline(config(second="two"), engine)
+    r = await accepted(p, request())
+    await p.run(r)
+    assert sorted(u for _, urls, _ in engine.calls for u in urls) == [
+        "s3://one/granule.h5", "s3://two/granule.h5"]
+    assert [m.type for m in announcer.out] == ["file", "file"]
+    assert sorted(m.data["uri"] for m in announcer.out) == [
+        "s3://one/granule.h5", "s3://two/granule.h5"]
+    assert p.stats.count(stats.REQUESTS, outcome="completed") == 1
+    assert set(p.journal.state(r.id).values()) <= {State.ANNOUNCED}
+    assert p.journal.unfinished() == []
+    # the deadline the engine retries until is acceptance + max_age
+    assert {deadline for *_, deadline in engine.calls} == {r.accepted_at + 600}
+
+
+async def test_a_failed_upload_is_announced_with_its_reason_and_fails_the_request() -> None:
+    p, announcer = pipeline(config(second="two"), FakeEngine({"granule.h5": Reason.TIMEOUT}))
+    r = await accepted(p, request())
+    await p.run(r)
+    failures = [m for m in announcer.out if m.type == "failure"]
+    assert len(failures) == 2 and {m.data["reason"] for m in failures} == {"timeout"}
+    assert p.stats.count(stats.REQUESTS, outcome="failed") == 1
+    assert p.journal.unfinished() == []
+
+
+async def test_no_route_is_a_failure_announced_once() -> None:
+    p, announcer = pipeline(config())
+    r = await accepted(p, request(subject="/elsewhere/"))
+    await p.run(r)
+    assert [(m.type, m.data["reason"]) for m in announcer.out] == [("failure", "no_route")]
+    assert p.stats.count(stats.REQUESTS, outcome="failed") == 1
+
+
+async def test_the_routing_snapshot_can_be_swapped_between_requests() -> None:
+    """A request keeps the snapshot it started with; the next one takes the new one."""
+    engine = FakeEngine()
+    engine.gate = asyncio.Event()
+    p, _ = pipeline(config("old"), engine)
+    first = asyncio.create_task(p.run(await accepted(p, request("a.h5"))))
+    await asyncio.wait_for(engine.called.wait(), 10)
+    p.routing = Routing.from_config(config("new"))
+    second = asyncio.create_task(p.run(await accepted(p, request("b.h5"))))
+    engine.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert [urls for _, urls, _ in engine.calls] == [["s3://old/a.h5"], ["s3://new/b.h5"]]
+    # a run built before the swap reads the snapshot it was given
+    run = RequestRun(p, request("c.h5"))
+    p.routing = Routing.from_config(config("newer"))
+    assert run.routing.router is not p.routing.router
+
+
+async def test_a_crash_in_the_engine_is_an_internal_error_not_silence() -> None:
+    class Broken(FakeEngine):
+        async def upload_all(self, *args: Any, **kw: Any) -> tuple[UploadResult, ...]:
+            raise RuntimeError("a bug")
+
+    p, announcer = pipeline(config(), Broken())
+    r = await accepted(p, request())
+    await p.run(r)
+    assert [(m.type, m.data["reason"]) for m in announcer.out] == [("failure", "internal_error")]
+    assert p.journal.unfinished() == []
+
+
+async def test_a_journal_that_fails_after_acceptance_does_not_change_the_outcome() -> None:
+    class Failing(MemoryJournal):
+        async def concluded(self, *args: Any, **kw: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+    p, announcer = pipeline(config(), journal=Failing())
+    r = await accepted(p, request())
+    await p.run(r)
+    assert [m.type for m in announcer.out] == ["file"]  # one outcome: the completion
+    assert p.stats.count(stats.REQUESTS, outcome="completed") == 1
+    assert p.stats.count(stats.JOURNAL_ERRORS) == 1 and p.record.down
+
+
+async def test_a_cancelled_request_is_announced_as_shutdown() -> None:
+    engine = FakeEngine()
+    engine.gate = asyncio.Event()  # never set
+    p, announcer = pipeline(config(), engine)
+    task = asyncio.create_task(p.run(await accepted(p, request())))
+    await asyncio.wait_for(engine.called.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [(m.type, m.data["reason"]) for m in announcer.out] == [("failure", "shutdown")]
+    assert p.stats.count(stats.REQUESTS, outcome="abandoned") == 1
