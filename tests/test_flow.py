@@ -93,8 +93,8 @@ async def accepted(p: Pipeline, r: Request) -> Request:
 
 
 async def test_a_request_fanned_out_to_two_targets_lands_and_is_announced_per_job() -> None:
-    engine = FakeEngine()
-    p, announcer = pipeline(config(second="two"), engine)
+    engine, journal = FakeEngine(), MemoryJournal()
+    p, announcer = pipeline(config(second="two"), engine, journal)
     r = await accepted(p, request())
     await p.run(r)
     assert sorted(u for _, urls, _ in engine.calls for u in urls) == [
@@ -103,7 +103,7 @@ async def test_a_request_fanned_out_to_two_targets_lands_and_is_announced_per_jo
     assert sorted(m.data["uri"] for m in announcer.out) == [
         "s3://one/granule.h5", "s3://two/granule.h5"]
     assert p.stats.count(stats.REQUESTS, outcome="completed") == 1
-    assert set(p.journal.state(r.id).values()) <= {State.ANNOUNCED}
+    assert set(journal.state(r.id).values()) <= {State.ANNOUNCED}
     assert p.journal.unfinished() == []
     # the deadline the engine retries until is acceptance + max_age
     assert {deadline for *_, deadline in engine.calls} == {r.accepted_at + 600}
