@@ -88,7 +88,6 @@ def make_files(workdir: Path, count: int) -> list[Path]:
 
 def run_demo(*, config_path: str | None = None, files: int = 8, verbose: bool = False) -> int:
     """Run the demo; 0 when every expected object landed and was announced."""
-    from posttroll.message import Message
     from posttroll.publisher import create_publisher_from_dict_config
     from posttroll.subscriber import create_subscriber_from_dict_config
 
@@ -118,35 +117,9 @@ def run_demo(*, config_path: str | None = None, files: int = 8, verbose: bool = 
             failures = _probe(producer, listener)
             granules = make_files(work, files)
             expected = {p.name for p in granules}
-            say(f"announcing {len(granules)} granules on /new/file/viirs/ "
-                "(each goes to 2 targets: fan-out)")
-            t0 = time.monotonic()
-            seen: dict[str, set[str]] = {}
-            published_at: dict[str, float] = {}
-            for p in granules:
-                published_at[p.name] = time.monotonic()
-                producer.send(Message("/new/file/viirs/", "file",
-                                      {"uri": str(p), "uid": p.name, "sensor": "viirs"}
-                                      ).encode())
-            deadline = time.monotonic() + 60
-            for m in listener.recv(timeout=0.2):
-                if m is not None:
-                    failures += _show(m, seen, published_at)
-                if all(len(seen.get(n, ())) >= 2 for n in expected) or \
-                        time.monotonic() > deadline:
-                    break
-            elapsed = time.monotonic() - t0
-            say("trollpush send over REQ/REP:")
-            extra = work / "manual-upload.nc"
-            extra.write_bytes(os.urandom(4096))
-            try:
-                result = send(str(extra), "s3://trollpush-demo/manual/",
-                              server=cfg["requests"]["address"], timeout=20)
-                say(f"  send -> {result.message.data.get('uri')} "
-                    f"({'ok' if result.ok else result.error})")
-            except Unreachable as err:
-                say(f"  send failed: {err}")
-                result = None
+            seen, more, elapsed = _burst(producer, listener, granules)
+            failures += more
+            result = _send_one(work, cfg)
             landed = _count_objects(s3_url, cfg)
             complete = sum(1 for n in expected if len(seen.get(n, ())) >= 2)
             say(f"\nsummary: {complete}/{len(expected)} granules uploaded to both targets and "
@@ -156,19 +129,65 @@ def run_demo(*, config_path: str | None = None, files: int = 8, verbose: bool = 
         finally:
             listener.close()
             producer.stop()
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
-            log.seek(0)
-            text = log.read()
-            log.close()
+            text = _stop(daemon, log)
         if verbose or not ok:
             say("\n--- daemon log ---\n" + text)
         say("demo " + ("OK" if ok else "FAILED") + f"; daemon exited with {daemon.returncode}")
         return 0 if ok else 1
+
+
+def _burst(producer: Any, listener: Any, granules: list[Path]
+           ) -> tuple[dict[str, set[str]], int, float]:
+    """Announce every granule at once; what each landed as, failures seen, seconds."""
+    from posttroll.message import Message
+
+    say(f"announcing {len(granules)} granules on /new/file/viirs/ "
+        "(each goes to 2 targets: fan-out)")
+    expected = {p.name for p in granules}
+    t0 = time.monotonic()
+    seen: dict[str, set[str]] = {}
+    published_at: dict[str, float] = {}
+    failures = 0
+    for p in granules:
+        published_at[p.name] = time.monotonic()
+        producer.send(Message("/new/file/viirs/", "file",
+                              {"uri": str(p), "uid": p.name, "sensor": "viirs"}).encode())
+    deadline = time.monotonic() + 60
+    for m in listener.recv(timeout=0.2):
+        if m is not None:
+            failures += _show(m, seen, published_at)
+        if all(len(seen.get(n, ())) >= 2 for n in expected) or time.monotonic() > deadline:
+            break
+    return seen, failures, time.monotonic() - t0
+
+
+def _send_one(work: Path, cfg: Mapping[str, Any]) -> Any:
+    """``trollpush send`` of one more file over REQ/REP; its result, or None."""
+    say("trollpush send over REQ/REP:")
+    extra = work / "manual-upload.nc"
+    extra.write_bytes(os.urandom(4096))
+    try:
+        result = send(str(extra), "s3://trollpush-demo/manual/",
+                      server=cfg["requests"]["address"], timeout=20)
+    except Unreachable as err:
+        say(f"  send failed: {err}")
+        return None
+    say(f"  send -> {result.message.data.get('uri')} ({'ok' if result.ok else result.error})")
+    return result
+
+
+def _stop(daemon: subprocess.Popen[bytes], log: Any) -> str:
+    """SIGTERM the daemon (killed if it does not stop in 20 s); its log."""
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait()
+    log.seek(0)
+    text: str = log.read()
+    log.close()
+    return text
 
 
 def failure_line(data: Mapping[str, Any]) -> str:
