@@ -18,11 +18,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trollpush._codec import _dumps, _loads
 from trollpush.errors import JournalError
-from trollpush.journal import Journal, MemoryJournal, MultipartState, State, default_journal_path
+from trollpush.journal import (
+    SCHEMA_VERSION,
+    Journal,
+    MemoryJournal,
+    MultipartState,
+    SQLiteJournal,
+    State,
+    default_journal_path,
+)
+from trollpush.journal.codec import _dumps, _loads
 from trollpush.models import Job, Request, SourceFile, Upload, UploadResult
-from trollpush.sqlite_journal import SCHEMA_VERSION, SQLiteJournal
 
 ROOT = Path(__file__).resolve().parents[1]
 AnyJournal = MemoryJournal | SQLiteJournal

@@ -39,10 +39,9 @@ if TYPE_CHECKING:
         TrollpushError,
         UsageError,
     )
-    from .journal import Journal, MemoryJournal
+    from .journal import Journal, MemoryJournal, SQLiteJournal
     from .models import Job, Rejection, Request, SourceFile, Upload, UploadResult
     from .route import Router, parse_destination
-    from .sqlite_journal import SQLiteJournal
     from .transfer import TransferEngine
 
 __version__ = "0.1.0"
@@ -56,10 +55,9 @@ _LAZY: dict[str, str] = {name: module for module, names in {
     "errors": "ConfigError ConfigProblem JournalError MessageError PermanentTransferError "
               "Reason RetriesExhausted RouteError SetupError TransferError TransferTimeout "
               "TrollpushError UsageError",
-    "journal": "Journal MemoryJournal",
+    "journal": "Journal MemoryJournal SQLiteJournal",
     "models": "Job Rejection Request SourceFile Upload UploadResult",
     "route": "Router parse_destination",
-    "sqlite_journal": "SQLiteJournal",
     "transfer": "TransferEngine",
 }.items() for name in names.split()}
 

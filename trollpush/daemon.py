@@ -26,11 +26,10 @@ from ._startup import StartupSignals
 from .announce import Announcer
 from .config import Config
 from .errors import Reason, SetupError, UnrecordableError
-from .journal import JobRecord, Journal, MemoryJournal, State
+from .journal import JobRecord, Journal, MemoryJournal, SQLiteJournal, State
 from .models import Job, Rejection, Request, Stat, Upload, UploadResult
 from .receive import Limits, RequestServer, SubscribeReceiver
 from .route import Router
-from .sqlite_journal import SQLiteJournal
 from .transfer import TransferEngine
 
 logger = logging.getLogger(__name__)

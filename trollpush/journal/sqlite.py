@@ -13,7 +13,7 @@
   pruned by age and by count on open and every :data:`PRUNE_EVERY` finishes;
 * on open, every open request is read back once, as recovery will read it: one that
   cannot be (nor any of its jobs) is moved to the ``quarantine`` table instead of
-  stopping every other request from resuming (:mod:`trollpush._journal_schema`).
+  stopping every other request from resuming (:mod:`trollpush.journal.schema`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._codec import (
+from .._workers import post
+from ..errors import JournalError
+from ..models import Job, Request, SourceFile, Stat, Upload, UploadResult
+from .codec import (
     UNREADABLE,
     _i64,
     _job_body,
@@ -44,18 +47,7 @@ from ._codec import (
     _u64,
     unreadable,
 )
-from ._journal_schema import SCHEMA_VERSION as SCHEMA_VERSION
-from ._journal_schema import (
-    Quarantined,
-    migrate,
-    prune_quarantine,
-    quarantined,
-    set_aside,
-    sweep,
-)
-from ._workers import post
-from .errors import JournalError
-from .journal import (
+from .protocol import (
     PRUNE_EVERY,
     JobRecord,
     MultipartState,
@@ -66,7 +58,15 @@ from .journal import (
     _slot,
     advance,
 )
-from .models import Job, Request, SourceFile, Stat, Upload, UploadResult
+from .schema import SCHEMA_VERSION as SCHEMA_VERSION
+from .schema import (
+    Quarantined,
+    migrate,
+    prune_quarantine,
+    quarantined,
+    set_aside,
+    sweep,
+)
 
 logger = logging.getLogger(__name__)
 

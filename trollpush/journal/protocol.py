@@ -3,7 +3,7 @@
 Every request is recorded before it is acknowledged and moves through
 accepted -> transferring -> uploaded -> announced (or failed).  This module defines that
 contract and the in-memory implementation (:class:`MemoryJournal`, no durability); the
-durable one, :class:`~trollpush.sqlite_journal.SQLiteJournal`, survives crashes,
+durable one, :class:`~trollpush.journal.SQLiteJournal`, survives crashes,
 restarts and power loss.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from .models import Job, Request, Stat, Upload, UploadResult
+from ..models import Job, Request, Stat, Upload, UploadResult
 
 logger = logging.getLogger(__name__)
 
