@@ -26,7 +26,7 @@ from ._startup import StartupSignals
 from .announce import Announcer
 from .config import Config
 from .errors import Reason, SetupError, UnrecordableError
-from .journal import JobRecord, Journal, MemoryJournal, SQLiteJournal, State
+from .journal import JobRecord, Journal, MemoryJournal, State, make_journal
 from .models import Job, Rejection, Request, Stat, Upload, UploadResult
 from .receive import Limits, RequestServer, SubscribeReceiver
 from .route import Router
@@ -52,14 +52,6 @@ RECOVERY_SETTLE = 1.0
 def _shutdown(request: Request, detail: str) -> Rejection:
     return Rejection(Reason.SHUTDOWN, detail, request.origin, subject=request.subject,
                      uri=request.files[0].uri, metadata=request.metadata, reply=request.reply)
-
-
-def make_journal(config: Config) -> Journal:
-    """The configured journal: SQLite at ``journal.path``, or memory for ``path: memory``."""
-    keep = config.journal.keep_landed_days * 86400
-    if config.journal.path is None:
-        return MemoryJournal(keep_landed_seconds=keep)
-    return SQLiteJournal(config.journal.path, keep_landed_seconds=keep)
 
 
 class _ObjectLock:
@@ -109,7 +101,7 @@ class Daemon:
 
     def __init__(self, config: Config, *, journal: Journal | None = None) -> None:
         self.config = config
-        self.journal: Journal = journal if journal is not None else make_journal(config)
+        self.journal: Journal = journal if journal is not None else make_journal(config.journal)
         #: a durable journal keeps what shutdown cuts off, to finish at the next start
         self.durable = not isinstance(self.journal, MemoryJournal)
         self._overwrite = {t.name: t.overwrite for t in config.targets}
