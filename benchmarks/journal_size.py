@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trollpush.journal import SQLiteJournal
 from trollpush.models import Job, Request, SourceFile, Upload, UploadResult
-from trollpush.sqlite_journal import SQLiteJournal
 
 MAX_OBJECTS = 1_000_000  # a bound on one run
 

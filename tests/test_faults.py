@@ -26,9 +26,9 @@ from moto.server import ThreadedMotoServer
 from trollpush import send
 from trollpush.announce import new_message
 from trollpush.config import parse_config
+from trollpush.journal import SQLiteJournal
 from trollpush.receive import build_request
 from trollpush.route import Router
-from trollpush.sqlite_journal import SQLiteJournal
 
 from .helpers import Listener, Producer, free_port, link, running_daemon, wait_until
 

@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trollpush._codec import _dumps, _loads
 from trollpush.errors import JournalError
-from trollpush.journal import Journal, MemoryJournal, MultipartState, State, default_journal_path
+from trollpush.journal import (
+    SCHEMA_VERSION,
+    Journal,
+    MemoryJournal,
+    MultipartState,
+    SQLiteJournal,
+    State,
+    default_journal_path,
+)
+from trollpush.journal.codec import _dumps, _loads
 from trollpush.models import Job, Request, SourceFile, Upload, UploadResult
-from trollpush.sqlite_journal import SCHEMA_VERSION, SQLiteJournal
 
 ROOT = Path(__file__).resolve().parents[1]
 AnyJournal = MemoryJournal | SQLiteJournal
@@ -40,13 +47,18 @@ class Clock:
         return self.now
 
 
+#: every journal the contract tests run on, by kind: a new one plugs in here
+JOURNALS: dict[str, Callable[..., AnyJournal]] = {
+    "memory": lambda tmp_path, **kw: MemoryJournal(**kw),
+    "sqlite": lambda tmp_path, **kw: SQLiteJournal(tmp_path / "state" / "journal.sqlite", **kw),
+}
+
+
 def new_journal(kind: str, tmp_path: Path, clock: Clock | None = None,
                 **kw: Any) -> AnyJournal:
     if clock is not None:
         kw["clock"] = clock
-    if kind == "memory":
-        return MemoryJournal(**kw)
-    return SQLiteJournal(tmp_path / "state" / "journal.sqlite", **kw)
+    return JOURNALS[kind](tmp_path, **kw)
 
 
 def make_request(n: int, *, files: int = 1, accepted_at: float | None = None,
@@ -132,7 +144,7 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=list(JOURNALS))
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -151,6 +163,72 @@ def test_both_implement_the_protocol(tmp_path: Path) -> None:
 
 
 # --- the contract, on both ----------------------------------------------------------------
+
+
+async def test_one_script_of_calls_gets_the_same_answers(journal: Journal) -> None:
+    """The contract as one script, through the :class:`Journal` protocol alone: every
+    journal in :data:`JOURNALS` must answer it alike."""
+    r1, r2, r3 = make_request(1, files=2), make_request(2), make_request(3, files=2)
+    a, b = make_job(r1, "a", prefix="a"), make_job(r1, "b", endpoint="other", prefix="b")
+    direct = make_job(r2, None, prefix="c")
+    again = Job(r3, "a", "default", tuple(  # other files, to a's objects
+        Upload(f, "bucket", u.key) for f, u in zip(r3.files, a.uploads, strict=True)), {}, "/t")
+
+    def unfinished() -> list[str]:
+        return [r.id for r in journal.unfinished()]
+
+    def jobs(r: Request) -> list[tuple[str | None, str, int, str | None]]:
+        return [(x.job.target, x.state, len(x.results), x.reason) for x in journal.jobs(r)]
+
+    def landed(job: Job) -> list[tuple[str, int, tuple[int, int, int] | None] | None]:
+        hits = [journal.landed(job.endpoint, u.bucket, u.key) for u in job.uploads]
+        return [None if h is None else (h.upload.source.uri, h.attempts, h.source_stat)
+                for h in hits]
+
+    await journal.accepted(r1)
+    await journal.accepted(r2)
+    assert unfinished() == ["req00001", "req00002"]
+    assert await journal.begin(a, True) == {}
+    assert jobs(r1) == [("a", "transferring", 0, None)]
+    up = a.uploads[0]
+    await journal.multipart_started(a, up, "U1", part_size=5 << 20, source_stat=(1, 2, 3))
+    await journal.part_done(a, up, 2, '"e2"', None)
+    await journal.part_done(a, up, 1, '"e1"', "c1")
+    assert journal.multipart(a, up) == MultipartState(
+        "U1", {1: ('"e1"', "c1"), 2: ('"e2"', None)}, 5 << 20, (1, 2, 3))
+    await journal.concluded(a, tuple(make_result(u, (n, n, n))
+                                     for n, u in enumerate(a.uploads, 1)))
+    assert jobs(r1) == [("a", "announced", 2, None)] and journal.multipart(a, up) is None
+    assert landed(a) == [(r1.files[0].uri, 0, (1, 1, 1)), (r1.files[1].uri, 0, (2, 2, 2))]
+
+    await journal.transferring(b)
+    await journal.failed(r1, b, "retries_exhausted")
+    assert jobs(r1)[1] == ("b", "failed", 0, "retries_exhausted")
+    await journal.transferring(b)  # a retry
+    await journal.uploaded(b, tuple(make_result(u, ok=False) for u in b.uploads))
+    await journal.announced(b)
+    assert jobs(r1) == [("a", "announced", 2, None), ("b", "announced", 2, None)]
+    assert landed(b) == [None, None]
+    await journal.failed(r2, None, "no_route")
+    await journal.uploaded(direct, (make_result(direct.uploads[0], (9, 9, 9)),))
+    assert jobs(r2) == [(None, "uploaded", 1, None)]
+    await journal.finished(r1)
+    assert unfinished() == ["req00002"] and jobs(r1) == []
+    assert landed(a) == [(r1.files[0].uri, 0, (1, 1, 1)), (r1.files[1].uri, 0, (2, 2, 2))]
+
+    await journal.accepted(r3)
+    found = await journal.begin(again, True)  # candidates: what landed there before
+    assert {i: (h.upload.source.uri, h.source_stat) for i, h in found.items()} == {
+        0: (r1.files[0].uri, (1, 1, 1)), 1: (r1.files[1].uri, (2, 2, 2))}
+    assert jobs(r3) == []  # everything found: nothing recorded
+    assert await journal.begin(again, False) == {}
+    assert jobs(r3) == [("a", "transferring", 0, None)] and landed(a) == [None, None]
+    await journal.concluded(again, tuple(make_result(u, (7, 7, n))
+                                         for n, u in enumerate(again.uploads)), finish=True)
+    assert unfinished() == ["req00002"] and jobs(r3) == []
+    assert landed(a) == [(r3.files[0].uri, 0, (7, 7, 0)), (r3.files[1].uri, 0, (7, 7, 1))]
+    await journal.finished(r2)
+    assert unfinished() == [] and landed(direct) == [(r2.files[0].uri, 0, (9, 9, 9))]
 
 
 async def test_requests_round_trip_with_datetimes_and_nesting(journal: AnyJournal) -> None:

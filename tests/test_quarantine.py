@@ -16,15 +16,14 @@ from typing import Any
 
 import pytest
 
-from trollpush._codec import _job_body, _request_body, _results_body
 from trollpush.announce import new_message
 from trollpush.config import parse_config
 from trollpush.errors import JournalError
-from trollpush.journal import MultipartState, State
+from trollpush.journal import SCHEMA_VERSION, MultipartState, SQLiteJournal, State
+from trollpush.journal.codec import _job_body, _request_body, _results_body
 from trollpush.models import Request
 from trollpush.receive import build_request
 from trollpush.route import Router
-from trollpush.sqlite_journal import SCHEMA_VERSION, SQLiteJournal
 
 from .helpers import running_daemon, wait_until
 from .test_journal import T0, Clock, fields, make_job, make_request, make_result, tables
@@ -233,7 +232,7 @@ async def test_the_quarantine_is_pruned_after_30_days(tmp_path: Path,
     await j.open()
     assert {q.request_id for q in j.quarantined()} == {"req00003"}
     await j.close()
-    monkeypatch.setattr("trollpush._journal_schema.QUARANTINE_MAX_ROWS", 1)  # and bounded in rows
+    monkeypatch.setattr("trollpush.journal.schema.QUARANTINE_MAX_ROWS", 1)  # and bounded in rows
     await j.open()
     assert [q.source for q in j.quarantined()] == ["jobs"]  # the newest row
     assert [r.id for r in j.unfinished()] == ["req00001"]

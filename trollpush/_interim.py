@@ -12,23 +12,14 @@ from typing import Any
 
 from .config import Config
 from .errors import Reason
-from .journal import Journal, MemoryJournal
 from .models import Rejection, Request, Upload, UploadResult
 from .receive import RequestServer, SubscribeReceiver
-from .sqlite_journal import SQLiteJournal
 from .stats import Stats
 from .transfer import TransferEngine
 
 logger = logging.getLogger(__name__)
 TRANSIENT = frozenset({Reason.UPLOAD_FAILED, Reason.TIMEOUT, Reason.QUEUE_TIMEOUT})
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0
-
-
-def make_journal(config: Config) -> Journal:
-    keep = config.journal.keep_landed_days * 86400
-    if config.journal.path is None:
-        return MemoryJournal(keep_landed_seconds=keep)
-    return SQLiteJournal(config.journal.path, keep_landed_seconds=keep)
 
 
 class Engine(TransferEngine):

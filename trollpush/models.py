@@ -122,6 +122,16 @@ class UploadResult:
 
 
 @dataclass(frozen=True)
+class MultipartState:
+    """A multipart upload in progress: enough to continue it instead of starting over."""
+
+    upload_id: str
+    parts: Mapping[int, tuple[str, str | None]]  # number -> (etag, checksum) of parts done
+    part_size: int | None = None  # as recorded at the start: resume only with the same
+    source_stat: Stat | None = None  # the file as it was when the upload started
+
+
+@dataclass(frozen=True)
 class Rejection:
     """A message or request refused before it became a Request, with the reason."""
 

@@ -288,13 +288,14 @@ def build_service(config: Config, *, journal: Journal | None = None,
     """The service with its real collaborators (``journal``: one to use instead of the
     configured one, for tests and tools)."""
     from ._interim import Engine as TransferEngine
-    from ._interim import build_inputs, make_journal
+    from ._interim import build_inputs
+    from .journal import make_journal
 
     registry = registry if registry is not None else Stats()
     engine = TransferEngine(config.endpoints, warm_buckets=config.warm_buckets(),
                             roots=config.daemon.allowed_roots,
                             file_timeout=config.daemon.file_timeout, stats=registry)
-    return Service(config, journal=journal if journal is not None else make_journal(config),
+    return Service(config, journal=journal if journal is not None else make_journal(config.journal),
                    engine=engine, announcer=Announcer(config.publish),
                    inputs=lambda service: build_inputs(config, service), registry=registry)
 

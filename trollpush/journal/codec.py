@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import UnrecordableError
-from .journal import JobRecord, State
-from .models import Job, Request, SourceFile, Upload, UploadResult
+from ..errors import UnrecordableError
+from ..models import Job, Request, SourceFile, Upload, UploadResult
+from .protocol import JobRecord, State
 
 # --- the tagged JSON encoding ---------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The SQLite journal's schema, its upgrades, and the quarantine of unreadable records.
 
-Kept apart from :mod:`trollpush.sqlite_journal` (the writer thread and the records it
+Kept apart from :mod:`trollpush.journal.sqlite` (the writer thread and the records it
 writes): everything here runs on the writer's connection while the journal opens, before
 any reader exists.
 
@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._codec import UNREADABLE, _job_record, _request, unreadable
-from .errors import JournalError
-from .models import Request
+from ..errors import JournalError
+from ..models import Request
+from .codec import UNREADABLE, _job_record, _request, unreadable
 
-logger = logging.getLogger("trollpush.sqlite_journal")
+logger = logging.getLogger(__name__)
 
 #: the SQLite schema this version writes (``PRAGMA user_version``)
 SCHEMA_VERSION = 2
