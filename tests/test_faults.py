@@ -24,9 +24,8 @@ import yaml
 from moto.server import ThreadedMotoServer
 
 from trollpush import send
-from trollpush.announce import new_message
 from trollpush.config import parse_config
-from trollpush.receive import build_request
+from trollpush.messages import build_request, new_message
 from trollpush.route import Router
 from trollpush.sqlite_journal import SQLiteJournal
 

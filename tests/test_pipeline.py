@@ -13,7 +13,7 @@ import zmq
 from posttroll.message import Message
 
 from trollpush import SetupError, send
-from trollpush.receive import decode_message
+from trollpush.messages import decode_message
 
 from .helpers import Listener, Producer, link, running_daemon, wait_until
 

@@ -17,12 +17,11 @@ from typing import Any
 import pytest
 
 from trollpush._codec import _job_body, _request_body, _results_body
-from trollpush.announce import new_message
 from trollpush.config import parse_config
 from trollpush.errors import JournalError
 from trollpush.journal import MultipartState, State
+from trollpush.messages import build_request, new_message
 from trollpush.models import Request
-from trollpush.receive import build_request
 from trollpush.route import Router
 from trollpush.sqlite_journal import SCHEMA_VERSION, SQLiteJournal
 

@@ -40,8 +40,9 @@ if TYPE_CHECKING:
         UsageError,
     )
     from .journal import Journal, MemoryJournal
+    from .messages import parse_destination
     from .models import Job, Rejection, Request, SourceFile, Upload, UploadResult
-    from .route import Router, parse_destination
+    from .route import Router
     from .sqlite_journal import SQLiteJournal
     from .transfer import TransferEngine
 
@@ -57,8 +58,9 @@ _LAZY: dict[str, str] = {name: module for module, names in {
               "Reason RetriesExhausted RouteError SetupError TransferError TransferTimeout "
               "TrollpushError UsageError",
     "journal": "Journal MemoryJournal",
+    "messages": "parse_destination",
     "models": "Job Rejection Request SourceFile Upload UploadResult",
-    "route": "Router parse_destination",
+    "route": "Router",
     "sqlite_journal": "SQLiteJournal",
     "transfer": "TransferEngine",
 }.items() for name in names.split()}

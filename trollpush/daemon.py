@@ -21,14 +21,17 @@ from typing import Any
 
 from posttroll.message import Message
 
-from . import announce, logsafe
+from . import logsafe
 from ._startup import StartupSignals
 from .announce import Announcer
 from .config import Config
 from .errors import Reason, SetupError, UnrecordableError
+from .inputs import REGISTRY, Input, InputFactory, build_inputs
+from .inputs.requests import RequestServer, RequestsInput
+from .inputs.subscribe import SubscribeInput, SubscribeReceiver
 from .journal import JobRecord, Journal, MemoryJournal, State
+from .messages import ACK_TYPE, FAILURE_TYPE, MULTIPLE_TYPE, Limits, ack, combine, completion
 from .models import Job, Rejection, Request, Stat, Upload, UploadResult
-from .receive import Limits, RequestServer, SubscribeReceiver
 from .route import Router
 from .sqlite_journal import SQLiteJournal
 from .transfer import TransferEngine
@@ -38,8 +41,7 @@ logger = logging.getLogger(__name__)
 #: pub-sub message types that are never requests, dropped with a debug line: heartbeats,
 #: and trollpush's own announcements (refusing those loudly would feed a loop when a
 #: daemon hears its own publisher)
-QUIET_TYPES = frozenset({"beat", announce.FAILURE_TYPE, announce.ACK_TYPE,
-                         announce.MULTIPLE_TYPE})
+QUIET_TYPES = frozenset({"beat", FAILURE_TYPE, ACK_TYPE, MULTIPLE_TYPE})
 
 
 #: failures worth waiting out (the store down or overloaded), retried until max_age
@@ -108,14 +110,15 @@ class _JobProgress:
 class Daemon:
     """One trollpush daemon; ``await run()`` until ``stop()`` or a signal."""
 
-    def __init__(self, config: Config, *, journal: Journal | None = None) -> None:
+    def __init__(self, config: Config, *, journal: Journal | None = None,
+                 registry: Sequence[InputFactory] = REGISTRY) -> None:
         self.config = config
         self.journal: Journal = journal if journal is not None else make_journal(config)
         #: a durable journal keeps what shutdown cuts off, to finish at the next start
         self.durable = not isinstance(self.journal, MemoryJournal)
         self._overwrite = {t.name: t.overwrite for t in config.targets}
-        self._limits = Limits(config.daemon.max_request_bytes, config.daemon.allowed_roots,
-                              config.daemon.file_timeout)
+        self.limits = Limits(config.daemon.max_request_bytes, config.daemon.allowed_roots,
+                             config.daemon.file_timeout)
         self._objects: dict[tuple[str, str, str], _ObjectLock] = {}
         self._resuming: set[str] = set()  # ids of requests recovered from the journal
         self._feeders: set[asyncio.Task[None]] = set()
@@ -124,8 +127,8 @@ class Daemon:
                                        roots=config.daemon.allowed_roots,
                                        file_timeout=config.daemon.file_timeout)
         self.announcer = Announcer(config.publish)
-        self.requests: RequestServer | None = None
-        self.subscriber: SubscribeReceiver | None = None
+        self._registry = registry  # the inputs to build (tests add their own)
+        self.inputs: list[Input] = []
         self.counts: Counter[str] = Counter()
         #: the last journal write failed: new requests are refused until one succeeds
         self.journal_down = False
@@ -142,6 +145,28 @@ class Daemon:
         queued = self._queue.qsize() if self._queue else 0
         return (f"<Daemon queued={queued} in_flight={len(self._tasks)} {dict(self.counts)} "
                 f"{self.transfer!r}>")
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop ``run()`` runs on (the inputs' Intake)."""
+        assert self._loop is not None, "no loop before run()"
+        return self._loop
+
+    def input(self, name: str) -> Input | None:
+        """The running input of that name (``requests``, ``subscribe``), if any."""
+        return next((found for found in self.inputs if found.name == name), None)
+
+    @property
+    def requests(self) -> RequestServer | None:
+        """The REQ/REP input's server while it runs (tests look into it)."""
+        found = self.input("requests")
+        return found.server if isinstance(found, RequestsInput) else None
+
+    @property
+    def subscriber(self) -> SubscribeReceiver | None:
+        """The pub-sub input's reader while it runs (tests look into it)."""
+        found = self.input("subscribe")
+        return found.receiver if isinstance(found, SubscribeInput) else None
 
     def stop(self) -> None:
         """Ask the daemon to shut down; safe from any thread, before or after run()."""
@@ -190,12 +215,7 @@ class Daemon:
             raise SetupError(f"intake failed: {self._fatal}") from self._fatal
 
     def _inputs(self) -> list[str]:
-        out = []
-        if self.requests:
-            out.append(f"requests on {self.requests.address}")
-        if self.config.subscribe:
-            out.append(f"subscribed to {list(self.config.subscribe.topics)}")
-        return out
+        return [found.describe() for found in self.inputs]
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -213,24 +233,13 @@ class Daemon:
             raise SetupError(f"journal: {err}") from err
         await self.transfer.start()
         await asyncio.to_thread(self.announcer.start)
-        if self.config.requests is not None:
-            self.requests = RequestServer(self.config.requests.address, self.submit,
-                                          on_fatal=self.fatal, limits=self._limits,
-                                          mode=self.config.requests.mode,
-                                          group=self.config.requests.group)
-            self.requests.start()
-        if self.config.subscribe is not None:
-            assert self._loop is not None
-            self.subscriber = SubscribeReceiver(self.config.subscribe.settings, self.submit,
-                                                self._loop, on_fatal=self.fatal,
-                                                limits=self._limits)
-            await asyncio.to_thread(self.subscriber.start)
+        self.inputs = build_inputs(self.config, self, self._registry)
+        for found in self.inputs:
+            await found.start()
 
     async def _stop_intake(self) -> None:
-        if self.requests is not None:
-            await self.requests.stop()
-        if self.subscriber is not None:
-            await asyncio.to_thread(self.subscriber.stop)
+        for found in self.inputs:
+            await found.stop()
 
     async def _drain(self, dispatcher: asyncio.Task[None]) -> None:
         """Finish queued and running work within the grace period; fail the rest loudly."""
@@ -249,8 +258,7 @@ class Daemon:
             feeder.cancel()
         dispatcher.cancel()
         await asyncio.gather(dispatcher, *self._feeders, return_exceptions=True)
-        left = [item for intake in (self.requests, self.subscriber) if intake is not None
-                for item in intake.undelivered]
+        left = [item for found in self.inputs for item in found.undelivered()]
         while not self._queue.empty():
             left.append(self._queue.get_nowait())
         for item in left:
@@ -270,8 +278,7 @@ class Daemon:
         steps: list[tuple[str, Callable[[], Awaitable[None] | None]]] = [
             ("intake", self._stop_intake), ("transfer", self.transfer.close),
             ("publisher", self.announcer.stop)]
-        if self.requests is not None:
-            steps.append(("request socket", self.requests.close))
+        steps += [(f"{found.name} input", found.close) for found in self.inputs]
         steps.append(("journal", self.journal.close))
         for name, step in steps:
             try:
@@ -428,7 +435,7 @@ class Daemon:
             jobs = result.jobs
             reply = request.reply
             if reply is not None and reply.wants_ack and jobs:
-                await reply.send(announce.ack(request, [u.url for j in jobs for u in j.uploads]))
+                await reply.send(ack(request, [u.url for j in jobs for u in j.uploads]))
             for fail in result.failures:
                 logger.warning("route failed for %s: %s (%s)", request.describe(), fail.detail,
                                fail.reason)
@@ -475,7 +482,7 @@ class Daemon:
         reply = request.reply
         # a request that could not start gets its failure even if it asked only for the ack
         if reply is not None and (reply.wants_final or not jobs_started) and messages:
-            await reply.send(announce.combine(messages, request.subject))
+            await reply.send(combine(messages, request.subject))
 
     def _internal(self, request: Request, job: Job | None, err: BaseException) -> list[Message]:
         """A bug or a broken dependency (the journal, say): announced, never silent."""
@@ -560,7 +567,7 @@ class Daemon:
                                                    failed[0].reason or "upload_failed"),
                                job.describe())
         else:  # published first: a crash before the record repeats it, never loses it
-            messages = [announce.completion(job, results)]
+            messages = [completion(job, results)]
             await self.announcer.sent(messages[0])
             await self._record(self.journal.concluded(job, results, finish=finish),
                                job.describe())
@@ -599,7 +606,7 @@ class Daemon:
 
 
 def _failed(messages: Sequence[Message]) -> bool:
-    return any(m.type == announce.FAILURE_TYPE for m in messages)
+    return any(m.type == FAILURE_TYPE for m in messages)
 
 
 async def run_daemon(config: Config, *, startup: StartupSignals | None = None) -> None:
