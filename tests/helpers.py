@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from trollpush import (
     Upload,
     parse_config,
 )
+from trollpush.inputs import REGISTRY, InputFactory
 
 
 def free_port() -> int:
@@ -132,10 +133,10 @@ def link(producer: Producer, listener: Listener, subject: str, timeout: float = 
 
 
 @contextmanager
-def running_daemon(config: dict[str, Any], journal: Journal | None = None
-                   ) -> Iterator[Daemon]:
+def running_daemon(config: dict[str, Any], journal: Journal | None = None, *,
+                   registry: Sequence[InputFactory] = REGISTRY) -> Iterator[Daemon]:
     """A daemon in a background thread with its own event loop; stopped on exit."""
-    daemon = Daemon(parse_config(config), journal=journal)
+    daemon = Daemon(parse_config(config), journal=journal, registry=registry)
     errors: list[BaseException] = []
 
     def run() -> None:
