@@ -30,7 +30,6 @@ logger = logging.getLogger("trollpush.receive")  # the name users' log configs k
 REPLY_MODES = ("final", "accepted", "both")
 
 
-
 class _RouterReply:
     """Replies to one REQ (or REQ-style DEALER) peer through the shared ROUTER socket."""
 

@@ -306,6 +306,7 @@ class SubscribeInput:
         self.topics = list(config.topics)
         self.receiver = SubscribeReceiver(config.settings, intake.submit, intake.loop,
                                           on_fatal=intake.fatal, limits=intake.limits)
+        self._stopped = False
 
     def __repr__(self) -> str:
         return f"<SubscribeInput {self.receiver!r}>"
@@ -318,12 +319,14 @@ class SubscribeInput:
 
     async def stop(self) -> None:
         await asyncio.to_thread(self.receiver.stop)  # joins the reader thread
+        self._stopped = True
 
     def undelivered(self) -> list[Request | Rejection]:
         return list(self.receiver.undelivered)
 
     async def close(self) -> None:
-        await self.stop()  # stopping the reader closes its sockets
+        if not self._stopped:  # stopping the reader closed its sockets already
+            await self.stop()
 
 
 def create(config: Config, intake: Intake) -> SubscribeInput | None:
