@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from posttroll.publisher import create_publisher_from_dict_config
 from posttroll.subscriber import create_subscriber_from_dict_config
 
 from trollpush.config import EndpointConfig, parse_config
+from trollpush.inputs import REGISTRY, InputFactory
 from trollpush.journal import Journal
 from trollpush.models import SourceFile, Upload
 from trollpush.service import Service, build_service
@@ -128,10 +129,10 @@ def link(producer: Producer, listener: Listener, subject: str, timeout: float = 
 
 
 @contextmanager
-def running_daemon(config: dict[str, Any], journal: Journal | None = None
-                   ) -> Iterator[Service]:
+def running_daemon(config: dict[str, Any], journal: Journal | None = None, *,
+                   registry: Sequence[InputFactory] = REGISTRY) -> Iterator[Service]:
     """A daemon in a background thread with its own event loop; stopped on exit."""
-    daemon = build_service(parse_config(config), journal=journal)
+    daemon = build_service(parse_config(config), journal=journal, inputs=registry)
     errors: list[BaseException] = []
 
     def run() -> None:

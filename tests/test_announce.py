@@ -10,7 +10,7 @@ from typing import Any
 
 from posttroll.message import Message
 
-from trollpush import announce
+from trollpush import messages
 from trollpush.announce import Announcer
 from trollpush.config import parse_config
 from trollpush.models import Job, Request, SourceFile, Upload, UploadResult
@@ -22,7 +22,7 @@ def test_new_message_is_a_posttroll_message() -> None:
     """Built without posttroll's per-message user and host look-up, yet the same: the
     same attributes, the same sender, and it encodes and decodes like one."""
     data = {"uri": "s3://b/k", "when": dt.datetime(2026, 11, 21, 10, 5, tzinfo=dt.UTC)}
-    ours = announce.new_message("/uploaded/viirs/", "file", data)
+    ours = messages.new_message("/uploaded/viirs/", "file", data)
     theirs = Message("/uploaded/viirs/", "file", data)
     assert isinstance(ours, Message)
     assert vars(ours).keys() == vars(theirs).keys()
@@ -45,7 +45,7 @@ def test_completion_carries_the_object_and_the_metadata() -> None:
               "/uploaded/")
     result = UploadResult(upload, 12, 1, 0.1, etag='"e"', checksum="AAAA",
                           checksum_algorithm="crc32c")
-    message = Message.decode(announce.completion(job, [result]).encode())
+    message = Message.decode(messages.completion(job, [result]).encode())
     assert message.subject == "/uploaded/" and message.type == "file"
     assert message.data == {"platform_name": "NOAA-20", "uri": "s3://bucket/out/a.h5",
                             "uid": "a.h5", "size": 12, "checksum": "crc32c:AAAA",
@@ -61,19 +61,19 @@ def test_announcer_sends_in_order_from_its_thread_and_flushes_at_stop(
     listener = Listener(f"tcp://127.0.0.1:{ports['pub']}", ["/uploaded/"])
     try:
         def probed() -> bool:  # PUB/SUB: send probes until the subscription has joined
-            announcer.publish(announce.new_message("/uploaded/probe", "info", {}))
+            announcer.publish(messages.new_message("/uploaded/probe", "info", {}))
             return bool(listener.messages)
         wait_until(probed, 15, "the subscription to join")
 
         async def burst() -> int:
             for n in range(500):
-                announcer.publish(announce.new_message("/uploaded/x", "file", {"n": n}))
-            await announcer.sent(announce.new_message("/uploaded/x", "file", {"n": 500}))
+                announcer.publish(messages.new_message("/uploaded/x", "file", {"n": n}))
+            await announcer.sent(messages.new_message("/uploaded/x", "file", {"n": 500}))
             return announcer.published
 
         assert asyncio.run(burst()) >= 501
         for n in range(501, 600):
-            announcer.publish(announce.new_message("/uploaded/x", "file", {"n": n}))
+            announcer.publish(messages.new_message("/uploaded/x", "file", {"n": n}))
         announcer.stop()
         got = listener.wait_for(lambda ms: sum(m.subject == "/uploaded/x" for m in ms) >= 600,
                                 15, "600 messages")

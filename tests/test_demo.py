@@ -9,10 +9,10 @@ import sys
 import pytest
 from posttroll.message import Message
 
-from trollpush import announce
+from trollpush import messages
 from trollpush.demo import failure_line
+from trollpush.messages import decode
 from trollpush.models import Rejection
-from trollpush.receive import decode
 
 
 def failure_of(uri: str) -> dict[str, object]:
@@ -20,7 +20,7 @@ def failure_of(uri: str) -> dict[str, object]:
     frame = Message("/new/file/viirs/", "file", {"uri": uri, "sensor": "viirs"}).encode()
     rejection = decode(frame.encode(), origin="subscribe")
     assert isinstance(rejection, Rejection), rejection
-    message = announce.failure("/trollpush/failed", uri=rejection.uri,
+    message = messages.failure("/trollpush/failed", uri=rejection.uri,
                                destination=rejection.destination, error=rejection.detail,
                                reason=rejection.reason, metadata=rejection.metadata)
     return dict(message.data)

@@ -24,10 +24,9 @@ import yaml
 from moto.server import ThreadedMotoServer
 
 from trollpush import send
-from trollpush.announce import new_message
 from trollpush.config import parse_config
 from trollpush.journal import SQLiteJournal
-from trollpush.receive import build_request
+from trollpush.messages import build_request, new_message
 from trollpush.route import Router
 
 from .helpers import Listener, Producer, free_port, link, running_daemon, wait_until
@@ -217,7 +216,7 @@ def test_multipart_created_but_not_recorded_is_aborted_at_recovery(
     s3.create_multipart_upload(Bucket=bucket, Key=upload.key)  # its id never got recorded
     s3.create_multipart_upload(Bucket=bucket, Key=upload.key + ".other")  # not this object
     with running_daemon(base_config) as daemon:
-        wait_until(lambda: daemon.counts.get("completed", 0) == 1, 30, "the recovered upload")
+        wait_until(lambda: daemon.counts["completed"] == 1, 30, "the recovered upload")
     assert s3.get_object(Bucket=bucket, Key=upload.key)["Body"].read() == path.read_bytes()
     left = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert [u["Key"] for u in left] == [upload.key + ".other"]
@@ -253,7 +252,7 @@ def test_a_burst_of_thousands_is_accepted_even_when_uploads_stall(
         link(producer, listener, "/new/file/viirs/")
         for i in range(3000):
             producer.send("/new/file/viirs/", "file", {"uri": str(path), "n": i})
-        wait_until(lambda: daemon.counts.get("accepted", 0) == 3000, 60, "3,000 accepted")
+        wait_until(lambda: daemon.counts["accepted"] == 3000, 60, "3,000 accepted")
         unfinished = len(daemon.journal.unfinished())
     assert unfinished == 3000
 

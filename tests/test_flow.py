@@ -20,9 +20,9 @@ from trollpush.announce import Announcer
 from trollpush.config import Config, parse_config
 from trollpush.errors import Reason
 from trollpush.journal import MemoryJournal, State
+from trollpush.messages import build_request
 from trollpush.models import Request, Upload, UploadResult
 from trollpush.pipeline import Pipeline, RequestRun
-from trollpush.receive import build_request
 from trollpush.route import Routing
 from trollpush.stats import Stats
 

@@ -11,7 +11,7 @@ from typing import Any
 import zmq
 
 from trollpush import send
-from trollpush.receive import decode_message
+from trollpush.messages import decode_message
 
 from .helpers import Listener, Producer, link, running_daemon
 

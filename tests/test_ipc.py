@@ -28,7 +28,8 @@ import pytest
 from trollpush import parse_config, send
 from trollpush.client import request_message
 from trollpush.errors import ConfigError, SetupError
-from trollpush.receive import RequestServer, decode_message
+from trollpush.inputs.requests import RequestServer
+from trollpush.messages import decode_message
 
 from . import zmtp
 from .helpers import running_daemon

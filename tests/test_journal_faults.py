@@ -120,7 +120,7 @@ def test_an_outcome_the_journal_cannot_record_is_announced_once(
             messages = listener.wait_for(lambda ms: any(
                 m.data.get("uri") == str(late) for m in ms), what="the later refusal")
             filler.unlink()
-            assert daemon.counts.get("completed", 0) == 1 and daemon.counts.get("failed", 0) == 0
+            assert daemon.counts["completed"] == 1 and daemon.counts["failed"] == 0
     finally:
         proxy.gate.set()
         proxy.close()

@@ -83,9 +83,10 @@ def test_subscribe_through_nameserver(nameserver: None, base_config: dict[str, A
             wait_until(linked, 20, "the daemon to find the producer via the nameserver")
             producer.send(Message("/new/file/viirs/", "file", {"uri": str(granule)}).encode())
             msgs = listener.wait_for(lambda ms: any(m.type == "file" for m in ms))
-            assert daemon.input("subscribe") is not None and daemon.input("subscribe").received >= 2
+            subscriber = daemon.input("subscribe").receiver
+            assert subscriber is not None and subscriber.received >= 2
             # a socket added from the nameserver's answer got the raised high-water mark
-            sockets = list(daemon.input("subscribe")._subscriber.subscribers)
+            sockets = list(subscriber._subscriber.subscribers)
             assert sockets and {s.getsockopt(zmq.RCVHWM) for s in sockets} == {100_000}
     finally:
         listener.close()

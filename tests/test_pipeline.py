@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
@@ -14,7 +13,7 @@ import zmq
 from posttroll.message import Message
 
 from trollpush import SetupError, send
-from trollpush.receive import decode_message
+from trollpush.messages import decode_message
 
 from .helpers import Listener, Producer, link, running_daemon, wait_until
 
@@ -87,7 +86,7 @@ def test_bad_messages_are_announced_and_the_daemon_keeps_going(
     (tmp_path / "x.txt").write_text("x")
     with running_daemon(base_config) as daemon:
         link(producer, listener, "/new/file/viirs/")
-        before = daemon.counts.get("refused", 0)  # the link probes were refused on purpose
+        before = daemon.counts["refused"]  # the link probes were refused on purpose
         producer.send("/new/file/viirs/", "file", {"uri": str(tmp_path / "gone.h5")})
         producer.send("/new/file/viirs/", "file", {"uri": str(tmp_path)})
         producer.send("/new/file/viirs/", "file", {"uid": "no-uri.h5"})
@@ -108,7 +107,7 @@ def test_bad_messages_are_announced_and_the_daemon_keeps_going(
         assert "{orbit}" in fail.data["error"] and fail.data["target"] == "needs-orbit"
         # gone, directory, no uri, info, and the two raw frames (bad_message is not
         # announced with a uri, so it is counted rather than matched above)
-        assert daemon.counts.get("refused", 0) - before == 6
+        assert daemon.counts["refused"] - before == 6
 
 
 def test_request_reply_plain_req_socket(base_config: dict[str, Any], granule: Path, s3: Any,
@@ -270,10 +269,10 @@ def test_send_notices_a_daemon_that_goes_away(base_config: dict[str, Any], granu
             endpoint="hung")))
         worker.start()
         wait_until(lambda: daemon.transfer.active == 1, 15, "upload in progress")
-        server = daemon.input("requests")
+        server = daemon.input("requests").server
         assert server is not None and daemon.loop is not None
         # the socket dies as in a crash
-        asyncio.run_coroutine_threadsafe(server.close(), daemon.loop)
+        daemon.loop.call_soon_threadsafe(server.close)
         worker.join(timeout=20)
         assert not worker.is_alive()
     assert results and not results[0].ok
@@ -287,11 +286,11 @@ def test_own_announcements_heard_back_are_not_refused_loudly(
     with a failure announcement would feed a loop when a daemon hears its own publisher."""
     with running_daemon(base_config) as daemon:
         link(producer, listener, "/new/file/viirs/")
-        before = daemon.counts.get("refused", 0)  # the link probes were refused on purpose
+        before = daemon.counts["refused"]  # the link probes were refused on purpose
         for kind in ("failure", "ack", "multiple", "beat"):
             producer.send("/new/file/viirs/", kind, {"uri": str(granule), "reason": "x"})
         producer.send("/new/file/viirs/", "file", {"uri": str(granule)})
         msgs = listener.wait_for(lambda ms: any(m.type == "file" for m in ms))
-        rejected = daemon.counts.get("refused", 0) - before
+        rejected = daemon.counts["refused"] - before
     assert [m.type for m in msgs] == ["file"]
     assert rejected == 0

@@ -16,13 +16,12 @@ from typing import Any
 
 import pytest
 
-from trollpush.announce import new_message
 from trollpush.config import parse_config
 from trollpush.errors import JournalError
 from trollpush.journal import SCHEMA_VERSION, MultipartState, SQLiteJournal, State
 from trollpush.journal.codec import _job_body, _request_body, _results_body
+from trollpush.messages import build_request, new_message
 from trollpush.models import Request
-from trollpush.receive import build_request
 from trollpush.route import Router
 
 from .helpers import running_daemon, wait_until
@@ -372,8 +371,8 @@ def test_a_daemon_starts_from_a_damaged_journal_and_finishes_the_rest(
     _damage(journal_path, "UPDATE jobs SET body = json_set(body, '$.endpoint', 7) "
             "WHERE request_id = ?", requests[3].id)
     with running_daemon(base_config) as daemon:
-        wait_until(lambda: daemon.counts.get("completed", 0) == 2, 30, "the two good requests")
-        assert daemon.counts.get("resumed", 0) == 2
+        wait_until(lambda: daemon.counts["completed"] == 2, 30, "the two good requests")
+        assert daemon.counts["resumed"] == 2
         journal = daemon.journal
         assert isinstance(journal, SQLiteJournal)
         assert journal.counts["quarantined"] == 2

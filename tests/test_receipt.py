@@ -19,11 +19,13 @@ import zmq
 import zmq.asyncio
 
 from trollpush import send
-from trollpush._checks import CheckThreads
 from trollpush.client import request_message
 from trollpush.errors import Reason
+from trollpush.inputs._checks import CheckThreads
+from trollpush.inputs.requests import RequestServer
+from trollpush.inputs.subscribe import SubscribeReceiver
+from trollpush.messages import NO_LIMITS, Limits, decode
 from trollpush.models import Rejection, Request
-from trollpush.receive import NO_LIMITS, Limits, RequestServer, SubscribeReceiver, decode
 
 from . import hangfs
 from .helpers import Producer, free_port, running_daemon, wait_until, wait_until_async

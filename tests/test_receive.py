@@ -24,8 +24,8 @@ from posttroll.message import Message
 
 from trollpush.config import parse_config
 from trollpush.errors import Reason
+from trollpush.messages import MESSAGE_TYPES, build_request, decode
 from trollpush.models import FILE_KEYS, RESERVED_KEYS, Rejection, Request
-from trollpush.receive import MESSAGE_TYPES, build_request, decode
 from trollpush.route import Router, RouteResult
 
 HEADER = "pytroll://new/file/viirs/ {kind} tester@host 2026-11-21T10:05:00 v1.01 application/json "
@@ -542,8 +542,8 @@ async def test_a_busy_publisher_does_not_starve_a_quiet_one() -> None:
     time: a flood on one publisher's socket leaves room for the others."""
     import zmq
 
-    from trollpush._checks import CheckThreads
-    from trollpush.receive import SubscribeReceiver
+    from trollpush.inputs._checks import CheckThreads
+    from trollpush.inputs.subscribe import SubscribeReceiver
 
     async def sink(item: Any) -> None:
         pass

@@ -14,9 +14,9 @@ from posttroll.message import Message
 
 from trollpush.config import Config, parse_config
 from trollpush.errors import Reason, RouteError
+from trollpush.messages import build_request, parse_destination
 from trollpush.models import Request
-from trollpush.receive import build_request
-from trollpush.route import DEFAULT_TOPIC, Router, RouteResult, parse_destination
+from trollpush.route import DEFAULT_TOPIC, Router, RouteResult
 
 PATTERN = "{platform_name}_{start_time:%Y%m%d_%H%M}_{orbit:05d}.h5"
 GRANULE = "NOAA-20_20261121_1005_12345.h5"

@@ -10,10 +10,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from .config import Config
 from .errors import Reason
-from .models import Rejection, Request, Upload, UploadResult
-from .receive import RequestServer, SubscribeReceiver
+from .models import Upload, UploadResult
 from .stats import Stats
 from .transfer import TransferEngine
 
@@ -50,68 +48,3 @@ class Engine(TransferEngine):
             await asyncio.sleep(wait)
             delay = min(delay * 2, RETRY_MAX)
         return tuple(results[i] for i in range(len(uploads)))
-
-
-class _Requests:
-    name = "requests"
-
-    def __init__(self, config: Config, intake: Any) -> None:
-        assert config.requests is not None
-        self.server = RequestServer(config.requests.address, intake.submit,
-                                    on_fatal=intake.fatal, limits=intake.limits,
-                                    mode=config.requests.mode, group=config.requests.group)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.server, name)
-
-    def describe(self) -> str:
-        return f"requests on {self.server.address}"
-
-    async def start(self) -> None:
-        self.server.start()
-
-    async def stop(self) -> None:
-        await self.server.stop()
-
-    def undelivered(self) -> list[Request | Rejection]:
-        return self.server.undelivered
-
-    async def close(self) -> None:
-        self.server.close()
-
-
-class _Subscribe:
-    name = "subscribe"
-
-    def __init__(self, config: Config, intake: Any) -> None:
-        assert config.subscribe is not None
-        self.topics = list(config.subscribe.topics)
-        self.server = SubscribeReceiver(config.subscribe.settings, intake.submit, intake.loop,
-                                        on_fatal=intake.fatal, limits=intake.limits)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.server, name)
-
-    def describe(self) -> str:
-        return f"subscribed to {self.topics}"
-
-    async def start(self) -> None:
-        await asyncio.to_thread(self.server.start)
-
-    async def stop(self) -> None:
-        await asyncio.to_thread(self.server.stop)
-
-    def undelivered(self) -> list[Request | Rejection]:
-        return self.server.undelivered
-
-    async def close(self) -> None:
-        pass
-
-
-def build_inputs(config: Config, intake: Any) -> list[Any]:
-    out: list[Any] = []
-    if config.requests is not None:
-        out.append(_Requests(config, intake))
-    if config.subscribe is not None:
-        out.append(_Subscribe(config, intake))
-    return out

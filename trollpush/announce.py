@@ -1,21 +1,19 @@
-"""Announce: completion and failure messages, published with posttroll and replied.
+"""Announce: the publisher of completions and failures.
 
-A completion has the input's type and metadata with each ``uri`` replaced by the
-object's full ``s3://`` URL; a failure has type ``failure`` so that no success
-subscriber can mistake it.  The formats are documented in ``docs/messages.md``.
+The messages themselves are built in :mod:`trollpush.messages` (a completion has the
+input's type and metadata with each ``uri`` replaced by the object's ``s3://`` URL; a
+failure has type ``failure`` so that no success subscriber can mistake it); here they are
+sent on the one posttroll publisher of the process, and the pipeline's outcomes get the
+configured failure topic.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import functools
 import logging
-import posixpath
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from posttroll.message import Message
@@ -24,6 +22,7 @@ from posttroll.publisher import create_publisher_from_dict_config
 from ._workers import post, take
 from .config import PublishConfig
 from .errors import SetupError
+from .messages import failure
 from .models import Job, Rejection, Request, UploadResult
 from .route import RouteFailure
 
@@ -31,90 +30,6 @@ logger = logging.getLogger(__name__)
 
 #: a message to send, and the future of whoever waits for it to be sent
 _Item = tuple[Message, "asyncio.Future[None] | None"]
-
-FAILURE_TYPE = "failure"
-ACK_TYPE = "ack"
-MULTIPLE_TYPE = "multiple"
-
-
-@functools.cache
-def _sender() -> str:
-    return str(Message("/trollpush", "info").sender)
-
-
-def new_message(subject: str, atype: str, data: dict[str, Any]) -> Message:
-    """A posttroll ``Message`` with the sender looked up once per process.
-
-    ``Message()`` asks the password database and the host name for every message: a
-    busy daemon paid that thousands of times a second for the same answer.  The message
-    is the same (``tests/test_announce.py`` holds the two side by side) and is still
-    validated by posttroll when it is encoded.
-    """
-    message = Message.__new__(Message)
-    message.__dict__.update(subject=subject, type=atype, sender=_sender(),
-                            time=dt.datetime.now(dt.UTC), data=data, binary=False,
-                            version=None)
-    return message
-
-
-def completion(job: Job, results: Sequence[UploadResult]) -> Message:
-    """The message announcing that every file of a job landed."""
-    request = job.request
-    data: dict[str, Any] = dict(job.metadata)
-    produced = iter(results)
-    if request.type == "file":
-        data.update(_object_fields(next(produced)))
-    elif request.type == "dataset":
-        data["dataset"] = _rebuild_items(request.data["dataset"], produced)
-    else:
-        data["collection"] = [
-            {**item, "dataset": _rebuild_items(item["dataset"], produced)}
-            if isinstance(item, Mapping) and "dataset" in item
-            else {**item, **_object_fields(next(produced))}
-            for item in request.data["collection"]]
-    data["endpoint"] = job.endpoint
-    return new_message(job.publish_topic, request.type, data)
-
-
-def _object_fields(result: UploadResult) -> dict[str, Any]:
-    fields: dict[str, Any] = {"uri": result.upload.url,
-                              "uid": posixpath.basename(result.upload.key), "size": result.size}
-    if result.checksum:
-        fields["checksum"] = f"{result.checksum_algorithm}:{result.checksum}"
-    return fields
-
-
-def _rebuild_items(items: Sequence[Mapping[str, Any]],
-                   produced: Iterator[UploadResult]) -> list[dict[str, Any]]:
-    return [{**item, **_object_fields(next(produced))} for item in items]
-
-
-def failure(topic: str, *, uri: str | None, destination: str | None, error: str, reason: str,
-            attempts: int = 0, target: str | None = None, endpoint: str | None = None,
-            metadata: Mapping[str, Any] | None = None, request_type: str | None = None
-            ) -> Message:
-    """The message announcing that one file (or one message) could not be delivered."""
-    data: dict[str, Any] = dict(metadata or {})
-    data.update({"uri": uri, "destination": destination, "error": error, "reason": reason,
-                 "attempts": attempts})
-    extras = {"target": target, "endpoint": endpoint, "request_type": request_type}
-    data.update({k: v for k, v in extras.items() if v is not None})
-    return new_message(topic, FAILURE_TYPE, data)
-
-
-def ack(request: Request, destinations: Sequence[str]) -> Message:
-    """The early reply that a request was accepted (REQ/REP ``reply: accepted|both``)."""
-    return new_message(request.subject or "/trollpush/ack", ACK_TYPE,
-                   {"id": request.id, "uri": request.files[0].uri, "files": len(request.files),
-                    "destinations": list(destinations)})
-
-
-def combine(messages: Sequence[Message], subject: str) -> Message:
-    """One reply for a request that fanned out to several targets."""
-    if len(messages) == 1:
-        return messages[0]
-    return new_message(subject, MULTIPLE_TYPE, {"messages": [
-        {"subject": m.subject, "type": m.type, "data": m.data} for m in messages]})
 
 
 class Announcer:

@@ -111,7 +111,7 @@ def cmd_match(args: argparse.Namespace) -> int:
 
     from .client import parse_meta
     from .config import load_config
-    from .receive import build_request, decode_message
+    from .messages import build_request, decode_message
     from .route import Router
 
     config = load_config(args.config)

@@ -18,10 +18,8 @@ import zmq
 from posttroll.message import Message
 from zmq.utils.monitor import recv_monitor_message
 
-from .announce import ACK_TYPE, FAILURE_TYPE, MULTIPLE_TYPE
 from .errors import Reason, TrollpushError, UsageError
-from .receive import decode_message
-from .route import parse_destination
+from .messages import ACK_TYPE, FAILURE_TYPE, MULTIPLE_TYPE, decode_message, parse_destination
 
 DEFAULT_SERVER = "tcp://127.0.0.1:15556"
 SEND_SUBJECT = "/trollpush/send/"

@@ -17,8 +17,7 @@ from typing import Any, Protocol
 
 from posttroll.message import Message
 
-from . import announce as messages
-from . import stats
+from . import messages, stats
 from .errors import Reason
 from .journal import JobRecord, Journal, State
 from .models import Job, Rejection, Request, Stat, Upload, UploadResult

@@ -16,6 +16,7 @@ import trollsift
 
 from .config import Config, Scalar, TargetConfig
 from .errors import Reason, RouteError
+from .messages import parse_destination
 from .models import Job, Request, SourceFile, Upload
 
 logger = logging.getLogger(__name__)
@@ -41,32 +42,6 @@ class RouteResult:
     jobs: tuple[Job, ...]
     failures: tuple[RouteFailure, ...]
     skipped: Mapping[str, str]
-
-
-def parse_destination(dest: str, basename: str) -> tuple[str, str]:
-    """Split ``s3://bucket/key`` or mc-style ``alias/bucket/key`` into (bucket, key).
-
-    A key that is empty or ends in ``/`` gets ``basename`` appended.
-    """
-    if dest.startswith("s3://"):
-        rest = dest[len("s3://"):]
-    elif "://" in dest:
-        raise RouteError(Reason.BAD_DESTINATION, f"{dest!r}: expected s3://BUCKET/KEY")
-    else:
-        parts = dest.split("/", 1)
-        if len(parts) < 2 or not parts[0] or not parts[1]:
-            raise RouteError(Reason.BAD_DESTINATION,
-                             f"{dest!r}: expected s3://BUCKET/KEY or ALIAS/BUCKET/KEY")
-        rest = parts[1]
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise RouteError(Reason.BAD_DESTINATION, f"{dest!r}: no bucket name")
-    if not key or key.endswith("/"):
-        key += basename
-    key = key.lstrip("/")
-    if not key:
-        raise RouteError(Reason.BAD_DESTINATION, f"{dest!r}: no object key")
-    return bucket, key
 
 
 class Router:

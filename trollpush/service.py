@@ -15,7 +15,8 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import logsafe, stats
@@ -23,10 +24,11 @@ from ._startup import StartupSignals
 from .announce import Announcer
 from .config import Config
 from .errors import Reason, SetupError, UnrecordableError
+from .inputs import REGISTRY, Input, InputFactory, build_inputs
 from .journal import Journal, MemoryJournal
+from .messages import Limits
 from .models import Rejection, Request
 from .pipeline import Pipeline, shutdown
-from .receive import Limits
 from .route import Routing
 from .stats import Stats
 
@@ -44,7 +46,7 @@ class Service:
     """One trollpush daemon; ``await run()`` until ``stop()`` or a signal."""
 
     def __init__(self, config: Config, *, journal: Journal, engine: TransferEngine,
-                 announcer: Announcer, inputs: Callable[[Service], list[Any]],
+                 announcer: Announcer, inputs: Sequence[InputFactory] = REGISTRY,
                  registry: Stats | None = None) -> None:
         self.config = config
         self.stats = registry if registry is not None else Stats()
@@ -56,8 +58,8 @@ class Service:
         self.pipeline = Pipeline(journal=journal, engine=engine, announcer=announcer,
                                  routing=Routing.from_config(config), registry=self.stats,
                                  durable=not isinstance(journal, MemoryJournal))
-        self._make_inputs = inputs
-        self.inputs: list[Any] = []
+        self._factories = tuple(inputs)
+        self.inputs: list[Input] = []
         self.ready = threading.Event()
         self._stop_requested = threading.Event()
         self._queue: asyncio.Queue[Request | Rejection] = asyncio.Queue(config.daemon.queue_size)
@@ -65,7 +67,7 @@ class Service:
         self._tasks: set[asyncio.Task[None]] = set()
         self._feeders: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._fatal: BaseException | None = None
         self.stats.set(stats.QUEUED, self._queue.qsize)
         self.stats.set(stats.IN_FLIGHT, lambda: len(self._tasks))
@@ -80,19 +82,25 @@ class Service:
         return self.pipeline.record.down
 
     @property
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> Counter[str]:
         """Requests by outcome (``accepted``, ``refused``, ``completed``, ...) and journal
         errors: a view of the stats, for logs and tests."""
-        out: dict[str, int] = {}
+        out: Counter[str] = Counter()
         for name, labels, value in self.stats.series():
             if name == stats.REQUESTS:
-                outcome = dict(labels)["outcome"]
-                out[outcome] = out.get(outcome, 0) + int(value)
+                out[dict(labels)["outcome"]] += int(value)
         out["journal_errors"] = self.stats.count(stats.JOURNAL_ERRORS)
         return out
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the service runs on (inputs reading in threads hand over to it)."""
+        if self._loop is None:
+            raise RuntimeError("the service is not running")
+        return self._loop
+
     def input(self, name: str) -> Any:
-        """The running input called ``name``, or None."""
+        """The running input called ``name``, or None (for tools and tests)."""
         return next((i for i in self.inputs if i.name == name), None)
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -100,7 +108,7 @@ class Service:
     def stop(self) -> None:
         """Ask the daemon to shut down; safe from any thread, before or after run()."""
         self._stop_requested.set()
-        loop = self.loop
+        loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # closed meanwhile: nothing to stop
                 loop.call_soon_threadsafe(self._stopping.set)
@@ -112,7 +120,7 @@ class Service:
         self.stop()
 
     async def run(self) -> None:
-        self.loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         if self._stop_requested.is_set():  # a stop during start-up: nothing started or lost
             logger.info("stopped before starting (a stop was asked for during start-up)")
             return
@@ -143,7 +151,6 @@ class Service:
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        assert self.loop is not None
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self._stopping.set)
         # SIGHUP is reserved for a config reload; until then it must not kill the daemon.
@@ -156,7 +163,7 @@ class Service:
             raise SetupError(f"journal: {err}") from err
         await self.transfer.start()
         await asyncio.to_thread(self.announcer.start)
-        self.inputs = self._make_inputs(self)
+        self.inputs = build_inputs(self.config, self, self._factories)
         for each in self.inputs:
             await each.start()
 
@@ -284,11 +291,11 @@ class Service:
 
 
 def build_service(config: Config, *, journal: Journal | None = None,
+                  inputs: Sequence[InputFactory] = REGISTRY,
                   registry: Stats | None = None) -> Service:
     """The service with its real collaborators (``journal``: one to use instead of the
-    configured one, for tests and tools)."""
+    configured one; ``inputs``: other input factories; for tests and tools)."""
     from ._interim import Engine as TransferEngine
-    from ._interim import build_inputs
     from .journal import make_journal
 
     registry = registry if registry is not None else Stats()
@@ -297,7 +304,7 @@ def build_service(config: Config, *, journal: Journal | None = None,
                             file_timeout=config.daemon.file_timeout, stats=registry)
     return Service(config, journal=journal if journal is not None else make_journal(config.journal),
                    engine=engine, announcer=Announcer(config.publish),
-                   inputs=lambda service: build_inputs(config, service), registry=registry)
+                   inputs=inputs, registry=registry)
 
 
 async def run_daemon(config: Config, *, startup: StartupSignals | None = None) -> None:

@@ -1,19 +1,25 @@
-"""Decode: one frame in, a Request (or a Rejection that says why not) out.
+"""The posttroll wire, both ways: frames in, Requests (or Rejections) out; messages out.
 
 Decoding never raises: every frame becomes either a Request or a Rejection that carries
-the reason, so one bad publisher or client cannot stop a receiver.  The file checks made
-here (allowed roots, lstat, access) never open the file and never follow a final symlink.
+the reason, so one bad publisher or client cannot stop an input.  The file checks made
+here (allowed roots, lstat, access) never open the file and never follow a final symlink;
+bounding their time is the inputs' business.  Encoding builds the completion, failure,
+ack and combined replies documented in ``docs/messages.md``.  No sockets, no threads:
+``trollpush send`` and ``trollpush match`` use this module without the daemon.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import functools
 import logging
 import os
+import posixpath
 import socket
 import stat
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,13 +27,30 @@ from urllib.parse import unquote, urlsplit
 
 from posttroll.message import Message
 
-from .errors import MessageError, Reason
-from .models import FILE_KEYS, RESERVED_KEYS, Rejection, Replier, Request, SourceFile
+from .errors import MessageError, Reason, RouteError
+from .models import (
+    FILE_KEYS,
+    RESERVED_KEYS,
+    Job,
+    Rejection,
+    Replier,
+    Request,
+    SourceFile,
+    UploadResult,
+)
 from .source import under
 
-logger = logging.getLogger("trollpush.receive")
+logger = logging.getLogger("trollpush.receive")  # the name users' log configs know
 
+#: the types a request may have
 MESSAGE_TYPES = ("file", "dataset", "collection")
+#: the types trollpush announces besides the requests' own
+FAILURE_TYPE = "failure"
+ACK_TYPE = "ack"
+MULTIPLE_TYPE = "multiple"
+
+
+# --- frames in -------------------------------------------------------------------------
 
 
 def _local_names() -> frozenset[str]:
@@ -67,6 +90,32 @@ def local_path(uri: str) -> Path:
     if not os.path.isabs(path):
         raise MessageError(Reason.BAD_MESSAGE, f"{uri}: the path must be absolute")
     return Path(os.path.normpath(path))
+
+
+def parse_destination(dest: str, basename: str) -> tuple[str, str]:
+    """Split ``s3://bucket/key`` or mc-style ``alias/bucket/key`` into (bucket, key).
+
+    A key that is empty or ends in ``/`` gets ``basename`` appended.
+    """
+    if dest.startswith("s3://"):
+        rest = dest[len("s3://"):]
+    elif "://" in dest:
+        raise RouteError(Reason.BAD_DESTINATION, f"{dest!r}: expected s3://BUCKET/KEY")
+    else:
+        parts = dest.split("/", 1)
+        if len(parts) < 2 or not parts[0] or not parts[1]:
+            raise RouteError(Reason.BAD_DESTINATION,
+                             f"{dest!r}: expected s3://BUCKET/KEY or ALIAS/BUCKET/KEY")
+        rest = parts[1]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise RouteError(Reason.BAD_DESTINATION, f"{dest!r}: no bucket name")
+    if not key or key.endswith("/"):
+        key += basename
+    key = key.lstrip("/")
+    if not key:
+        raise RouteError(Reason.BAD_DESTINATION, f"{dest!r}: no object key")
+    return bucket, key
 
 
 def check_file(path: Path, uri: str) -> tuple[int, int, int]:
@@ -250,3 +299,86 @@ def overdue(item: Request | Rejection, timeout: float, *, stuck: int = 0) -> Req
     why = (f"{stuck} earlier file check(s) have not returned (a hung mount?)" if stuck else
            f"checking the file took longer than daemon.file_timeout ({timeout:g} s)")
     return refused(item, Reason.FILE_UNREADABLE, why)
+
+
+# --- messages out ----------------------------------------------------------------------
+
+
+@functools.cache
+def _sender() -> str:
+    return str(Message("/trollpush", "info").sender)
+
+
+def new_message(subject: str, atype: str, data: dict[str, Any]) -> Message:
+    """A posttroll ``Message`` with the sender looked up once per process.
+
+    ``Message()`` asks the password database and the host name for every message: a
+    busy daemon paid that thousands of times a second for the same answer.  The message
+    is the same (``tests/test_announce.py`` holds the two side by side) and is still
+    validated by posttroll when it is encoded.
+    """
+    message = Message.__new__(Message)
+    message.__dict__.update(subject=subject, type=atype, sender=_sender(),
+                            time=dt.datetime.now(dt.UTC), data=data, binary=False,
+                            version=None)
+    return message
+
+
+def completion(job: Job, results: Sequence[UploadResult]) -> Message:
+    """The message announcing that every file of a job landed."""
+    request = job.request
+    data: dict[str, Any] = dict(job.metadata)
+    produced = iter(results)
+    if request.type == "file":
+        data.update(_object_fields(next(produced)))
+    elif request.type == "dataset":
+        data["dataset"] = _rebuild_items(request.data["dataset"], produced)
+    else:
+        data["collection"] = [
+            {**item, "dataset": _rebuild_items(item["dataset"], produced)}
+            if isinstance(item, Mapping) and "dataset" in item
+            else {**item, **_object_fields(next(produced))}
+            for item in request.data["collection"]]
+    data["endpoint"] = job.endpoint
+    return new_message(job.publish_topic, request.type, data)
+
+
+def _object_fields(result: UploadResult) -> dict[str, Any]:
+    fields: dict[str, Any] = {"uri": result.upload.url,
+                              "uid": posixpath.basename(result.upload.key), "size": result.size}
+    if result.checksum:
+        fields["checksum"] = f"{result.checksum_algorithm}:{result.checksum}"
+    return fields
+
+
+def _rebuild_items(items: Sequence[Mapping[str, Any]],
+                   produced: Iterator[UploadResult]) -> list[dict[str, Any]]:
+    return [{**item, **_object_fields(next(produced))} for item in items]
+
+
+def failure(topic: str, *, uri: str | None, destination: str | None, error: str, reason: str,
+            attempts: int = 0, target: str | None = None, endpoint: str | None = None,
+            metadata: Mapping[str, Any] | None = None, request_type: str | None = None
+            ) -> Message:
+    """The message announcing that one file (or one message) could not be delivered."""
+    data: dict[str, Any] = dict(metadata or {})
+    data.update({"uri": uri, "destination": destination, "error": error, "reason": reason,
+                 "attempts": attempts})
+    extras = {"target": target, "endpoint": endpoint, "request_type": request_type}
+    data.update({k: v for k, v in extras.items() if v is not None})
+    return new_message(topic, FAILURE_TYPE, data)
+
+
+def ack(request: Request, destinations: Sequence[str]) -> Message:
+    """The early reply that a request was accepted (REQ/REP ``reply: accepted|both``)."""
+    return new_message(request.subject or "/trollpush/ack", ACK_TYPE,
+                   {"id": request.id, "uri": request.files[0].uri, "files": len(request.files),
+                    "destinations": list(destinations)})
+
+
+def combine(messages: Sequence[Message], subject: str) -> Message:
+    """One reply for a request that fanned out to several targets."""
+    if len(messages) == 1:
+        return messages[0]
+    return new_message(subject, MULTIPLE_TYPE, {"messages": [
+        {"subject": m.subject, "type": m.type, "data": m.data} for m in messages]})

@@ -1,59 +1,35 @@
-"""Receive: posttroll pub-sub and ZeroMQ REQ/REP in, Requests (or Rejections) out.
+"""The pub-sub input: posttroll messages in, Requests (or Rejections) out.
 
-Decoding (``decode``) never raises into the loops: every frame becomes either a Request
-or a Rejection that carries the reason, so one bad publisher cannot stop the daemon.
-Every frame's file checks run on check threads, bounded by ``daemon.file_timeout``.
+A subscriber thread reads the frames; decoding (``trollpush.messages.decode``) never
+raises into it, so one bad publisher cannot stop the daemon.  Each frame's file checks
+run on check threads, bounded by ``daemon.file_timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import zmq
-import zmq.asyncio
 from posttroll.message import Message
 
+from ..config import RECEIVE_HWM, Config, SubscribeConfig
+from ..messages import NO_LIMITS, Limits, decode, decode_message, not_accepted, overdue
+from ..models import Rejection, Request
 from ._checks import CheckThreads
-from ._intake import Batch, Discovery, Handover
-from ._ipc import SocketFile, clear_stale, owner_only, restrict
-from .config import RECEIVE_HWM
-from .decode import (
-    LOCAL_NAMES,
-    MESSAGE_TYPES,
-    NO_LIMITS,
-    Limits,
-    build_request,
-    check_file,
-    decode,
-    decode_message,
-    local_path,
-    not_accepted,
-    overdue,
-    refused,
-)
-from .errors import Reason, SetupError
-from .models import Rejection, Request
+from ._discovery import Discovery
+from ._handover import Batch, Handover
 
-__all__ = ["LOCAL_NAMES", "MESSAGE_TYPES", "NO_LIMITS", "Limits", "RequestServer",
-           "SubscribeReceiver", "build_request", "check_file", "decode", "decode_message",
-           "local_path", "not_accepted"]
+if TYPE_CHECKING:
+    from . import Intake, OnFatal, Sink
 
-logger = logging.getLogger(__name__)
-
-REPLY_MODES = ("final", "accepted", "both")
-Sink = Callable[[Request | Rejection], Coroutine[Any, Any, None]]
-OnFatal = Callable[[str, BaseException], None]
-
-
-# --- posttroll pub-sub -----------------------------------------------------------------
+logger = logging.getLogger("trollpush.receive")  # the name users' log configs know
 
 
 class SubscribeReceiver:
@@ -321,222 +297,38 @@ class SubscribeReceiver:
             logger.warning("nameserver address message ignored: %s", err)
 
 
-# --- ZeroMQ REQ/REP ---------------------------------------------------------------------
+class SubscribeInput:
+    """The ``subscribe`` input: a SubscribeReceiver (a thread of its own) on the seam."""
 
+    name = "subscribe"
 
-class _RouterReply:
-    """Replies to one REQ (or REQ-style DEALER) peer through the shared ROUTER socket."""
-
-    def __init__(self, sock: zmq.asyncio.Socket, envelope: list[bytes], mode: str) -> None:
-        self._sock = sock
-        self._envelope = envelope
-        self.mode = mode
-        self.sent = 0
-
-    @property
-    def wants_ack(self) -> bool:
-        return self.mode in ("accepted", "both")
-
-    @property
-    def wants_final(self) -> bool:
-        return self.mode in ("final", "both")
-
-    async def send(self, message: Any) -> None:
-        limit = 2 if self.mode == "both" else 1
-        if self.sent >= limit:
-            return
-        self.sent += 1
-        try:
-            await self._sock.send_multipart([*self._envelope, b"", message.encode().encode()])
-        except zmq.ZMQError as err:
-            logger.warning("reply to a request failed: %s", err)
-
-
-def _on_loop[T](future: concurrent.futures.Future[T], loop: asyncio.AbstractEventLoop
-             ) -> asyncio.Future[T]:
-    """An asyncio future that follows a thread's future; unlike ``wrap_future`` it stays
-    quiet when the thread finishes after the loop closed (a check stuck past shutdown)."""
-    waiter: asyncio.Future[T] = loop.create_future()
-
-    def settle(done: concurrent.futures.Future[T]) -> None:
-        if waiter.done():
-            return
-        if done.cancelled():
-            waiter.cancel()
-        elif (err := done.exception()) is not None:
-            waiter.set_exception(err)
-        else:
-            waiter.set_result(done.result())
-
-    def copy(done: concurrent.futures.Future[T]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(settle, done)
-
-    future.add_done_callback(copy)
-    return waiter
-
-
-class RequestServer:
-    """ROUTER socket serving REQ clients concurrently (a REP socket would serialise them).
-
-    ZeroMQ authenticates nobody here: on ``tcp://`` anyone who reaches the port may submit,
-    and libzmq holds whatever one peer sends while its message is incomplete.  On
-    ``ipc://PATH`` the socket file's ``mode`` and ``group`` decide who may connect.
-    """
-
-    def __init__(self, address: str, sink: Sink, *, on_fatal: OnFatal | None = None,
-                 limits: Limits = NO_LIMITS, mode: int | None = None,
-                 group: int | None = None) -> None:
-        self._limits = limits
-        self.address = address
-        self._sink = sink
-        self._on_fatal = on_fatal
-        self._mode = mode
-        self._group = group
-        self._ctx = zmq.asyncio.Context()
-        self._sock: zmq.asyncio.Socket | None = None
-        self._file: SocketFile | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._checks = CheckThreads("trollpush-request-check")
-        self.received = 0
-        self._stopping = False
-        #: items read but not handed over when intake stopped (answered by the daemon)
-        self.undelivered: list[Request | Rejection] = []
+    def __init__(self, config: SubscribeConfig, intake: Intake) -> None:
+        self.topics = list(config.topics)
+        self.receiver = SubscribeReceiver(config.settings, intake.submit, intake.loop,
+                                          on_fatal=intake.fatal, limits=intake.limits)
+        self._stopped = False
 
     def __repr__(self) -> str:
-        return f"<RequestServer {self.address} received={self.received}>"
+        return f"<SubscribeInput {self.receiver!r}>"
 
-    @property
-    def ipc_path(self) -> str | None:
-        """The socket file, for ``ipc://`` addresses (not abstract ones)."""
-        if self.address.startswith("ipc://") and not self.address.startswith("ipc://@"):
-            return self.address[len("ipc://"):]
-        return None
+    def describe(self) -> str:
+        return f"subscribed to {self.topics}"
 
-    def start(self) -> None:
-        sock = self._ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        if self._limits.max_bytes is not None:  # a hard bound; the soft one answers
-            sock.setsockopt(zmq.MAXMSGSIZE, max(self._limits.max_bytes * 16, 1 << 20))
-        path = self.ipc_path
-        try:
-            if path is not None:
-                clear_stale(path, self.address)
-            with owner_only() if path is not None else contextlib.nullcontext():
-                sock.bind(self.address)
-            if path is not None:  # owner-only until here; now the configured access
-                self._file = restrict(path, self.address, 0o600 if self._mode is None
-                                      else self._mode, self._group)
-        except zmq.ZMQError as err:
-            sock.close(linger=0)
-            raise SetupError(f"requests.address {self.address}: cannot listen ({err})") from err
-        except SetupError:
-            sock.close(linger=0)
-            raise
-        if self.address.endswith(":0"):
-            self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._warn_if_open()
-        self._sock = sock
-        self._task = asyncio.get_running_loop().create_task(self._serve(), name="requests")
-        self._task.add_done_callback(self._ended)
-
-    def _warn_if_open(self) -> None:
-        if not self.address.startswith("tcp://"):
-            return
-        host = self.address[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
-        if host not in ("127.0.0.1", "::1", "localhost"):
-            logger.warning("requests.address %s is reachable beyond this host and has no "
-                           "authentication: anyone who reaches it may submit files; prefer "
-                           "ipc:// with requests.mode / requests.group, or loopback",
-                           self.address)
-
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        """The serving task ended without stop(): the socket died (zmq cancels pending
-        receives when a socket closes) or an error escaped."""
-        if self._stopping or self._on_fatal is None:
-            return
-        err = None if task.cancelled() else task.exception()
-        self._on_fatal("the request server",
-                       err or SetupError(f"requests.address {self.address}: the socket closed"))
+    async def start(self) -> None:
+        await asyncio.to_thread(self.receiver.start)  # builds posttroll's sockets: may block
 
     async def stop(self) -> None:
-        self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await asyncio.to_thread(self.receiver.stop)  # joins the reader thread
+        self._stopped = True
 
-    def close(self) -> None:
-        """Close the socket (peers see the connection end) and remove its socket file;
-        safe to call twice."""
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
-        if not self._ctx.closed:
-            self._ctx.destroy(linger=0)
-        if self._file is not None:
-            self._file.remove()
-            self._file = None
-        self._checks.close()
+    def undelivered(self) -> list[Request | Rejection]:
+        return list(self.receiver.undelivered)
 
-    async def _serve(self) -> None:
-        assert self._sock is not None
-        while True:
-            frames = await self._sock.recv_multipart()
-            self.received += 1
-            try:
-                split = frames.index(b"")
-            except ValueError:
-                split = len(frames) - 1
-            envelope, body = frames[:split], frames[split + 1:]
-            if not envelope:
-                continue  # cannot be answered; ROUTER always gives an identity
-            if len(body) != 1:
-                reply = _RouterReply(self._sock, envelope, "final")
-                await self._sink(Rejection(Reason.BAD_MESSAGE,
-                                           f"expected one message frame, got {len(body)}",
-                                           "request", reply=reply))
-                continue
-            item = await self._checked(body[0], envelope)
-            try:
-                await self._sink(item)
-            except asyncio.CancelledError:
-                self.undelivered.append(item)
-                raise
+    async def close(self) -> None:
+        if not self._stopped:  # stopping the reader closed its sockets already
+            await self.stop()
 
-    async def _checked(self, raw: bytes, envelope: list[bytes]) -> Request | Rejection:
-        """Decode off the loop (checking files may block: a stale NFS mount, a big
-        dataset), for at most ``file_timeout`` seconds."""
-        timeout = self._limits.file_timeout
-        if self._checks.full:  # every check thread is stuck: refused at once
-            return overdue(self._decode(raw, envelope, False), timeout,
-                           stuck=self._checks.busy)
-        future = self._checks.submit(self._decode, raw, envelope, True)
-        try:
-            async with asyncio.timeout(timeout):
-                return await _on_loop(future, asyncio.get_running_loop())
-        except TimeoutError:
-            future.cancel()  # if it has not begun
-            logger.warning("request: a file check took longer than daemon.file_timeout "
-                           "(%g s); the request is refused", timeout)
-            return overdue(self._decode(raw, envelope, False), timeout)
-        except asyncio.CancelledError:  # stopping: answer it, it never reached the journal
-            future.cancel()
-            done = future.done() and not future.cancelled() and future.exception() is None
-            item = future.result() if done else self._decode(raw, envelope, False)
-            self.undelivered.append(not_accepted(item))
-            raise
 
-    def _decode(self, raw: bytes, envelope: list[bytes], check: bool) -> Request | Rejection:
-        assert self._sock is not None
-        reply = _RouterReply(self._sock, envelope, "final")
-        item = decode(raw, origin="request", reply=reply, limits=self._limits, check=check)
-        data = item.data if isinstance(item, Request) else None
-        mode = data.get("reply", "final") if data is not None else "final"
-        if mode not in REPLY_MODES:
-            assert isinstance(item, Request)
-            return refused(item, Reason.BAD_MESSAGE,
-                            f"reply {mode!r} is not one of {', '.join(REPLY_MODES)}")
-        reply.mode = mode
-        return item
+def create(config: Config, intake: Intake) -> SubscribeInput | None:
+    """The pub-sub input, if ``subscribe`` is configured."""
+    return None if config.subscribe is None else SubscribeInput(config.subscribe, intake)

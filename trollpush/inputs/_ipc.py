@@ -18,7 +18,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .errors import SetupError
+from ..errors import SetupError
 
 
 @dataclass(frozen=True)

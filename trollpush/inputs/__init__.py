@@ -1,0 +1,85 @@
+"""Inputs: where requests come from, behind one seam.
+
+An input takes frames from somewhere (a posttroll subscription, a ZeroMQ ROUTER socket),
+decodes them with :mod:`trollpush.messages` and hands each Request or Rejection to the
+service's ``Intake.submit``, which journals and queues it.  The service sees inputs only
+through ``Input``: it starts them, stops them at shutdown, answers what they took but
+never handed over, and closes them.
+
+Adding an input is a module here with ``create(config, intake) -> Input | None`` and one
+line in ``REGISTRY``; nothing in the service or the pipeline changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol
+
+from ..config import Config
+from ..messages import Limits
+from ..models import Rejection, Request
+from . import requests, subscribe
+
+__all__ = ["REGISTRY", "Input", "InputFactory", "Intake", "OnFatal", "Sink", "build_inputs"]
+
+#: where an input hands what it took (``Intake.submit``)
+Sink = Callable[[Request | Rejection], Coroutine[Any, Any, None]]
+#: how an input reports that it died (``Intake.fatal``)
+OnFatal = Callable[[str, BaseException], None]
+
+
+class Intake(Protocol):
+    """What the service gives each input."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The service's event loop (inputs reading in threads hand over to it)."""
+
+    @property
+    def limits(self) -> Limits:
+        """What a request may ask for, and how long its file checks may take."""
+
+    async def submit(self, item: Request | Rejection) -> None:
+        """Journal and queue one item (from here on it is accepted); waits while full."""
+
+    def fatal(self, what: str, err: BaseException) -> None:
+        """The input died: stop the daemon loudly rather than run on deaf."""
+
+
+class Input(Protocol):
+    """One source of requests, as the service runs it."""
+
+    #: stable name: "requests", "subscribe"
+    name: str
+
+    def describe(self) -> str:
+        """What it listens on, for the ``trollpush ready: ...`` line."""
+
+    async def start(self) -> None:
+        """Begin taking requests (a SetupError says why it cannot)."""
+
+    async def stop(self) -> None:
+        """Stop taking requests; idempotent."""
+
+    def undelivered(self) -> list[Request | Rejection]:
+        """After stop: what was taken but never handed over (the service answers it)."""
+
+    async def close(self) -> None:
+        """Release sockets and threads; idempotent, and safe if never started."""
+
+
+#: builds an input from the config; None when it is not configured
+InputFactory = Callable[[Config, Intake], Input | None]
+
+#: every input, in start (and stop) order; one line each
+REGISTRY: tuple[InputFactory, ...] = (
+    requests.create,
+    subscribe.create,
+)
+
+
+def build_inputs(config: Config, intake: Intake,
+                 registry: Sequence[InputFactory] = REGISTRY) -> list[Input]:
+    """The configured inputs, not started yet."""
+    return [found for factory in registry if (found := factory(config, intake)) is not None]
