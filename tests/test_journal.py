@@ -19,8 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trollpush._codec import _dumps, _loads
+from trollpush.config import default_journal_path
 from trollpush.errors import JournalError
-from trollpush.journal import Journal, MemoryJournal, MultipartState, State, default_journal_path
+from trollpush.journal import Journal, MemoryJournal, MultipartState, State
 from trollpush.models import Job, Request, SourceFile, Upload, UploadResult
 from trollpush.sqlite_journal import SCHEMA_VERSION, SQLiteJournal
 

@@ -163,6 +163,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config.defaults import REQUEST_ADDRESS
+
     parser = argparse.ArgumentParser(
         prog="trollpush", description="Land announced files in S3 and announce them.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -181,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="metadata to pass on (repeatable)")
     send.add_argument("--endpoint", help="the daemon's endpoint to use (default: the one "
                                          "named `default`, or the only one)")
-    send.add_argument("--server", default="tcp://127.0.0.1:15556",
+    send.add_argument("--server", default=REQUEST_ADDRESS,
                       help="the daemon's request address (default: %(default)s)")
     send.add_argument("--timeout", type=float, default=10.0,
                       help="seconds to wait for the daemon to accept the request; exit 2 "

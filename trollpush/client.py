@@ -19,11 +19,12 @@ from posttroll.message import Message
 from zmq.utils.monitor import recv_monitor_message
 
 from .announce import ACK_TYPE, FAILURE_TYPE, MULTIPLE_TYPE
+from .config.defaults import REQUEST_ADDRESS
 from .errors import Reason, TrollpushError, UsageError
 from .receive import decode_message
 from .route import parse_destination
 
-DEFAULT_SERVER = "tcp://127.0.0.1:15556"
+DEFAULT_SERVER = REQUEST_ADDRESS
 SEND_SUBJECT = "/trollpush/send/"
 
 

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Protocol
 
 from .models import Job, Request, Stat, Upload, UploadResult
@@ -403,10 +401,3 @@ class MemoryJournal:
             if results is not None:
                 je.results = results
         return new
-
-
-def default_journal_path() -> Path:
-    """``$XDG_STATE_HOME/trollpush/journal.sqlite``, else under ``~/.local/state``."""
-    base = os.environ.get("XDG_STATE_HOME", "")
-    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "state"
-    return root / "trollpush" / "journal.sqlite"
