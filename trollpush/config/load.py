@@ -303,11 +303,15 @@ def _check_loop(v: Validator, subscribe: SubscribeConfig | None, publish: Publis
     if subscribe is None or publish is None:
         return
     sub, pub = subscribe.settings, publish.settings
+    # read what is there as it is: a wrong `addresses` is reported by _subscribe, and
+    # anything but a name or a list of names in `services` counts as all services
     if sub.get("nameserver") is False:
-        hears_self = pub.get("address") in (sub.get("addresses") or [])
+        addresses = sub.get("addresses")
+        hears_self = isinstance(addresses, list) and pub.get("address") in addresses
     else:
         services = sub.get("services", "")
-        services = [services] if isinstance(services, str) else list(services or [])
+        services = [services] if isinstance(services, str) else (
+            services if isinstance(services, list) else [])
         hears_self = pub.get("nameservers") is not False and (
             not services or "" in services or pub.get("name") in services)
     if not hears_self:
