@@ -1,4 +1,4 @@
-"""Console script ``trollpush``: run, send, check, match, demo."""
+"""Console script ``trollpush``: run, send, check, match, schema, demo."""
 
 from __future__ import annotations
 
@@ -156,6 +156,13 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .config.schema import config_schema
+
+    print(json.dumps(config_schema(), indent=2))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -211,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("-v", "--verbose", action="store_true",
                        help="also say why the other targets do not match")
     match.set_defaults(func=cmd_match)
+
+    schema = sub.add_parser("schema", help="print the config file's JSON Schema "
+                                           "(draft 2020-12), for editors")
+    schema.set_defaults(func=cmd_schema)
 
     demo = sub.add_parser("demo", help="the whole pipeline on an embedded local S3 server")
     demo.add_argument("--config", help="demo config (default: examples/demo.yaml)")

@@ -22,6 +22,7 @@ from .model import (
     TargetConfig,
     default_endpoint,
 )
+from .schema import config_schema
 from .units import MiB
 
 __all__ = [
@@ -29,7 +30,7 @@ __all__ = [
     "Config", "SubscribeConfig", "RequestsConfig", "PublishConfig", "EndpointConfig",
     "TargetConfig", "DaemonConfig", "JournalConfig", "Scalar", "default_endpoint",
     # reading it
-    "load_config", "parse_config",
+    "load_config", "parse_config", "config_schema",
     # defaults other modules use
     "REQUEST_ADDRESS", "RECEIVE_HWM", "EVENT_LOOPS", "MiB", "default_journal_path",
 ]

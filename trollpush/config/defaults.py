@@ -80,13 +80,15 @@ class Kind(enum.Enum):
 @dataclass(frozen=True)
 class Key:
     """One key of a section.  ``default`` None means "absent" (or a default that depends
-    on other keys or on the host, told in ``doc``); ``minimum`` bounds numbers, sizes and
-    rates; ``example`` is the unit-bearing example a size or rate problem shows."""
+    on other keys or on the host, told in ``doc``); ``minimum`` and ``maximum`` bound
+    numbers, sizes and rates; ``example`` is the unit-bearing example a size or rate
+    problem shows."""
 
     kind: Kind
     doc: str
     default: Any = None
     minimum: float = 0.0
+    maximum: float | None = None
     choices: tuple[str, ...] = ()
     example: str = ""
     required: bool = False
@@ -168,7 +170,7 @@ ENDPOINT = _section(
                             default=64 * MiB, minimum=MIN_PART),
     multipart_chunksize=Key(Kind.SIZE, "Part size, at most 5GiB (raised so that no file "
                             "needs more than 10,000 parts).", default=16 * MiB,
-                            minimum=MIN_PART),
+                            minimum=MIN_PART, maximum=MAX_PART),
     max_parts_in_flight=Key(Kind.INTEGER, "Parts of one file uploaded at once.", default=8,
                             minimum=1),
     attempt_timeout=Key(Kind.NUMBER, "Base seconds allowed for one attempt of one request.",
@@ -234,3 +236,14 @@ JOURNAL = _section(
 SECTIONS: Mapping[str, Mapping[str, Key]] = MappingProxyType({
     "subscribe": SUBSCRIBE, "requests": REQUESTS, "publish": PUBLISH, "endpoints": ENDPOINT,
     "targets": TARGET, "daemon": DAEMON, "journal": JOURNAL})
+SECTION_DOCS: Mapping[str, str] = MappingProxyType({
+    "subscribe": "posttroll pub-sub input (this or requests is required).",
+    "requests": "ZeroMQ REQ/REP input, also for `trollpush send` (this or subscribe is "
+                "required; with nothing under it: on at the default address).",
+    "publish": "posttroll output for completions and failures (default: none published).",
+    "endpoints": "S3 connection profiles by a name you choose; at least one.",
+    "targets": "Routing rules; at least one when subscribe is set.",
+    "daemon": "Queue and concurrency limits, shutdown grace, the event loop.",
+    "journal": "Where accepted requests are recorded, and how long landed files are "
+               "remembered.",
+})
