@@ -95,8 +95,10 @@ def kind_schema(key: Key) -> Schema:
             return dict(_NOT_BLANK)
         case Kind.CHOICE:
             return {"enum": list(key.choices)}
-        case Kind.INTEGER | Kind.NUMBER:
-            return _number(key.kind.value, key)
+        case Kind.INTEGER:
+            return _number("integer", key)
+        case Kind.NUMBER:
+            return _number("number", key)
         case Kind.BOOLEAN:
             return {"type": "boolean"}
         case Kind.SIZE | Kind.BYTE_RATE | Kind.BIT_RATE:
