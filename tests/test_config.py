@@ -647,3 +647,22 @@ targets:
     with pytest.raises(ConfigError) as info:
         parse_config(data, source="bad.yaml")
     assert str(info.value) == m.group(1)
+
+
+@pytest.mark.parametrize(("subscribe", "publish"), [
+    pytest.param({"nameserver": False, "addresses": 2.5}, {"nameservers": False},
+                 id="addresses-a-number"),
+    pytest.param({"nameserver": False, "addresses": "ipc:///tmp/x.sock"},
+                 {"nameservers": False, "address": 0}, id="addresses-a-string"),
+    pytest.param({"nameserver": "localhost", "services": 5, "topics": ["/uploaded/"]},
+                 {"nameservers": ["localhost"]}, id="services-a-number-counts-as-all"),
+])
+def test_odd_inputs_to_the_loop_check_are_problems_not_tracebacks(
+        subscribe: dict[str, object], publish: dict[str, object]) -> None:
+    """The check for a daemon hearing itself reads the values as they are, even wrong ones:
+    a bad `addresses` is a problem in the list, never a TypeError."""
+    data = valid()
+    data["subscribe"].update(subscribe)
+    data["publish"].update(publish)
+    with pytest.raises(ConfigError):
+        parse_config(data)

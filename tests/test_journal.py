@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trollpush.config import default_journal_path
 from trollpush.errors import JournalError
 from trollpush.journal import (
     SCHEMA_VERSION,
@@ -26,7 +27,6 @@ from trollpush.journal import (
     MultipartState,
     SQLiteJournal,
     State,
-    default_journal_path,
 )
 from trollpush.journal.codec import _dumps, _loads
 from trollpush.models import Job, Request, SourceFile, Upload, UploadResult

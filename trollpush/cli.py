@@ -1,4 +1,4 @@
-"""Console script ``trollpush``: run, send, check, match, demo."""
+"""Console script ``trollpush``: run, send, check, match, schema, demo."""
 
 from __future__ import annotations
 
@@ -156,6 +156,13 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .config.schema import config_schema
+
+    print(json.dumps(config_schema(), indent=2))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -163,6 +170,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config.defaults import REQUEST_ADDRESS
+
     parser = argparse.ArgumentParser(
         prog="trollpush", description="Land announced files in S3 and announce them.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -181,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="metadata to pass on (repeatable)")
     send.add_argument("--endpoint", help="the daemon's endpoint to use (default: the one "
                                          "named `default`, or the only one)")
-    send.add_argument("--server", default="tcp://127.0.0.1:15556",
+    send.add_argument("--server", default=REQUEST_ADDRESS,
                       help="the daemon's request address (default: %(default)s)")
     send.add_argument("--timeout", type=float, default=10.0,
                       help="seconds to wait for the daemon to accept the request; exit 2 "
@@ -209,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("-v", "--verbose", action="store_true",
                        help="also say why the other targets do not match")
     match.set_defaults(func=cmd_match)
+
+    schema = sub.add_parser("schema", help="print the config file's JSON Schema "
+                                           "(draft 2020-12), for editors")
+    schema.set_defaults(func=cmd_schema)
 
     demo = sub.add_parser("demo", help="the whole pipeline on an embedded local S3 server")
     demo.add_argument("--config", help="demo config (default: examples/demo.yaml)")

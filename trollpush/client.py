@@ -18,10 +18,11 @@ import zmq
 from posttroll.message import Message
 from zmq.utils.monitor import recv_monitor_message
 
+from .config.defaults import REQUEST_ADDRESS
 from .errors import Reason, TrollpushError, UsageError
 from .messages import ACK_TYPE, FAILURE_TYPE, MULTIPLE_TYPE, decode_message, parse_destination
 
-DEFAULT_SERVER = "tcp://127.0.0.1:15556"
+DEFAULT_SERVER = REQUEST_ADDRESS
 SEND_SUBJECT = "/trollpush/send/"
 
 

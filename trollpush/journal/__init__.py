@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..models import MultipartState
 from .memory import MemoryJournal
-from .protocol import PRUNE_EVERY, JobRecord, Journal, State, advance, default_journal_path
+from .protocol import PRUNE_EVERY, JobRecord, Journal, State, advance
 from .schema import SCHEMA_VERSION, Quarantined
 from .sqlite import SQLiteJournal
 
@@ -36,5 +36,5 @@ __all__ = [
     # the implementations, and the choice between them
     "MemoryJournal", "SQLiteJournal", "make_journal",
     # the SQLite file
-    "SCHEMA_VERSION", "Quarantined", "default_journal_path",
+    "SCHEMA_VERSION", "Quarantined",
 ]

@@ -10,10 +10,8 @@ contract (:class:`Journal`) and what every implementation shares; the implementa
 from __future__ import annotations
 
 import enum
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from ..models import Job, MultipartState, Request, Stat, Upload, UploadResult
@@ -176,9 +174,3 @@ def _found(landed: Callable[[str, str, str], UploadResult | None], job: Job,
 def _objects(job: Job) -> list[tuple[str, str, str]]:
     return [(job.endpoint, u.bucket, u.key) for u in job.uploads]
 
-
-def default_journal_path() -> Path:
-    """``$XDG_STATE_HOME/trollpush/journal.sqlite``, else under ``~/.local/state``."""
-    base = os.environ.get("XDG_STATE_HOME", "")
-    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "state"
-    return root / "trollpush" / "journal.sqlite"

@@ -1,0 +1,249 @@
+"""Every key a config file may hold: its default, what it accepts, and what it means.
+
+The one source of the defaults.  The frozen dataclasses (``model``), the validator
+(``load``) and the JSON Schema (``schema``) all read them from here, so none of the three
+can drift from the others.  ``client`` and ``cli`` import it for REQUEST_ADDRESS: it
+needs nothing but the standard library and ``checksum``'s list of algorithms.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ..checksum import ALGORITHMS
+from .units import MiB
+
+#: where the REQ/REP input binds, and where ``trollpush send`` connects, unless told
+REQUEST_ADDRESS = "tcp://127.0.0.1:15556"
+#: messages a SUB socket may buffer per publisher: a burst of 50,000 in 2 s fits with
+#: room to spare while the reader catches up (libzmq's default, 1,000, drops the rest)
+RECEIVE_HWM = 100_000
+#: uvloop first: libuv spends less per callback and socket call than asyncio's own loop,
+#: and at thousands of small files a second the loop thread is the daemon's bottleneck
+EVENT_LOOPS = ("uvloop", "asyncio")
+#: socket file modes of an ipc:// request address: only the daemon's user, or its group
+IPC_MODE = 0o600
+IPC_GROUP_MODE = 0o660
+#: S3's smallest part (but the last) and largest part
+MIN_PART = 5 * MiB
+MAX_PART = 5 * 1024 * MiB
+#: what the validator and the JSON Schema both match (ECMA-262 and Python alike)
+ADDRESS_PATTERN = r"^(tcp://[^\s:]+:\d+|ipc://\S+|inproc://\S+)$"
+URL_PATTERN = r"^https?://[^\s/]+"
+MODE_PATTERN = r"(0o?)?0?[0-7]{1,3}"  # octal, at most 0777; surrounding blanks allowed
+
+
+def default_journal_path() -> Path:
+    """``$XDG_STATE_HOME/trollpush/journal.sqlite``, else under ``~/.local/state``."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "state"
+    return root / "trollpush" / "journal.sqlite"
+
+
+class Kind(enum.Enum):
+    """What a key accepts.  The first eight are read by the validator's one generic
+    reader; the others have rules of their own, written out in ``load``."""
+
+    STRING = "string"
+    CHOICE = "choice"
+    INTEGER = "integer"
+    NUMBER = "number"
+    BOOLEAN = "boolean"
+    SIZE = "size"  # bytes: a number or a string with a unit (16MiB)
+    BYTE_RATE = "byte rate"  # bytes per second: a number or 1MiB/s
+    BIT_RATE = "bit rate"  # bits per second: a number or 100Mbit
+    ADDRESS = "address"  # tcp://HOST:PORT, ipc:///PATH, inproc://NAME
+    ADDRESSES = "addresses"
+    TOPIC = "topic"  # a posttroll subject (or subject template)
+    TOPICS = "topics"  # one subject or a list of them
+    NAMES = "names"  # a string or a list of strings
+    NAMESERVER = "nameserver"  # false or a host
+    NAMESERVERS = "nameservers"  # false or a list of hosts
+    PORT = "port"
+    URL = "url"
+    MODE = "mode"  # permission bits as a quoted octal string
+    GROUP = "group"  # a group name or gid
+    PATH = "path"
+    PATHS = "paths"  # a list of absolute directories
+    PATTERN = "pattern"  # a trollsift pattern
+    DESTINATION = "destination"  # an s3://BUCKET/KEY trollsift template
+    CONDITIONS = "conditions"
+    ALIASES = "aliases"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of a section.  ``default`` None means "absent" (or a default that depends
+    on other keys or on the host, told in ``doc``); ``minimum`` and ``maximum`` bound
+    numbers, sizes and rates; ``example`` is the unit-bearing example a size or rate
+    problem shows."""
+
+    kind: Kind
+    doc: str
+    default: Any = None
+    minimum: float = 0.0
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    example: str = ""
+    required: bool = False
+
+
+def _section(**keys: Key) -> Mapping[str, Key]:
+    return MappingProxyType(keys)
+
+
+#: posttroll's subscriber keys, read by trollpush too, plus its own receive_hwm
+SUBSCRIBE = _section(
+    topics=Key(Kind.TOPICS, "Subject prefixes to subscribe to.", required=True),
+    nameserver=Key(Kind.NAMESERVER, "false: connect to `addresses` only; a host: ask that "
+                   "posttroll nameserver for the producers (default: localhost)."),
+    addresses=Key(Kind.ADDRESSES, "Publishers to connect to; required when nameserver is "
+                  "false, extra ones otherwise."),
+    services=Key(Kind.NAMES, "Nameserver mode: the service names to subscribe to "
+                 "(default: all)."),
+    addr_listener=Key(Kind.BOOLEAN, "Nameserver mode: also connect to publishers "
+                      "announced later.", default=False),
+    timeout=Key(Kind.NUMBER, "Nameserver mode: seconds one question to the nameserver "
+                "waits.", default=10.0, minimum=0.1),
+    receive_hwm=Key(Kind.INTEGER, "Messages each subscriber socket may hold per publisher "
+                    "(0: no limit).", default=RECEIVE_HWM),
+)
+
+REQUESTS = _section(
+    address=Key(Kind.ADDRESS, "Where the REQ/REP input binds (port 0: a free port).",
+                default=REQUEST_ADDRESS),
+    mode=Key(Kind.MODE, "ipc:// only: the socket file's permission bits, quoted "
+             "(default: \"0600\", or \"0660\" with group)."),
+    group=Key(Kind.GROUP, "ipc:// only: the group given to the socket file (default: the "
+              "daemon's group)."),
+)
+
+#: posttroll's publisher keys, passed on as they are, plus trollpush's two topics
+PUBLISH = _section(
+    name=Key(Kind.STRING, "The publisher's name (for the nameserver).", required=True),
+    address=Key(Kind.ADDRESS, "Bind address when nameservers is false (or give port)."),
+    port=Key(Kind.PORT, "Port to bind; 0: a random one."),
+    nameservers=Key(Kind.NAMESERVERS, "false: a plain publisher; a list of hosts: register "
+                    "with them (default: multicast)."),
+    aliases=Key(Kind.NAMES, "Extra names to register (nameserver modes)."),
+    broadcast_interval=Key(Kind.NUMBER, "Seconds between address announcements "
+                           "(nameserver modes).", default=2.0),
+    min_port=Key(Kind.PORT, "Lowest port for a random port."),
+    max_port=Key(Kind.PORT, "Highest port for a random port."),
+    topic=Key(Kind.TOPIC, "Subject of completions (targets without publish_topic, direct "
+              "requests).", default="/trollpush/uploaded/"),
+    failure_topic=Key(Kind.TOPIC, "Subject of every failure message.",
+                      default="/trollpush/failed"),
+)
+
+ENDPOINT = _section(
+    url=Key(Kind.URL, "The S3 endpoint URL, for non-AWS stores (default: AWS)."),
+    region=Key(Kind.STRING, "Region name (default: botocore's)."),
+    profile=Key(Kind.STRING, "A named profile of ~/.aws/config and ~/.aws/credentials."),
+    access_key_id=Key(Kind.STRING, "Explicit key, given together with secret_access_key."),
+    secret_access_key=Key(Kind.STRING, "Explicit secret, given together with access_key_id."),
+    session_token=Key(Kind.STRING, "Explicit session token."),
+    addressing_style=Key(Kind.CHOICE, "Bucket addressing; many non-AWS stores need path.",
+                         default="auto", choices=("auto", "path", "virtual")),
+    max_connections=Key(Kind.INTEGER, "Pool size, at least max_parallel (and follows it "
+                        "when that is larger).", default=32, minimum=1),
+    prewarm=Key(Kind.INTEGER, "Connections opened at start and kept warm, at most "
+                "max_connections (0: none).", default=8),
+    keepalive_interval=Key(Kind.NUMBER, "Seconds idle before the warm connections are "
+                           "touched again (0: never).", default=15.0),
+    keepalive_timeout=Key(Kind.NUMBER, "Seconds an idle pooled connection is kept.",
+                          default=3600.0, minimum=1),
+    tcp_keepalive=Key(Kind.BOOLEAN, "TCP keep-alive on every pool socket.", default=True),
+    connect_timeout=Key(Kind.NUMBER, "TCP/TLS connect timeout, seconds.", default=5.0,
+                        minimum=0.001),
+    max_parallel=Key(Kind.INTEGER, "Requests in flight through this endpoint (at most "
+                     "max_connections when only that is set).", default=32, minimum=1),
+    queue_timeout=Key(Kind.NUMBER, "Seconds a file may wait for a slot.", default=300.0,
+                      minimum=0.001),
+    multipart_threshold=Key(Kind.SIZE, "Files this large or larger go as multipart uploads.",
+                            default=64 * MiB, minimum=MIN_PART),
+    multipart_chunksize=Key(Kind.SIZE, "Part size, at most 5GiB (raised so that no file "
+                            "needs more than 10,000 parts).", default=16 * MiB,
+                            minimum=MIN_PART, maximum=MAX_PART),
+    max_parts_in_flight=Key(Kind.INTEGER, "Parts of one file uploaded at once.", default=8,
+                            minimum=1),
+    attempt_timeout=Key(Kind.NUMBER, "Base seconds allowed for one attempt of one request.",
+                        default=10.0, minimum=0.001),
+    min_throughput=Key(Kind.BYTE_RATE, "The budget grows by the body size divided by this.",
+                       default=1 * MiB, minimum=1),
+    timeout_factor=Key(Kind.NUMBER, "Each retry's budget is the previous one times this.",
+                       default=1.5, minimum=1),
+    tries=Key(Kind.INTEGER, "Attempts per request (per part), counting the first.",
+              default=4, minimum=1),
+    bandwidth_limit=Key(Kind.BIT_RATE, "Aggregate limit for the endpoint, in bits per "
+                        "second (Linux; default: none).", minimum=8000, example="100Mbit"),
+    checksum=Key(Kind.CHOICE, "Checksum the store verifies on every body.",
+                 default="crc32c", choices=ALGORITHMS),
+)
+
+TARGET = _section(
+    name=Key(Kind.STRING, "Used in logs, failures and `trollpush match`; unique "
+             "(default: target0, target1, ... by position)."),
+    topics=Key(Kind.TOPICS, "Subject prefixes this target takes (default: any)."),
+    pattern=Key(Kind.PATTERN, "trollsift pattern matched against the file's base name."),
+    conditions=Key(Kind.CONDITIONS, "field: value(s) the metadata must hold, and an "
+                   "optional except: block."),
+    aliases=Key(Kind.ALIASES, "field: {value: alias}, used only when composing."),
+    destination=Key(Kind.DESTINATION, "Where the file goes: an s3://BUCKET/KEY trollsift "
+                    "template.", required=True),
+    endpoint=Key(Kind.STRING, "Which endpoint uploads it (default: `default`, else the "
+                 "only endpoint)."),
+    publish_topic=Key(Kind.TOPIC, "Subject template of this target's completions "
+                      "(default: publish.topic)."),
+    overwrite=Key(Kind.CHOICE, "changed: answer an unchanged file that already landed "
+                  "from the journal; always: upload every time.", default="changed",
+                  choices=("changed", "always")),
+)
+
+DAEMON = _section(
+    queue_size=Key(Kind.INTEGER, "Accepted requests waiting to be dispatched.",
+                   default=10000, minimum=1),
+    max_in_flight=Key(Kind.INTEGER, "Requests processed at the same time.", default=256,
+                      minimum=1),
+    shutdown_grace=Key(Kind.NUMBER, "Seconds queued and running requests may take to "
+                       "finish after SIGINT or SIGTERM.", default=30.0),
+    max_age=Key(Kind.NUMBER, "Seconds a request may keep retrying while the store is "
+                "down.", default=3600.0, minimum=1),
+    max_request_bytes=Key(Kind.SIZE, "A larger message or request is refused.",
+                          default=MiB, minimum=1024),
+    allowed_roots=Key(Kind.PATHS, "Only files really under one of these directories may "
+                      "be uploaded (default: any local file)."),
+    file_timeout=Key(Kind.NUMBER, "Bound in seconds on one file-system call on a source "
+                     "file.", default=30.0, minimum=0.1),
+    event_loop=Key(Kind.CHOICE, "The event loop `trollpush run` uses.",
+                   default=EVENT_LOOPS[0], choices=EVENT_LOOPS),
+)
+
+JOURNAL = _section(
+    path=Key(Kind.PATH, "The SQLite journal, or memory (default: "
+             "$XDG_STATE_HOME/trollpush/journal.sqlite, else under ~/.local/state)."),
+    keep_landed_days=Key(Kind.NUMBER, "Days landed files are remembered, to answer an "
+                         "unchanged repeat without uploading.", default=7.0),
+)
+
+#: the top-level sections, in the order the reference documents them
+SECTIONS: Mapping[str, Mapping[str, Key]] = MappingProxyType({
+    "subscribe": SUBSCRIBE, "requests": REQUESTS, "publish": PUBLISH, "endpoints": ENDPOINT,
+    "targets": TARGET, "daemon": DAEMON, "journal": JOURNAL})
+SECTION_DOCS: Mapping[str, str] = MappingProxyType({
+    "subscribe": "posttroll pub-sub input (this or requests is required).",
+    "requests": "ZeroMQ REQ/REP input, also for `trollpush send` (this or subscribe is "
+                "required; with nothing under it: on at the default address).",
+    "publish": "posttroll output for completions and failures (default: none published).",
+    "endpoints": "S3 connection profiles by a name you choose; at least one.",
+    "targets": "Routing rules; at least one when subscribe is set.",
+    "daemon": "Queue and concurrency limits, shutdown grace, the event loop.",
+    "journal": "Where accepted requests are recorded, and how long landed files are "
+               "remembered.",
+})

@@ -1,0 +1,357 @@
+"""Reading and validating a config file, completely, at load.
+
+Every problem is collected (not just the first) and names the key, the value and what
+was expected.  Plain keys (strings, choices, numbers, sizes, rates, booleans) are read by
+``Validator.read`` from their rules in ``defaults``; the rest, and every rule that
+involves more than one key, are written out here and in ``targets``.  Why this is
+hand-written rather than pydantic or msgspec: "Why the validator is hand-written" in
+``docs/config.md``.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import re
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError, ConfigProblem
+from .defaults import (
+    ADDRESS_PATTERN,
+    DAEMON,
+    ENDPOINT,
+    IPC_GROUP_MODE,
+    IPC_MODE,
+    JOURNAL,
+    MAX_PART,
+    MODE_PATTERN,
+    PUBLISH,
+    REQUEST_ADDRESS,
+    REQUESTS,
+    SECTIONS,
+    SUBSCRIBE,
+    URL_PATTERN,
+    default_journal_path,
+)
+from .model import (
+    Config,
+    DaemonConfig,
+    EndpointConfig,
+    JournalConfig,
+    PublishConfig,
+    RequestsConfig,
+    SubscribeConfig,
+    TargetConfig,
+)
+from .targets import read_targets
+from .validator import Validator
+
+_ADDRESS_RE = re.compile(ADDRESS_PATTERN)
+_URL_RE = re.compile(URL_PATTERN)
+#: sun_path holds 108 bytes with the terminating NUL
+_IPC_PATH_MAX = 107
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file; raise ConfigError listing every problem."""
+    src = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError([ConfigProblem("<file>", src, f"a readable file ({err.strerror})")],
+                          src) from err
+    except UnicodeDecodeError as err:
+        raise ConfigError([ConfigProblem("<file>", src, f"UTF-8 text (byte {err.start} is not)")],
+                          src) from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        # only the problem and its position: PyYAML's snippet could echo a secret
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError([ConfigProblem("<yaml>", src, f"valid YAML ({what}{where})")],
+                          src) from err
+    return parse_config(data, source=src)
+
+
+def parse_config(data: object, *, source: str = "<config>") -> Config:
+    """Validate an already-parsed mapping; raise ConfigError listing every problem."""
+    v = Validator()
+    if not isinstance(data, Mapping):
+        raise ConfigError([ConfigProblem("<root>", data, "a mapping of sections")], source)
+    v.no_unknown(data, "", SECTIONS)
+    subscribe = _subscribe(v, data.get("subscribe"))
+    requests = _requests(v, data.get("requests"), present="requests" in data)
+    publish = _publish(v, data.get("publish"))
+    endpoints = _endpoints(v, data.get("endpoints"))
+    targets = read_targets(v, data.get("targets"), endpoints)
+    daemon = _daemon(v, data.get("daemon"))
+    journal = _journal(v, data.get("journal"))
+    if subscribe is None and requests is None:
+        v.problem("subscribe/requests", None, "at least one input section (subscribe or requests)")
+    _check_loop(v, subscribe, publish, targets)
+    if subscribe is not None and not targets:
+        v.problem("targets", data.get("targets"),
+                  "at least one target when `subscribe` is set (messages need routes)")
+    if v.problems:
+        raise ConfigError(v.problems, source)
+    return Config(endpoints=MappingProxyType(endpoints), targets=tuple(targets),
+                  subscribe=subscribe, requests=requests, publish=publish, daemon=daemon,
+                  journal=journal, source=source)
+
+
+# --- inputs and output -------------------------------------------------------------------
+
+
+def _subscribe(v: Validator, raw: object) -> SubscribeConfig | None:
+    data = v.mapping(raw, "subscribe")
+    if data is None:
+        return None
+    v.no_unknown(data, "subscribe.", SUBSCRIBE)
+    settings = dict(data)
+    settings["topics"] = list(v.topics(data.get("topics"), "subscribe.topics"))
+    if data.get("topics") is None:
+        v.problem("subscribe.topics", None, "a non-empty list of topic strings")
+    ns = data.get("nameserver", None)
+    if ns is not False and ns is not None and not isinstance(ns, str):
+        v.problem("subscribe.nameserver", ns, "false, or a nameserver host name")
+    addresses = data.get("addresses")
+    if ns is False:
+        if not isinstance(addresses, list) or not addresses:
+            v.problem("subscribe.addresses", addresses,
+                      "a non-empty list of tcp://HOST:PORT addresses when nameserver is false")
+        else:
+            for i, a in enumerate(addresses):
+                if not isinstance(a, str) or not _ADDRESS_RE.match(a):
+                    v.problem(f"subscribe.addresses[{i}]", a, "an address like tcp://HOST:PORT")
+    elif addresses is not None and not isinstance(addresses, list):
+        v.problem("subscribe.addresses", addresses, "a list of addresses")
+    settings["receive_hwm"] = v.read(data, "subscribe.", "receive_hwm", SUBSCRIBE["receive_hwm"])
+    if data.get("timeout") is not None:  # posttroll's own default otherwise
+        v.read(data, "subscribe.", "timeout", SUBSCRIBE["timeout"])
+    return SubscribeConfig(settings=MappingProxyType(settings))
+
+
+def _requests(v: Validator, raw: object, *, present: bool) -> RequestsConfig | None:
+    if raw is None:
+        return RequestsConfig() if present else None
+    data = v.mapping(raw, "requests")
+    if data is None:
+        return None
+    v.no_unknown(data, "requests.", REQUESTS)
+    address = v.string(data, "address", "requests.", default=REQUEST_ADDRESS)
+    if address and not _ADDRESS_RE.match(address):
+        v.problem("requests.address", address, f"an address like {REQUEST_ADDRESS}")
+    address = address or REQUEST_ADDRESS
+    config = RequestsConfig(address=address)
+    path = config.ipc_path
+    if path is None:
+        for key in ("mode", "group"):
+            if data.get(key) is not None:
+                v.problem(f"requests.{key}", data.get(key),
+                          f"no {key} unless requests.address is ipc:///PATH (a socket "
+                          f"file); {address} has no file whose permissions could apply")
+        return config
+    _check_ipc_path(v, path, address)
+    group = _group(v, data.get("group"))
+    # with a group, the group is meant to submit; without one, only the daemon's user
+    mode = _mode(v, data.get("mode"), IPC_GROUP_MODE if group is not None else IPC_MODE)
+    return RequestsConfig(address=address, mode=mode, group=group)
+
+
+def _check_ipc_path(v: Validator, path: str, address: str) -> None:
+    if not os.path.isabs(path):
+        v.problem("requests.address", address, "ipc:// with an absolute path, like "
+                  "ipc:///run/trollpush/requests.sock")
+        return
+    if len(os.fsencode(path)) > _IPC_PATH_MAX:
+        v.problem("requests.address", address,
+                  f"a socket path of at most {_IPC_PATH_MAX} bytes (the kernel's limit)")
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        v.problem("requests.address", address, f"a socket path in an existing directory "
+                  f"({parent} is not one)")
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        v.problem("requests.address", address,
+                  f"a path that is free or holds a socket ({path} exists and is not a "
+                  "socket: trollpush does not replace it)")
+
+
+def _mode(v: Validator, value: object, default: int) -> int:
+    """Permission bits, as a quoted octal string ("0660", "660", "0o660").  An unquoted
+    number is refused: YAML reads 0660 as octal but 440 as decimal (0o670), and the two
+    cannot be told apart afterwards; a wrong guess would open the socket to others."""
+    if value is None:
+        return default
+    if isinstance(value, str) and re.fullmatch(MODE_PATTERN, text := value.strip()):
+        return int(text.removeprefix("0o"), 8)
+    v.problem("requests.mode", value, "permission bits as a quoted octal string like "
+              "'0660' (at most 0777; unquoted, YAML reads a number)")
+    return default
+
+
+def _group(v: Validator, value: object) -> int | None:
+    """A group name or gid that exists on this host; its gid."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return grp.getgrgid(value).gr_gid
+        if isinstance(value, str) and value.strip():
+            return grp.getgrnam(value.strip()).gr_gid
+    except (KeyError, OverflowError):
+        pass
+    v.problem("requests.group", value, "the name or gid of a group that exists on this host")
+    return None
+
+
+def _publish(v: Validator, raw: object) -> PublishConfig | None:
+    data = v.mapping(raw, "publish")
+    if data is None:
+        return None
+    v.no_unknown(data, "publish.", PUBLISH)
+    settings = {k: val for k, val in data.items() if k not in ("topic", "failure_topic")}
+    if not settings.get("name"):
+        v.problem("publish.name", settings.get("name"), "a publisher name (a non-empty string)")
+    ns = settings.get("nameservers")
+    if ns is False:
+        addr, port = settings.get("address"), settings.get("port")
+        if addr is None and not port:
+            v.problem("publish.address", addr,
+                      "an address like tcp://127.0.0.1:40001 (or a port) when nameservers is false")
+        if addr is not None and (not isinstance(addr, str) or not _ADDRESS_RE.match(addr)):
+            v.problem("publish.address", addr, "an address like tcp://127.0.0.1:40001")
+    elif ns is not None and not (isinstance(ns, list) and all(isinstance(h, str) for h in ns)):
+        v.problem("publish.nameservers", ns, "false, or a list of nameserver host names")
+    topics = {}
+    for key in ("topic", "failure_topic"):
+        default = PUBLISH[key].default
+        topics[key] = v.topic(data.get(key, default), f"publish.{key}") or default
+    return PublishConfig(settings=MappingProxyType(settings), **topics)
+
+
+# --- endpoints ---------------------------------------------------------------------------
+
+#: pool sizes that default to follow each other, so that setting either one is enough
+_POOL = ("max_connections", "max_parallel", "prewarm")
+
+
+def _endpoints(v: Validator, raw: object) -> dict[str, EndpointConfig]:
+    data = v.mapping(raw, "endpoints")
+    if not data:
+        v.problem("endpoints", raw, "a mapping of at least one named S3 endpoint")
+        return {}
+    out = {}
+    for name, ep in data.items():
+        e = v.mapping(ep if ep is not None else {}, f"endpoints.{name}")
+        if e is not None:
+            out[str(name)] = _endpoint(v, str(name), e)
+    return out
+
+
+def _endpoint(v: Validator, name: str, e: Mapping[str, Any]) -> EndpointConfig:
+    p = f"endpoints.{name}."
+    v.no_unknown(e, p, ENDPOINT)
+    url = v.string(e, "url", p)
+    if url and not _URL_RE.match(url):
+        v.problem(f"{p}url", url, "an http:// or https:// URL")
+    if (e.get("access_key_id") is None) != (e.get("secret_access_key") is None):
+        v.problem(f"{p}secret_access_key", e.get("secret_access_key"),
+                  "access_key_id and secret_access_key given together, or neither")
+    connections, parallel, prewarm = _pool(v, e, p)
+    rest = v.read_all(e, p, ENDPOINT, skip=_POOL)
+    if rest["multipart_chunksize"] > MAX_PART:
+        v.problem(f"{p}multipart_chunksize", e.get("multipart_chunksize"),
+                  "at most 5GiB (S3's largest part)")
+    return EndpointConfig(name=name, url=url, max_connections=connections,
+                          max_parallel=parallel, prewarm=prewarm, **rest)
+
+
+def _pool(v: Validator, e: Mapping[str, Any], p: str) -> tuple[int, int, int]:
+    """max_connections, max_parallel and prewarm."""
+    parallel = e.get("max_parallel")
+    connections: int = v.read(
+        e, p, "max_connections", ENDPOINT["max_connections"],
+        default=max(ENDPOINT["max_connections"].default, parallel or 0)
+        if isinstance(parallel, int) else None)
+    parallel = v.read(e, p, "max_parallel", ENDPOINT["max_parallel"],
+                      default=min(ENDPOINT["max_parallel"].default, connections))
+    if connections < parallel:
+        v.problem(f"{p}max_connections", connections,
+                  f"at least max_parallel ({parallel}): every upload needs a connection")
+    prewarm = v.read(e, p, "prewarm", ENDPOINT["prewarm"],
+                     default=min(ENDPOINT["prewarm"].default, connections))
+    if prewarm > connections:
+        v.problem(f"{p}prewarm", prewarm, f"at most max_connections ({connections})")
+    return connections, parallel, prewarm
+
+
+def _check_loop(v: Validator, subscribe: SubscribeConfig | None, publish: PublishConfig | None,
+                targets: list[TargetConfig]) -> None:
+    """Refuse a daemon that would hear its own announcements: each would come back as input."""
+    if subscribe is None or publish is None:
+        return
+    sub, pub = subscribe.settings, publish.settings
+    # read what is there as it is: a wrong `addresses` is reported by _subscribe, and
+    # anything but a name or a list of names in `services` counts as all services
+    if sub.get("nameserver") is False:
+        addresses = sub.get("addresses")
+        hears_self = isinstance(addresses, list) and pub.get("address") in addresses
+    else:
+        services = sub.get("services", "")
+        services = [services] if isinstance(services, str) else (
+            services if isinstance(services, list) else [])
+        hears_self = pub.get("nameservers") is not False and (
+            not services or "" in services or pub.get("name") in services)
+    if not hears_self:
+        return
+    outputs = {"publish.topic": publish.topic, "publish.failure_topic": publish.failure_topic}
+    outputs.update({f"targets[{i}].publish_topic": t.publish_topic
+                    for i, t in enumerate(targets) if t.publish_topic})
+    for i, topic in enumerate(subscribe.topics):
+        for key, out in outputs.items():
+            static = out.split("{", 1)[0]
+            if static.startswith(topic) or ("{" in out and topic.startswith(static)):
+                v.problem(f"subscribe.topics[{i}]", topic,
+                          f"a topic that does not match trollpush's own {key} {out!r} "
+                          "(the daemon subscribes to its own publisher: announcements would "
+                          "come back as input)")
+                break  # one problem per topic is enough
+
+
+# --- the daemon and its journal ----------------------------------------------------------
+
+
+def _daemon(v: Validator, raw: object) -> DaemonConfig:
+    data = v.mapping(raw, "daemon")
+    if data is None:
+        return DaemonConfig()
+    v.no_unknown(data, "daemon.", DAEMON)
+    roots = data.get("allowed_roots") or []
+    if not isinstance(roots, list) or not all(isinstance(r, str) and os.path.isabs(
+            os.path.expanduser(r)) for r in roots):
+        v.problem("daemon.allowed_roots", roots, "a list of absolute directory paths")
+        roots = []
+    return DaemonConfig(
+        allowed_roots=tuple(os.path.realpath(os.path.expanduser(r)) for r in roots),
+        **v.read_all(data, "daemon.", DAEMON))
+
+
+def _journal(v: Validator, raw: object) -> JournalConfig:
+    """Durable by default (the user's state directory); ``path: memory`` opts out."""
+    data = v.mapping(raw, "journal") or {}
+    v.no_unknown(data, "journal.", JOURNAL)
+    path = v.string(data, "path", "journal.", default=str(default_journal_path()))
+    return JournalConfig(path=None if path == "memory" else os.path.expanduser(path or ""),
+                         **v.read_all(data, "journal.", JOURNAL))

@@ -1,0 +1,245 @@
+"""The configuration as the daemon sees it: frozen, typed, already validated.
+
+Defaults come from ``defaults`` (the same values the validator and the JSON Schema use);
+only a few differ on purpose, where a value built in code means something other than a
+key left out of a file: ``JournalConfig.path`` (None: in memory; a file's default is the
+user's state directory) and ``RequestsConfig.mode`` (None for tcp; an ipc:// address in a
+file gets 0600 or 0660).
+"""
+
+from __future__ import annotations
+
+import grp
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .defaults import DAEMON, ENDPOINT, JOURNAL, PUBLISH, RECEIVE_HWM, REQUEST_ADDRESS, TARGET
+from .units import human
+
+Scalar = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class SubscribeConfig:
+    """posttroll pub-sub input; ``settings`` holds posttroll's keys and ``receive_hwm``."""
+
+    settings: Mapping[str, Any]
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return tuple(self.settings.get("topics", ()))
+
+    @property
+    def receive_hwm(self) -> int:
+        return int(self.settings.get("receive_hwm", RECEIVE_HWM))
+
+
+@dataclass(frozen=True)
+class RequestsConfig:
+    """ZeroMQ REQ/REP input; for ``ipc://`` the socket file's mode and group decide who
+    may submit (the file is set to them right after bind)."""
+
+    address: str = REQUEST_ADDRESS
+    mode: int | None = None  # permission bits of an ipc socket file; None for tcp
+    group: int | None = None  # gid given to an ipc socket file; None: the daemon's group
+
+    @property
+    def ipc_path(self) -> str | None:
+        """The socket file of an ``ipc://`` address (None for tcp, inproc, abstract)."""
+        if not self.address.startswith("ipc://") or self.address.startswith("ipc://@"):
+            return None
+        return self.address[len("ipc://"):]
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """posttroll output; ``settings`` goes to create_publisher_from_dict_config."""
+
+    settings: Mapping[str, Any]
+    topic: str = PUBLISH["topic"].default
+    failure_topic: str = PUBLISH["failure_topic"].default
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """An S3 connection profile; one client (and pool) per endpoint for the daemon's life."""
+
+    name: str
+    url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    addressing_style: str = ENDPOINT["addressing_style"].default
+    # pool: connections opened at start and kept warm through idle gaps
+    max_connections: int = ENDPOINT["max_connections"].default
+    prewarm: int = ENDPOINT["prewarm"].default
+    keepalive_interval: float = ENDPOINT["keepalive_interval"].default
+    keepalive_timeout: float = ENDPOINT["keepalive_timeout"].default
+    tcp_keepalive: bool = ENDPOINT["tcp_keepalive"].default
+    connect_timeout: float = ENDPOINT["connect_timeout"].default
+    # concurrency and multipart (names as in s3transfer)
+    max_parallel: int = ENDPOINT["max_parallel"].default
+    queue_timeout: float = ENDPOINT["queue_timeout"].default
+    multipart_threshold: int = ENDPOINT["multipart_threshold"].default
+    multipart_chunksize: int = ENDPOINT["multipart_chunksize"].default
+    max_parts_in_flight: int = ENDPOINT["max_parts_in_flight"].default
+    # time budget per attempt: (attempt_timeout + bytes / min_throughput) x factor^(n-1)
+    attempt_timeout: float = ENDPOINT["attempt_timeout"].default
+    min_throughput: float = ENDPOINT["min_throughput"].default
+    timeout_factor: float = ENDPOINT["timeout_factor"].default
+    tries: int = ENDPOINT["tries"].default
+    bandwidth_limit: float | None = None  # bits per second, shared by all uploads
+    checksum: str = ENDPOINT["checksum"].default
+
+    def attempt_budget(self, size: int, attempt: int) -> float:
+        """Seconds allowed for attempt number ``attempt`` (1-based) of a ``size``-byte body."""
+        base = self.attempt_timeout + size / self.min_throughput
+        return float(base * self.timeout_factor ** (attempt - 1))
+
+    def summary(self) -> str:
+        """One line for logs and ``check``: never shows secrets."""
+        creds = "explicit keys" if self.access_key_id else (
+            f"profile {self.profile}" if self.profile else "default credential chain")
+        limit = (f" bandwidth_limit={self.bandwidth_limit / 1e6:g}Mbit/s"
+                 if self.bandwidth_limit else "")
+        return (f"{self.name}: {self.url or 'AWS'} region={self.region or 'default'} "
+                f"({creds}) max_parallel={self.max_parallel} prewarm={self.prewarm} "
+                f"tries={self.tries} attempt_timeout={self.attempt_timeout:g}s "
+                f"multipart>={human(self.multipart_threshold)} "
+                f"checksum={self.checksum}{limit}")
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Where files that match go, and where their completions are announced."""
+
+    name: str
+    destination: str
+    endpoint: str
+    topics: tuple[str, ...] = ()
+    pattern: str | None = None
+    conditions: Mapping[str, tuple[Scalar, ...]] = field(default_factory=dict)
+    excepts: Mapping[str, tuple[Scalar, ...]] = field(default_factory=dict)
+    aliases: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    publish_topic: str | None = None
+    #: "always": upload even an unchanged file that already landed
+    overwrite: str = TARGET["overwrite"].default
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Bounds of the daemon itself."""
+
+    queue_size: int = DAEMON["queue_size"].default
+    max_in_flight: int = DAEMON["max_in_flight"].default
+    shutdown_grace: float = DAEMON["shutdown_grace"].default
+    #: how long a request may keep retrying while the store is down
+    max_age: float = DAEMON["max_age"].default
+    max_request_bytes: int = DAEMON["max_request_bytes"].default  # larger is refused
+    allowed_roots: tuple[str, ...] = ()  # real paths; empty: any local file
+    #: bound on one file-system call (open, stat, a read): a hung NFS mount or a FIFO
+    #: fails its request instead of holding a worker thread and the requests behind it
+    file_timeout: float = DAEMON["file_timeout"].default
+    #: see defaults.EVENT_LOOPS for why uvloop is the default
+    event_loop: str = DAEMON["event_loop"].default
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    """Where accepted requests are recorded; ``path`` None keeps them in memory only."""
+
+    path: str | None = None
+    keep_landed_days: float = JOURNAL["keep_landed_days"].default
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    endpoints: Mapping[str, EndpointConfig]
+    targets: tuple[TargetConfig, ...] = ()
+    subscribe: SubscribeConfig | None = None
+    requests: RequestsConfig | None = None
+    publish: PublishConfig | None = None
+    daemon: DaemonConfig = DaemonConfig()
+    journal: JournalConfig = JournalConfig()
+    source: str = "<config>"
+
+    def default_endpoint(self) -> str | None:
+        """The endpoint for requests and targets that name none."""
+        return default_endpoint(self.endpoints)
+
+    def warm_buckets(self) -> dict[str, str]:
+        """A bucket per endpoint whose HEAD keeps connections warm (a fixed target bucket)."""
+        out: dict[str, str] = {}
+        for t in self.targets:
+            bucket = t.destination[len("s3://"):].split("/", 1)[0]
+            if "{" not in bucket:
+                out.setdefault(t.endpoint, bucket)
+        return out
+
+    def summary(self) -> str:
+        """Human summary for ``trollpush check``; never contains secrets."""
+        lines = [f"config {self.source}: OK"]
+        if self.subscribe:
+            lines.append(_subscribe_line(self.subscribe))
+        if self.requests:
+            lines.append(_requests_line(self.requests))
+        lines.append(_publish_line(self.publish))
+        for ep in self.endpoints.values():
+            lines.append(f"endpoint {ep.summary()}")
+        for t in self.targets:
+            extra = []
+            if t.topics:
+                extra.append(f"topics {list(t.topics)}")
+            if t.pattern:
+                extra.append(f"pattern {t.pattern}")
+            if t.conditions or t.excepts:
+                extra.append(f"{len(t.conditions)} condition(s), {len(t.excepts)} except")
+            lines.append(f"target {t.name}: -> {t.destination} @{t.endpoint}"
+                         + (f" ({'; '.join(extra)})" if extra else ""))
+        return "\n".join(lines)
+
+
+def _subscribe_line(subscribe: SubscribeConfig) -> str:
+    s = subscribe.settings
+    where = (f"nameserver {s['nameserver']}" if s.get("nameserver") not in (False, None)
+             else ("addresses " + ", ".join(s.get("addresses", []))
+                   if s.get("nameserver") is False else "nameserver localhost"))
+    return f"input  subscribe: topics {list(subscribe.topics)} via {where}"
+
+
+def _requests_line(requests: RequestsConfig) -> str:
+    access = ""
+    if requests.mode is not None:
+        group = ""
+        if requests.group is not None:
+            try:
+                group = f", group {grp.getgrgid(requests.group).gr_name}"
+            except KeyError:
+                group = f", group {requests.group}"
+        access = f" (socket file mode {requests.mode:04o}{group})"
+    return f"input  requests: REQ/REP on {requests.address}{access}"
+
+
+def _publish_line(publish: PublishConfig | None) -> str:
+    if publish is None:
+        return "output publish: disabled (completions are not announced)"
+    s = publish.settings
+    if s.get("nameservers") is False:
+        where = s.get("address") or f"port {s.get('port')}"
+    else:
+        ns = s.get("nameservers") or "multicast"
+        where = f"a random port, registered with {ns}"
+    return (f"output publish: {where} as {s.get('name')!r}, default topic "
+            f"{publish.topic}, failures on {publish.failure_topic}")
+
+
+def default_endpoint(endpoints: Mapping[str, EndpointConfig]) -> str | None:
+    """The one named ``default``, else the only one, else none."""
+    if "default" in endpoints:
+        return "default"
+    return next(iter(endpoints)) if len(endpoints) == 1 else None

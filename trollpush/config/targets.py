@@ -1,0 +1,159 @@
+"""The ``targets`` section: routing rules, with their patterns and templates checked.
+
+A pattern must compile as trollsift does; a destination or publish_topic must be a
+template trollsift can compose, with named fields only; conditions and aliases hold
+plain values.  Nothing here looks at a message: that is ``trollpush.route``'s work.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import trollsift
+
+from .defaults import TARGET
+from .model import EndpointConfig, Scalar, TargetConfig, default_endpoint
+from .validator import Validator
+
+#: a named field, optionally indexed or with attributes: {sensor[0]}, {start_time.year}
+_NAMED_FIELD_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*|\[[^\]]+\])*")
+
+
+def read_targets(v: Validator, raw: object,
+             endpoints: Mapping[str, EndpointConfig]) -> list[TargetConfig]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        v.problem("targets", raw, "a list of targets")
+        return []
+    out: list[TargetConfig] = []
+    names: set[str] = set()
+    for i, t in enumerate(raw):
+        if not isinstance(t, Mapping):
+            v.problem(f"targets[{i}]", t, "a mapping with at least `destination`")
+            continue
+        out.append(_target(v, i, t, endpoints, names))
+    return out
+
+
+def _target(v: Validator, i: int, t: Mapping[str, Any],
+            endpoints: Mapping[str, EndpointConfig], names: set[str]) -> TargetConfig:
+    """Target number ``i``; ``names`` holds those of the targets before it."""
+    p = f"targets[{i}]."
+    v.no_unknown(t, p, TARGET)
+    name = v.read(t, p, "name", TARGET["name"], default=f"target{i}")
+    if name in names:
+        v.problem(f"{p}name", name, "a name not used by another target")
+    names.add(name)
+    pattern = v.string(t, "pattern", p)
+    if pattern is not None:
+        pattern = _check_pattern(v, pattern, f"{p}pattern")
+    destination = v.string(t, "destination", p, required=True)
+    if destination is not None:
+        _check_destination(v, destination, f"{p}destination")
+    endpoint = v.string(t, "endpoint", p, default=default_endpoint(endpoints))
+    if endpoint is None:
+        v.problem(f"{p}endpoint", None,
+                  f"the name of an endpoint (one of: {', '.join(endpoints) or 'none defined'})")
+    elif endpoints and endpoint not in endpoints:
+        v.problem(f"{p}endpoint", endpoint, f"one of the endpoints: {', '.join(endpoints)}")
+    publish_topic = t.get("publish_topic")
+    if publish_topic is not None:
+        publish_topic = v.topic(publish_topic, f"{p}publish_topic")
+        if publish_topic is not None:
+            _check_template(v, publish_topic, f"{p}publish_topic")
+    conditions, excepts = _conditions(v, t.get("conditions"), f"{p}conditions")
+    rules = TARGET["overwrite"]
+    overwrite = v.choice(t, "overwrite", p, rules.choices, rules.default,
+                         f"{rules.default} (the default) or always")
+    return TargetConfig(
+        name=name, destination=destination or "", endpoint=endpoint or "",
+        topics=v.topics(t.get("topics"), f"{p}topics"), pattern=pattern,
+        conditions=conditions, excepts=excepts,
+        aliases=_aliases(v, t.get("aliases"), f"{p}aliases"), publish_topic=publish_topic,
+        overwrite=overwrite)
+
+
+def _check_pattern(v: Validator, pattern: str, key: str) -> str | None:
+    try:
+        trollsift.parser.get_convert_dict(pattern)
+        re.compile(trollsift.parser.regex_format(pattern))
+    except (ValueError, re.error, KeyError, IndexError) as err:
+        v.problem(key, pattern, f"a valid trollsift pattern ({err})")
+        return None
+    return pattern
+
+
+def _check_destination(v: Validator, destination: str, key: str) -> None:
+    if not destination.startswith("s3://"):
+        v.problem(key, destination, "an s3://BUCKET/KEY template")
+        return
+    rest = destination[len("s3://"):]
+    bucket = rest.split("/", 1)[0]
+    if not bucket:
+        v.problem(key, destination, "a bucket name after s3://")
+    _check_template(v, destination, key)
+
+
+def _check_template(v: Validator, template: str, key: str) -> None:
+    """A trollsift template whose fields are all named ({name} or {name:format})."""
+    try:
+        trollsift.parser.get_convert_dict(template)
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except (ValueError, re.error, KeyError, IndexError) as err:
+        v.problem(key, template, f"a valid trollsift template ({err})")
+        return
+    for name in fields:
+        if not _NAMED_FIELD_RE.fullmatch(name):
+            v.problem(key, template, f"named fields like {{platform_name}}, not {{{name}}}")
+            return
+
+
+def _scalars(v: Validator, value: object, key: str) -> tuple[Scalar, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        v.problem(key, value, "a value or a non-empty list of values")
+    for i, item in enumerate(items):
+        if not isinstance(item, (str, int, float, bool)):
+            v.problem(key if len(items) == 1 else f"{key}[{i}]", item,
+                      "a string, number or boolean")
+    return tuple(x for x in items if isinstance(x, (str, int, float, bool)))
+
+
+def _conditions(v: Validator, raw: object, key: str
+                ) -> tuple[Mapping[str, tuple[Scalar, ...]], Mapping[str, tuple[Scalar, ...]]]:
+    data = v.mapping(raw, key)
+    if data is None:
+        return {}, {}
+    conditions: dict[str, tuple[Scalar, ...]] = {}
+    excepts: dict[str, tuple[Scalar, ...]] = {}
+    for name, value in data.items():
+        if name == "except":
+            block = v.mapping(value, f"{key}.except")
+            if value is None or (block is not None and not block):
+                v.problem(f"{key}.except", value, "a non-empty mapping of field: value(s)")
+            for ename, evalue in (block or {}).items():
+                excepts[str(ename)] = _scalars(v, evalue, f"{key}.except.{ename}")
+        else:
+            conditions[str(name)] = _scalars(v, value, f"{key}.{name}")
+    return MappingProxyType(conditions), MappingProxyType(excepts)
+
+
+def _aliases(v: Validator, raw: object, key: str) -> Mapping[str, Mapping[str, str]]:
+    data = v.mapping(raw, key)
+    if data is None:
+        return {}
+    out: dict[str, Mapping[str, str]] = {}
+    for fname, table in data.items():
+        t = v.mapping(table, f"{key}.{fname}")
+        if t is None:
+            continue
+        bad = [k for k, val in t.items() if not isinstance(val, (str, int))]
+        for k in bad:
+            v.problem(f"{key}.{fname}.{k}", t[k], "a string alias")
+        out[str(fname)] = MappingProxyType({str(k): str(val) for k, val in t.items()})
+    return MappingProxyType(out)
