@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 _WAL_LIMIT = 4 << 20  # bytes the WAL file is truncated to after a checkpoint
 
 
+# shape: the Journal protocol's sixteen operations, a few lines each (their SQL is in
+# records.py, the writer thread in writer.py)
 class SQLiteJournal:
     """The durable journal: one SQLite file, one writer thread, group commits."""
 
