@@ -103,6 +103,9 @@ async def test_a_request_fanned_out_to_two_targets_lands_and_is_announced_per_jo
     assert sorted(m.data["uri"] for m in announcer.out) == [
         "s3://one/granule.h5", "s3://two/granule.h5"]
     assert p.stats.count(stats.REQUESTS, outcome="completed") == 1
+    landed = p.stats.histogram(stats.TOTAL_SECONDS, endpoint="main")
+    queued = p.stats.histogram(stats.QUEUED_SECONDS, input="subscribe")
+    assert landed is not None and landed.count == 2 and queued is not None and queued.count == 1
     assert set(journal.state(r.id).values()) <= {State.ANNOUNCED}
     assert p.journal.unfinished() == []
     # the deadline the engine retries until is acceptance + max_age

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
 from typing import Any, Protocol
 
@@ -220,6 +221,8 @@ class RequestRun:
     async def run(self) -> None:
         """Route (or resume), run every job, then record and answer once."""
         p, request = self.pipeline, self.request
+        p.stats.observe(stats.QUEUED_SECONDS, time.monotonic() - request.received,
+                        input=request.origin)
         journaled = False  # finished in the journal already
         try:
             records = p.journal.jobs(request) if request.id in p.resuming else []
@@ -368,6 +371,8 @@ class JobRunner:
         else:  # published first: a crash before the record repeats it, never loses it
             out = [messages.completion(job, results)]
             await p.announcer.sent(out[0])
+            p.stats.observe(stats.TOTAL_SECONDS, time.time() - job.request.accepted_at,
+                            endpoint=job.endpoint)
             await p.record(p.journal.concluded(job, results, finish=finish), job.describe())
             logger.debug("announced %s on %s", job.describe(), job.publish_topic)
         self.request_run.done[self.index] = out

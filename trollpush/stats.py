@@ -32,6 +32,8 @@ QUEUED = "requests_queued"
 IN_FLIGHT = "requests_in_flight"
 #: gauge: store calls (PUTs and parts) running [endpoint]
 ACTIVE = "uploads_active"
+#: histogram: seconds a request waited between its receipt and its start [input]
+QUEUED_SECONDS = "request_queued_seconds"
 #: histograms of one upload [endpoint]: seconds from acceptance to landing, on the wire
 TOTAL_SECONDS = "upload_total_seconds"
 TRANSFER_SECONDS = "upload_transfer_seconds"
