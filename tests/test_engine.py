@@ -19,8 +19,8 @@ import crc32c
 import pytest
 
 from trollpush import EndpointConfig, TransferEngine, Upload
-from trollpush.pool import SO_MAX_PACING_RATE
 from trollpush.transfer import part_size
+from trollpush.transfer.pool import SO_MAX_PACING_RATE
 
 from .conftest import CREDS
 from .helpers import started_engine, upload_of, wait_until_async

@@ -21,8 +21,8 @@ from typing import Any
 import trollsift
 import yaml
 
-from .checksum import ALGORITHMS
 from .errors import ConfigError, ConfigProblem
+from .transfer.checksum import ALGORITHMS
 
 Scalar = str | int | float | bool
 MiB = 1024 * 1024

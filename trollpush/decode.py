@@ -23,7 +23,7 @@ from posttroll.message import Message
 
 from .errors import MessageError, Reason
 from .models import FILE_KEYS, RESERVED_KEYS, Rejection, Replier, Request, SourceFile
-from .source import under
+from .transfer.source import under
 
 logger = logging.getLogger("trollpush.receive")
 

@@ -16,9 +16,9 @@ import os
 import stat as stat_
 from pathlib import Path
 
+from ..errors import PermanentTransferError, Reason, TransferError
+from ..models import Stat
 from . import checksum
-from .errors import PermanentTransferError, Reason, TransferError
-from .models import Stat
 
 #: what tells two states of one open file apart: size, mtime, ctime (any write or
 #: metadata change moves it), inode, device

@@ -23,11 +23,17 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 import botocore.exceptions
 
+from .._workers import Workers
+from ..config import EndpointConfig
+from ..errors import (
+    PermanentTransferError,
+    Reason,
+    RetriesExhausted,
+    TransferError,
+    TransferTimeout,
+)
+from ..models import Stat, Upload, UploadResult
 from . import checksum
-from ._workers import Workers
-from .config import EndpointConfig
-from .errors import PermanentTransferError, Reason, RetriesExhausted, TransferError, TransferTimeout
-from .models import Stat, Upload, UploadResult
 from .pool import EndpointPool
 from .source import Guard, Source, SourceChanged, open_source
 

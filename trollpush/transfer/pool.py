@@ -23,7 +23,7 @@ from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession
 from botocore.handlers import add_expect_header
 
-from .config import EndpointConfig
+from ..config import EndpointConfig
 
 logger = logging.getLogger(__name__)
 
