@@ -181,7 +181,7 @@ async def test_a_hung_file_system_call_is_bounded(s3_url: str, bucket: str,
     path.write_bytes(b"x")
     release = threading.Event()
     engine = await started_engine(s3_url)
-    engine._file_timeout = 0.5
+    engine._files.timeout = 0.5
     import trollpush.transfer.engine as transfer
 
     real = transfer.open_source  # type: ignore[attr-defined]
@@ -467,7 +467,7 @@ async def test_hung_opens_hold_up_only_their_own_uploads(s3_url: str, bucket: st
         paths.append(tmp_path / f"ok{n}")
         paths[-1].write_bytes(b"o")
     engine = await started_engine(s3_url)
-    engine._file_timeout = 0.5
+    engine._files.timeout = 0.5
     transfer.open_source = slow  # type: ignore[attr-defined,assignment]
     try:
         results = await asyncio.gather(*(engine.upload(upload_of(p, bucket, p.name),

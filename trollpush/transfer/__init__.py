@@ -16,13 +16,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .engine import Progress, TransferEngine, classify, part_size
+    from .engine import TransferEngine
+    from .multipart import Progress, part_size
+    from .policy import classify, retry_later
     from .pool import EndpointPool
     from .source import SourceChanged
 
 #: the module that defines each public name
-_LAZY = {"TransferEngine": "engine", "Progress": "engine", "part_size": "engine",
-         "classify": "engine", "EndpointPool": "pool",
+_LAZY = {"TransferEngine": "engine", "Progress": "multipart", "part_size": "multipart",
+         "classify": "policy", "retry_later": "policy", "EndpointPool": "pool",
          "SourceChanged": "source"}
 
 
@@ -34,4 +36,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["EndpointPool", "Progress", "SourceChanged", "TransferEngine", "classify",
-           "part_size"]
+           "part_size", "retry_later"]

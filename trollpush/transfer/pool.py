@@ -16,6 +16,7 @@ import logging
 import socket
 import time
 import weakref
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiobotocore.config import AioConfig
@@ -24,6 +25,7 @@ from aiobotocore.session import AioSession
 from botocore.handlers import add_expect_header
 
 from ..config import EndpointConfig
+from ..errors import Reason, TransferError
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ class EndpointPool:
         self._keeper: asyncio.Task[None] | None = None
         self._warmed = asyncio.Event()
         self.opened = 0  # sockets ever created: a warm pool stops creating them
+        self._slots = asyncio.Semaphore(config.max_parallel)
 
     def __repr__(self) -> str:
         return (f"<EndpointPool {self.config.name} active={self.active} "
@@ -107,6 +110,22 @@ class EndpointPool:
             self._keeper = None
         await self._stack.aclose()
         self.client = None
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One of ``max_parallel`` slots, waiting at most ``queue_timeout``."""
+        ep = self.config
+        try:
+            async with asyncio.timeout(ep.queue_timeout):
+                await self._slots.acquire()
+        except TimeoutError as err:
+            raise TransferError(f"no upload slot free within queue_timeout "
+                                f"{ep.queue_timeout:g} s", reason=Reason.QUEUE_TIMEOUT
+                                ) from err
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     # --- sockets ------------------------------------------------------------------------
 
