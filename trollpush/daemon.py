@@ -13,10 +13,8 @@ import contextlib
 import logging
 import signal
 import threading
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from dataclasses import replace
 from typing import Any
 
 from posttroll.message import Message
@@ -42,9 +40,6 @@ QUIET_TYPES = frozenset({"beat", announce.FAILURE_TYPE, announce.ACK_TYPE,
                          announce.MULTIPLE_TYPE})
 
 
-#: failures worth waiting out (the store down or overloaded), retried until max_age
-TRANSIENT = frozenset({Reason.UPLOAD_FAILED, Reason.TIMEOUT, Reason.QUEUE_TIMEOUT})
-RETRY_FIRST, RETRY_MAX = 1.0, 60.0
 #: after a restart, how long subscribers get to reconnect before recovered completions
 #: are published (a PUB socket drops what it sends before they have re-subscribed)
 RECOVERY_SETTLE = 1.0
@@ -522,29 +517,11 @@ class Daemon:
         landed = await self._record(self.journal.begin(job, lookup), job.describe()) or {}
         progress = (_JobProgress(self.journal, job, self._record, recovered=recovered)
                     if self.durable else None)
-        results: dict[int, UploadResult] = {}
-        todo = list(range(len(job.uploads)))
-        delay = RETRY_FIRST
-        while todo:
-            uploads = [self.transfer.upload(job.uploads[i], job.endpoint, progress=progress,
-                                            landed=landed.pop(i, None)) for i in todo]
-            fresh = [await uploads[0]] if len(uploads) == 1 else await asyncio.gather(*uploads)
-            for i, result in zip(todo, fresh, strict=True):
-                before = results.get(i)  # every attempt of every round counts
-                results[i] = result if before is None else replace(
-                    result, attempts=before.attempts + result.attempts)
-            todo = [i for i in todo if not results[i].ok and results[i].reason in TRANSIENT]
-            left = job.request.accepted_at + self.config.daemon.max_age - time.time()
-            if not todo or left <= 0:
-                break
-            # the store is down or overloaded: wait and try again until max_age
-            wait = min(delay, left)
-            logger.warning("%d upload(s) of %s failed (%s); again in %.0f s (%.0f s of "
-                           "max_age left)", len(todo), job.describe(),
-                           results[todo[0]].error, wait, left)
-            await asyncio.sleep(wait)
-            delay = min(delay * 2, RETRY_MAX)
-        return tuple(results[i] for i in range(len(job.uploads)))
+        # what failed in a way worth waiting out goes again, until max_age (wall clock)
+        deadline = job.request.accepted_at + self.config.daemon.max_age
+        return await self.transfer.upload_all(job.uploads, job.endpoint, deadline=deadline,
+                                              what=job.describe(), progress=progress,
+                                              landed=landed)
 
     async def _conclude(self, job: Job, index: int, done: dict[int, list[Message]],
                         results: tuple[UploadResult, ...], *, finish: bool = False
