@@ -6,6 +6,8 @@ open through idle gaps (aiohttp keep-alive, TCP keep-alive, a cheap request when
 longer than ``keepalive_interval``), and never sends ``Expect: 100-continue``.
 An aggregate ``bandwidth_limit`` is enforced with SO_MAX_PACING_RATE on the pool's
 sockets, shared by the uploads in progress and recomputed as they start and end.
+``max_parallel`` slots bound the requests in flight: a single PUT takes one, a multipart
+upload one per part in flight; a request waits for one at most ``queue_timeout``.
 """
 
 from __future__ import annotations
