@@ -14,10 +14,10 @@ import jsonschema
 import pytest
 import yaml
 
-from trollpush.checksum import ALGORITHMS
 from trollpush.config import EVENT_LOOPS, config_schema
 from trollpush.config.defaults import SECTIONS, Key, Kind
 from trollpush.config.schema import kind_schema
+from trollpush.transfer.checksum import ALGORITHMS
 
 from .test_config import BAD_CONFIGS, valid
 

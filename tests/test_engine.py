@@ -20,8 +20,8 @@ import pytest
 
 from trollpush.config import EndpointConfig
 from trollpush.models import Upload
-from trollpush.pool import SO_MAX_PACING_RATE
 from trollpush.transfer import TransferEngine, part_size
+from trollpush.transfer.pool import SO_MAX_PACING_RATE
 
 from .conftest import CREDS
 from .helpers import started_engine, upload_of, wait_until_async

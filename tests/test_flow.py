@@ -9,7 +9,7 @@ announced with their reason, a swapped routing snapshot, journal faults.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -37,7 +37,8 @@ class FakeEngine:
         self.called = asyncio.Event()
 
     async def upload_all(self, uploads: Sequence[Upload], endpoint: str, *, deadline: float,
-                         progress: Any, landed: dict[int, UploadResult]
+                         what: str, progress: Any = None,
+                         landed: Mapping[int, UploadResult] | None = None
                          ) -> tuple[UploadResult, ...]:
         self.calls.append((endpoint, [u.url for u in uploads], deadline))
         self.called.set()

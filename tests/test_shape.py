@@ -16,11 +16,15 @@ LIMITS = {"module": 500, "class": 300, "function": 60}
 
 
 def _excused(lines: list[str], line: int) -> bool:
-    """A ``# shape:`` comment right above the definition (decorators included)."""
+    """A ``# shape:`` comment block right above the definition (decorators included)."""
     i = line - 2
     while i >= 0 and lines[i].lstrip().startswith("@"):
         i -= 1
-    return i >= 0 and lines[i].lstrip().startswith("# shape:")
+    while i >= 0 and lines[i].lstrip().startswith("#"):
+        if lines[i].lstrip().startswith("# shape:"):
+            return True
+        i -= 1
+    return False
 
 
 def _too_big(path: Path) -> list[str]:

@@ -181,8 +181,8 @@ async def test_a_hung_file_system_call_is_bounded(s3_url: str, bucket: str,
     path.write_bytes(b"x")
     release = threading.Event()
     engine = await started_engine(s3_url)
-    engine._file_timeout = 0.5
-    import trollpush.transfer as transfer
+    engine._files.timeout = 0.5
+    import trollpush.transfer.engine as transfer
 
     real = transfer.open_source  # type: ignore[attr-defined]
 
@@ -422,7 +422,7 @@ async def test_a_directory_symlink_out_of_the_roots_is_never_opened(tmp_path: Pa
     """O_NOFOLLOW guards only the last component: the parent is resolved and checked
     first, so a FIFO (or a device) outside the roots is never opened at all."""
     from trollpush.errors import PermanentTransferError
-    from trollpush.source import open_source
+    from trollpush.transfer.source import open_source
 
     root, outside = tmp_path / "root", tmp_path / "outside"
     root.mkdir()
@@ -449,7 +449,7 @@ async def test_hung_opens_hold_up_only_their_own_uploads(s3_url: str, bucket: st
                                                          tmp_path: Path) -> None:
     """More hung opens than worker threads: healthy files still go, and no descriptor of
     an open that answered too late is left behind."""
-    import trollpush.transfer as transfer
+    import trollpush.transfer.engine as transfer
 
     real = transfer.open_source  # type: ignore[attr-defined]
     release = threading.Event()
@@ -467,7 +467,7 @@ async def test_hung_opens_hold_up_only_their_own_uploads(s3_url: str, bucket: st
         paths.append(tmp_path / f"ok{n}")
         paths[-1].write_bytes(b"o")
     engine = await started_engine(s3_url)
-    engine._file_timeout = 0.5
+    engine._files.timeout = 0.5
     transfer.open_source = slow  # type: ignore[attr-defined,assignment]
     try:
         results = await asyncio.gather(*(engine.upload(upload_of(p, bucket, p.name),

@@ -38,7 +38,7 @@ from .models import (
     SourceFile,
     UploadResult,
 )
-from .source import under
+from .transfer.source import under
 
 logger = logging.getLogger("trollpush.receive")  # the name users' log configs know
 

@@ -84,6 +84,72 @@ class Upload:
         return f"s3://{self.bucket}/{self.key}"
 
 
+#: the S3 parameter that carries a checksum's value, per algorithm (md5: Content-MD5,
+#: checked on upload, never stored); and the algorithms the store keeps with the object
+_CHECKSUM_VALUE = {"crc32c": "ChecksumCRC32C", "sha256": "ChecksumSHA256", "md5": "ContentMD5"}
+_CHECKSUM_KEPT = {"crc32c": "CRC32C", "sha256": "SHA256"}
+_VALUES = frozenset({"ChecksumCRC32C", "ChecksumSHA256", "ContentMD5"})
+#: which parameters each S3 call takes (as s3transfer filters its extra arguments): an
+#: option that a call does not take is left out of it, never sent where it means else
+_TAKES = {
+    "put_object": _VALUES,
+    # a ChecksumAlgorithm on a PUT or a part would make botocore hash the body itself
+    "create_multipart_upload": frozenset({"ChecksumAlgorithm"}),
+    "upload_part": _VALUES,
+    "part_record": frozenset({"ChecksumCRC32C", "ChecksumSHA256"}),
+    "complete_multipart_upload": frozenset[str](),
+    "head_object": frozenset({"ChecksumMode"}),
+}
+
+
+@dataclass(frozen=True)
+class ObjectOptions:
+    """Everything an upload gives its object besides the key and the body, built once
+    per upload; each S3 call takes its share of it from one method here, filtered by
+    what that call accepts (one place, instead of arguments built at each call site)."""
+
+    checksum: str = "none"  # the algorithm; its value is computed per body
+
+    def put(self, value: str | None) -> dict[str, Any]:
+        """For PutObject, whose body has the checksum ``value``."""
+        return self._for("put_object", value)
+
+    def create(self) -> dict[str, Any]:
+        """For CreateMultipartUpload."""
+        return self._for("create_multipart_upload")
+
+    def part(self, value: str | None) -> dict[str, Any]:
+        """For UploadPart, whose body has the checksum ``value``."""
+        return self._for("upload_part", value)
+
+    def part_record(self, value: str | None) -> dict[str, Any]:
+        """What CompleteMultipartUpload's list says of a part, besides number and ETag."""
+        return self._for("part_record", value)
+
+    def complete(self) -> dict[str, Any]:
+        """For CompleteMultipartUpload."""
+        return self._for("complete_multipart_upload")
+
+    def head(self) -> dict[str, Any]:
+        """For the HeadObject that checks an object which landed earlier."""
+        return self._for("head_object")
+
+    def stored(self, head: Mapping[str, Any]) -> str | None:
+        """The checksum a HeadObject reports, if the store keeps one of this algorithm."""
+        field_ = _CHECKSUM_VALUE[self.checksum] if self.checksum in _CHECKSUM_KEPT else None
+        value = head.get(field_) if field_ else None
+        return str(value) if value else None
+
+    def _for(self, call: str, value: str | None = None) -> dict[str, Any]:
+        offered: dict[str, Any] = {"ChecksumMode": "ENABLED"}
+        if self.checksum in _CHECKSUM_KEPT:
+            offered["ChecksumAlgorithm"] = _CHECKSUM_KEPT[self.checksum]
+        if value is not None and self.checksum in _CHECKSUM_VALUE:
+            offered[_CHECKSUM_VALUE[self.checksum]] = value
+        takes = _TAKES[call]
+        return {k: v for k, v in offered.items() if k in takes}
+
+
 @dataclass(frozen=True)
 class Job:
     """One request sent to one target: every file of it, and where to announce."""
@@ -115,6 +181,9 @@ class UploadResult:
     parts: int = 0  # 0: a single PUT
     part_size: int | None = None  # of a multipart upload: to compute its checksum again
     source_stat: tuple[int, int, int] | None = None  # (size, mtime_ns, inode) as uploaded
+    #: failed in a way that waiting may fix (the store down or overloaded): worth another
+    #: round until the request's max_age (see transfer.policy)
+    retry_later: bool = False
 
     @property
     def ok(self) -> bool:

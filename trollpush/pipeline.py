@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol
 
 from posttroll.message import Message
@@ -53,8 +53,10 @@ class Engine(Protocol):
     """What the pipeline asks of the transfer engine (``transfer.TransferEngine``)."""
 
     async def upload_all(self, uploads: Sequence[Upload], endpoint: str, *, deadline: float,
-                         progress: Any, landed: dict[int, UploadResult]
-                         ) -> tuple[UploadResult, ...]: ...
+                         what: str, progress: Any = None,
+                         landed: Mapping[int, UploadResult] | None = None
+                         ) -> tuple[UploadResult, ...]:
+        """Land the files, retrying what may succeed later until ``deadline``."""
 
 
 def shutdown(request: Request, detail: str) -> Rejection:
@@ -353,7 +355,8 @@ class JobRunner:
                     if p.durable else None)
         deadline = job.request.accepted_at + self.request_run.routing.max_age
         return await p.engine.upload_all(job.uploads, job.endpoint, deadline=deadline,
-                                         progress=progress, landed=landed)
+                                         what=job.describe(), progress=progress,
+                                         landed=landed)
 
     async def _announce(self, results: tuple[UploadResult, ...], *, finish: bool = False
                         ) -> list[Message]:

@@ -33,7 +33,7 @@ from .route import Routing
 from .stats import Stats
 
 if TYPE_CHECKING:
-    from ._interim import Engine as TransferEngine
+    from .transfer import TransferEngine
 
 logger = logging.getLogger(__name__)
 
@@ -295,8 +295,8 @@ def build_service(config: Config, *, journal: Journal | None = None,
                   registry: Stats | None = None) -> Service:
     """The service with its real collaborators (``journal``: one to use instead of the
     configured one; ``inputs``: other input factories; for tests and tools)."""
-    from ._interim import Engine as TransferEngine
     from .journal import make_journal
+    from .transfer import TransferEngine
 
     registry = registry if registry is not None else Stats()
     engine = TransferEngine(config.endpoints, warm_buckets=config.warm_buckets(),

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..checksum import ALGORITHMS
+from ..transfer.checksum import ALGORITHMS
 from .units import MiB
 
 #: where the REQ/REP input binds, and where ``trollpush send`` connects, unless told

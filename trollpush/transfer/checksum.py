@@ -1,9 +1,10 @@
 """Checksums that the store verifies: computed while reading, sent with each PUT or part.
 
 crc32c (hardware-accelerated), sha256 and md5 map onto S3's ``x-amz-checksum-*`` and
-``Content-MD5`` headers; the store rejects a body whose checksum differs (BadDigest), so
-a body corrupted in flight is retried, never stored.  Multipart objects get S3's
-composite form: the checksum of the parts' checksums, suffixed ``-N``.
+``Content-MD5`` headers (which call takes which: ``models.ObjectOptions``); the store
+rejects a body whose checksum differs (BadDigest), so a body corrupted in flight is
+retried, never stored.  Multipart objects get S3's composite form: the checksum of the
+parts' checksums, suffixed ``-N``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import base64
 import hashlib
 import io
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import crc32c
@@ -136,25 +137,6 @@ def composite(algorithm: str, part_values: list[str | None]) -> str | None:
     return f"{encode(h)}-{len(part_values)}"
 
 
-_PARAM = {"crc32c": "ChecksumCRC32C", "sha256": "ChecksumSHA256", "md5": "ContentMD5"}
-_CREATE = {"crc32c": "CRC32C", "sha256": "SHA256"}
-
-
-def put_params(algorithm: str, value: str | None) -> dict[str, Any]:
-    """Parameters for put_object / upload_part that carry the checksum."""
-    return {_PARAM[algorithm]: value} if value is not None and algorithm in _PARAM else {}
-
-
-def create_params(algorithm: str) -> dict[str, Any]:
-    """Parameters for create_multipart_upload (md5 needs none: Content-MD5 is per part)."""
-    return {"ChecksumAlgorithm": _CREATE[algorithm]} if algorithm in _CREATE else {}
-
-
-def part_record(algorithm: str, value: str | None) -> dict[str, Any]:
-    """What complete_multipart_upload needs to know of a part's checksum."""
-    return {_PARAM[algorithm]: value} if value is not None and algorithm in _CREATE else {}
-
-
 def of_object(fd: int, size: int, algorithm: str, parts: int, part_size: int | None
               ) -> str | None:
     """The checksum an object of these ``size`` bytes has when uploaded whole
@@ -167,10 +149,3 @@ def of_object(fd: int, size: int, algorithm: str, parts: int, part_size: int | N
     return composite(algorithm, [of_range(fd, offset, min(part_size, size - offset), algorithm)
                                  for offset in range(0, size, part_size)])
 
-
-def stored(algorithm: str, head: Mapping[str, Any]) -> str | None:
-    """The checksum a HeadObject (``ChecksumMode=ENABLED``) reports, if the store keeps one
-    (md5 has none: its ``Content-MD5`` is checked on upload, not stored)."""
-    field = _PARAM.get(algorithm) if algorithm in _CREATE else None
-    value = head.get(field) if field else None
-    return str(value) if value else None

@@ -6,6 +6,8 @@ open through idle gaps (aiohttp keep-alive, TCP keep-alive, a cheap request when
 longer than ``keepalive_interval``), and never sends ``Expect: 100-continue``.
 An aggregate ``bandwidth_limit`` is enforced with SO_MAX_PACING_RATE on the pool's
 sockets, shared by the uploads in progress and recomputed as they start and end.
+``max_parallel`` slots bound the requests in flight: a single PUT takes one, a multipart
+upload one per part in flight; a request waits for one at most ``queue_timeout``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import socket
 import time
 import weakref
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiobotocore.config import AioConfig
@@ -23,7 +26,8 @@ from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession
 from botocore.handlers import add_expect_header
 
-from .config import EndpointConfig
+from ..config import EndpointConfig
+from ..errors import Reason, TransferError
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +83,7 @@ class EndpointPool:
         self._keeper: asyncio.Task[None] | None = None
         self._warmed = asyncio.Event()
         self.opened = 0  # sockets ever created: a warm pool stops creating them
+        self._slots = asyncio.Semaphore(config.max_parallel)
 
     def __repr__(self) -> str:
         return (f"<EndpointPool {self.config.name} active={self.active} "
@@ -107,6 +112,22 @@ class EndpointPool:
             self._keeper = None
         await self._stack.aclose()
         self.client = None
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One of ``max_parallel`` slots, waiting at most ``queue_timeout``."""
+        ep = self.config
+        try:
+            async with asyncio.timeout(ep.queue_timeout):
+                await self._slots.acquire()
+        except TimeoutError as err:
+            raise TransferError(f"no upload slot free within queue_timeout "
+                                f"{ep.queue_timeout:g} s", reason=Reason.QUEUE_TIMEOUT
+                                ) from err
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     # --- sockets ------------------------------------------------------------------------
 

@@ -16,9 +16,9 @@ import os
 import stat as stat_
 from pathlib import Path
 
+from ..errors import PermanentTransferError, Reason, TransferError
+from ..models import Stat
 from . import checksum
-from .errors import PermanentTransferError, Reason, TransferError
-from .models import Stat
 
 #: what tells two states of one open file apart: size, mtime, ctime (any write or
 #: metadata change moves it), inode, device
@@ -144,7 +144,26 @@ def open_source(path: Path | str, uri: str, roots: tuple[str, ...] = ()) -> Sour
     file opened, relative to that directory: nothing outside the roots (a device, a FIFO
     of another user) is ever opened.
     """
-    path = os.fspath(path)
+    fd = _open(os.fspath(path), uri, roots)
+    try:
+        st = os.fstat(fd)
+        if not stat_.S_ISREG(st.st_mode):
+            raise PermanentTransferError(f"{uri}: not a regular file", reason=Reason.NOT_A_FILE)
+        if roots:  # and the file as opened (the directory may have moved meanwhile)
+            real = _real_path(fd)
+            if not under(real, roots):
+                raise PermanentTransferError(f"{uri}: outside the allowed roots (it is "
+                                             f"{real!r})", reason=Reason.NOT_ALLOWED)
+        return Source(fd, uri, (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+                                st.st_dev))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open(path: str, uri: str, roots: tuple[str, ...]) -> int:
+    """The descriptor of ``path`` (not a final symlink; with ``roots``, relative to a
+    parent directory checked first); errors as transfer errors with their reason."""
     parent = -1
     try:
         try:
@@ -179,20 +198,7 @@ def open_source(path: Path | str, uri: str, roots: tuple[str, ...] = ()) -> Sour
     except ValueError as err:  # a NUL or a lone surrogate the file system cannot encode
         raise PermanentTransferError(f"{uri!r}: not a usable path ({err})",
                                      reason=Reason.FILE_UNREADABLE) from err
-    try:
-        st = os.fstat(fd)
-        if not stat_.S_ISREG(st.st_mode):
-            raise PermanentTransferError(f"{uri}: not a regular file", reason=Reason.NOT_A_FILE)
-        if roots:  # and the file as opened (the directory may have moved meanwhile)
-            real = _real_path(fd)
-            if not under(real, roots):
-                raise PermanentTransferError(f"{uri}: outside the allowed roots (it is "
-                                             f"{real!r})", reason=Reason.NOT_ALLOWED)
-        return Source(fd, uri, (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
-                                st.st_dev))
-    except BaseException:
-        os.close(fd)
-        raise
+    return fd
 
 
 def _real_path(fd: int) -> str:

@@ -1,0 +1,291 @@
+"""The transfer engine: the one face of the transfer stage.
+
+``upload`` lands one file at one object and never raises; ``upload_all`` lands a job's
+files, in rounds until the request's ``max_age`` while the store is down (see
+``policy``).  Each file is opened once (see ``source``) and sent whole (``single``) or in
+parts (``multipart``) through its endpoint's warm pool (``pool``).  A file that already
+landed at its object is answered without a transfer once its content and the store
+confirm it.  Every outcome, byte, attempt and retry is counted in the stats registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from ..config import EndpointConfig
+from ..errors import PermanentTransferError, Reason, TransferError
+from ..models import ObjectOptions, Upload, UploadResult
+from ..stats import ACTIVE, ATTEMPTS, BYTES, RETRIES, TRANSFER_SECONDS, UPLOADS, Stats
+from . import checksum, multipart, policy, single
+from .files import Files
+from .multipart import Progress
+from .policy import AttemptCounter, Endpoint
+from .pool import EndpointPool
+from .source import Source, SourceChanged, open_source
+
+logger = logging.getLogger(__name__)
+
+
+class TransferEngine:
+    """Uploads files to S3 through one warm pool per endpoint.
+
+    ``stats``: the registry it reports to (a fresh one if None): uploads by endpoint,
+    outcome (``completed``, ``failed``, ``reused``: answered from the journal) and
+    reason; bytes landed, attempts and retries; store calls active; seconds per upload.
+    """
+
+    def __init__(self, endpoints: Mapping[str, EndpointConfig],
+                 warm_buckets: Mapping[str, str] | None = None, *,
+                 roots: tuple[str, ...] = (), file_timeout: float = 30.0,
+                 stats: Stats | None = None) -> None:
+        self._configs = dict(endpoints)
+        self._roots = roots  # daemon.allowed_roots, checked again on the opened file
+        self._warm = dict(warm_buckets or {})
+        self._files = Files(file_timeout)
+        self._endpoints: dict[str, Endpoint] = {}
+        self.stats = stats if stats is not None else Stats()
+
+    @property
+    def active(self) -> int:
+        """Requests (PUTs and parts) in progress now, over all endpoints."""
+        return sum(e.pool.active for e in self._endpoints.values())
+
+    @property
+    def completed(self) -> int:
+        """Uploads that landed (answers from the journal not counted)."""
+        return self.stats.count(UPLOADS, outcome="completed")
+
+    @property
+    def failed(self) -> int:
+        return self.stats.count(UPLOADS, outcome="failed")
+
+    @property
+    def retried(self) -> int:
+        """Store calls that were made again after a failed attempt."""
+        return self.stats.count(RETRIES)
+
+    def __repr__(self) -> str:
+        return (f"<TransferEngine endpoints={len(self._endpoints)} active={self.active} "
+                f"completed={self.completed} failed={self.failed} retried={self.retried}>")
+
+    async def start(self) -> None:
+        self._files.start()
+        for name, ep in self._configs.items():
+            pool = EndpointPool(ep, self._warm.get(name))
+            await pool.start()
+            self._endpoints[name] = Endpoint(name, pool, self._files, self.stats)
+            self.stats.set(ACTIVE, _active(pool), endpoint=name)
+            logger.info("endpoint %s ready", ep.summary())
+
+    async def close(self) -> None:
+        for end in self._endpoints.values():
+            await end.pool.close()
+        self._endpoints.clear()
+        await self._files.close()
+
+    def pool(self, endpoint: str) -> EndpointPool:
+        return self._endpoints[endpoint].pool
+
+    def client(self, endpoint: str) -> Any:
+        """The endpoint's live client (for tools and tests that inspect the store)."""
+        return self._endpoints[endpoint].client
+
+    # --- a job's files --------------------------------------------------------------------
+
+    async def upload_all(self, uploads: Sequence[Upload], endpoint: str, *, deadline: float,
+                         what: str, progress: Progress | None = None,
+                         landed: Mapping[int, UploadResult] | None = None
+                         ) -> tuple[UploadResult, ...]:
+        """Upload every file (at once), in rounds until ``deadline`` (wall clock) for
+        those that failed in a way worth waiting out (see ``policy.rounds``); never
+        raises.  ``landed``: by index, what landed at an object earlier (first round
+        only, see :meth:`upload`); ``what``: the job, for logs."""
+        earlier = dict(landed or {})
+
+        async def run(todo: list[int]) -> Sequence[UploadResult]:
+            calls = [self.upload(uploads[i], endpoint, progress=progress,
+                                 landed=earlier.pop(i, None)) for i in todo]
+            return [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
+
+        return await policy.rounds(len(uploads), run, deadline=deadline, what=what)
+
+    # --- one file -------------------------------------------------------------------------
+
+    async def upload(self, upload: Upload, endpoint: str, *,
+                     progress: Progress | None = None,
+                     landed: UploadResult | None = None) -> UploadResult:
+        """Upload one file; never raises (the result says what happened).
+
+        The file is opened once and every byte is read from that descriptor.  An attempt
+        during which the file changes is abandoned before the store commits it; a file
+        that changed after a commit is uploaded again (up to ``tries`` times), never
+        reported as landed.  ``landed``: what the journal says landed at this object
+        earlier; if the file's content and the object at the store both still match it,
+        nothing is sent (``attempts`` 0).
+        """
+        end = self._endpoints[endpoint]
+        options = ObjectOptions(checksum=end.config.checksum)
+        start = time.monotonic()
+        counter = AttemptCounter()
+        source: Source | None = None
+        try:
+            source = await end.files.call(end.config, 0, open_source, upload.source.path,
+                                          upload.source.uri, self._roots, discard=Source.close)
+            if landed is not None:
+                reused = await self._reuse(end, upload, source, options, landed)
+                if reused is not None:
+                    self.stats.inc(UPLOADS, endpoint=endpoint, outcome="reused")
+                    return reused
+            out = await self._send(end, upload, source, options, counter, progress)
+        except Exception as exc:
+            return self._failed(endpoint, upload, exc, source.size if source else -1,
+                                counter.attempts, time.monotonic() - start)
+        finally:
+            if source is not None:
+                source.close()
+        seconds = time.monotonic() - start
+        self._count(endpoint, "completed", None, counter.attempts, source.size, seconds)
+        logger.info("upload complete %s -> %s (%d bytes, %.3f s, %d attempt(s)%s)",
+                    upload.source.uri, upload.url, source.size, seconds, counter.attempts,
+                    f", {out.parts} parts" if out.parts else "")
+        return UploadResult(upload, source.size, counter.attempts, seconds, etag=out.etag,
+                            checksum=out.checksum,
+                            checksum_algorithm=None if options.checksum == "none"
+                            else options.checksum,
+                            parts=out.parts, part_size=out.part_size, source_stat=source.stat)
+
+    async def _send(self, end: Endpoint, upload: Upload, source: Source,
+                    options: ObjectOptions, counter: AttemptCounter,
+                    progress: Progress | None) -> single.Outcome:
+        """Send the opened file, up to ``tries`` times while it keeps changing; a copy
+        of a changed file that reached the store is withdrawn when this fails."""
+        ep = end.config
+        committed = False  # a copy reached the store, and the file changed after it
+        try:
+            for turn in range(1, ep.tries + 1):
+                if turn > 1:
+                    await end.files.call(ep, 0, source.refresh)
+                try:
+                    if source.size >= ep.multipart_threshold:
+                        out = await multipart.send(end, upload, source, options, counter,
+                                                   progress)
+                    else:
+                        out = await single.put(end, upload, source, options, counter)
+                except SourceChanged as err:
+                    logger.warning("%s (upload %d of %d)", err.detail, turn, ep.tries)
+                    continue
+                committed = True
+                if await end.files.call(ep, 0, source.fingerprint) == source.opened:
+                    return out
+                logger.warning("file changed after its upload to %s; upload %d of %d",
+                               upload.url, turn, ep.tries)
+            raise PermanentTransferError(
+                f"{upload.source.uri} kept changing during {ep.tries} upload(s)",
+                reason=Reason.FILE_CHANGED)
+        except Exception:
+            if committed:  # the copy at the store is of a file that went on changing
+                await self._withdraw(end, upload)
+            raise
+
+    def _failed(self, endpoint: str, upload: Upload, exc: Exception, size: int,
+                attempts: int, seconds: float) -> UploadResult:
+        if isinstance(exc, TransferError):
+            failure = exc
+        else:  # a bug, or a store's answer without what S3 promises: never raised, and
+            # not tried again (no round fixes it)
+            logger.error("internal error uploading %s -> %s", upload.source.uri,
+                         upload.url, exc_info=exc)
+            failure = PermanentTransferError(f"internal error: {type(exc).__name__}: {exc}",
+                                             reason=Reason.INTERNAL)
+        self._count(endpoint, "failed", failure.reason, attempts)
+        logger.warning("upload failed %s -> %s after %d attempt(s): %s",
+                       upload.source.uri, upload.url, attempts, failure.detail)
+        return UploadResult(upload, size, attempts, seconds, error=failure.detail,
+                            reason=failure.reason, retry_later=policy.retry_later(failure))
+
+    def _count(self, endpoint: str, outcome: str, reason: str | None, attempts: int,
+               size: int = 0, seconds: float | None = None) -> None:
+        """One upload's outcome into the registry (a few updates per file, none per
+        byte or attempt: the hot path stays cheap)."""
+        stats = self.stats
+        stats.inc(UPLOADS, endpoint=endpoint, outcome=outcome, reason=reason)
+        if attempts:
+            stats.inc(ATTEMPTS, attempts, endpoint=endpoint)
+        if seconds is not None:
+            stats.inc(BYTES, size, endpoint=endpoint)
+            stats.observe(TRANSFER_SECONDS, seconds, endpoint=endpoint)
+
+    async def _reuse(self, end: Endpoint, upload: Upload, source: Source,
+                     options: ObjectOptions, landed: UploadResult) -> UploadResult | None:
+        """The answer for a file that already landed at this object, or None to upload.
+
+        Size, mtime and inode are no proof of identity (1-second timestamps, a rewrite in
+        place): the content's checksum is computed afresh and must equal the one recorded,
+        and a HEAD must show the object at the store with that size and checksum (or the
+        recorded ETag where the store keeps no checksum).  Costs a read of the file and
+        one round trip; any doubt means an upload.
+        """
+        algo = options.checksum
+        why = None
+        if algo == "none" or landed.checksum_algorithm != algo or landed.checksum is None:
+            why = "no recorded checksum to compare with"
+        elif landed.size != source.size:
+            why = f"size {source.size} is not the {landed.size} recorded"
+        if why is None:
+            value = await end.files.call(end.config, source.size, checksum.of_object,
+                                         source.fd, source.size, algo, landed.parts,
+                                         landed.part_size, long=True)
+            if value != landed.checksum:
+                why = "its content differs from what landed"
+        if why is None:
+            why = await self._at_store(end, upload, options, landed)
+        if why is not None:
+            logger.info("uploading %s -> %s again: %s", upload.source.uri, upload.url, why)
+            return None
+        logger.info("already landed, answered from the journal: %s -> %s (content and store "
+                    "checked)", upload.source.uri, upload.url)
+        return replace(landed, upload=upload, attempts=0, seconds=0.0,
+                       source_stat=source.stat)
+
+    async def _at_store(self, end: Endpoint, upload: Upload, options: ObjectOptions,
+                        landed: UploadResult) -> str | None:
+        """Why the object at the store is not the one recorded (None: it is)."""
+        try:
+            async with end.pool.slot():
+                head = await end.tries(0, AttemptCounter(), lambda: end.client.head_object(
+                    Bucket=upload.bucket, Key=upload.key, **options.head()),
+                    f"HEAD {upload.url}")
+        except TransferError as err:
+            return err.detail
+        if head.get("ContentLength") != landed.size:
+            return (f"the store holds {head.get('ContentLength')} bytes, not the "
+                    f"{landed.size} recorded")
+        at_store = options.stored(head)
+        if at_store is not None:
+            return None if at_store == landed.checksum else "the store's checksum differs"
+        if landed.etag and head.get("ETag") == landed.etag:
+            return None
+        return "the store's ETag differs"
+
+    async def _withdraw(self, end: Endpoint, upload: Upload) -> None:
+        """Delete the object a file that kept changing left behind: it was whole when
+        sent, but the file went on changing right after, so it is a stale prefix or
+        version that no completion describes.  Best effort: a failure is logged."""
+        try:
+            await end.tries(0, AttemptCounter(), lambda: end.client.delete_object(
+                Bucket=upload.bucket, Key=upload.key), f"DELETE {upload.url}")
+            logger.warning("removed %s: its file kept changing after each upload",
+                           upload.url)
+        except TransferError as err:
+            logger.error("could not remove %s, the copy of a file that kept changing: %s",
+                         upload.url, err.detail)
+
+
+def _active(pool: EndpointPool) -> Callable[[], float]:
+    """The gauge of a pool's store calls in progress, read when the registry is."""
+    return lambda: pool.active

@@ -1,0 +1,64 @@
+"""A single PUT: a file below ``multipart_threshold``, sent whole in one request.
+
+A small file (up to ``multipart_chunksize``) is read once, right before it is sent, and
+kept for every attempt; a larger one is checksummed first, then streamed from its
+descriptor as it is sent, the last bytes held back unless the file is unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..models import ObjectOptions, Upload
+from . import checksum
+from .policy import AttemptCounter, Endpoint
+from .source import Source
+
+
+@dataclass
+class Outcome:
+    """What the store answered for an upload that landed (a single PUT: ``parts`` 0)."""
+
+    etag: str | None
+    checksum: str | None
+    parts: int
+    part_size: int | None = None
+
+
+async def put(end: Endpoint, upload: Upload, source: Source, options: ObjectOptions,
+              counter: AttemptCounter) -> Outcome:
+    ep = end.config
+    client = end.client
+    files = end.files
+    size = source.size
+    async with end.pool.slot():
+        # read (small files: once, kept for every attempt) right before sending, so
+        # that the check that the file did not change covers the whole attempt
+        small = await files.call(ep, min(size, ep.multipart_chunksize), source.read_all,
+                                 ep.multipart_chunksize, options.checksum)
+        guard = source.guard()
+        if small is not None:  # a snapshot, checked whole as it was read
+            body, value = small
+            sent = False
+
+            async def attempt() -> Any:
+                nonlocal sent
+                if sent:  # a retry, later: is the snapshot still the file?
+                    await files.call(ep, 0, guard.check)
+                sent = True
+                return await client.put_object(
+                    Bucket=upload.bucket, Key=upload.key, Body=body,
+                    ContentLength=len(body), **options.put(value))
+        else:  # larger: checksum first, then stream from the descriptor
+            value = await files.call(ep, size, checksum.of_range, source.fd, 0, size,
+                                     options.checksum, long=True)
+
+            async def attempt() -> Any:
+                return await client.put_object(
+                    Bucket=upload.bucket, Key=upload.key, ContentLength=size,
+                    Body=checksum.RangeReader(source.fd, 0, size, check=guard.check),
+                    **options.put(value))
+
+        response = await end.tries(size, counter, attempt, f"PUT {upload.url}", guard)
+    return Outcome(response.get("ETag"), value, 0)
