@@ -9,8 +9,10 @@ announced with their reason, a swapped routing snapshot, journal faults.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from posttroll.message import Message
@@ -24,11 +26,16 @@ from trollpush.messages import build_request
 from trollpush.models import Request, Upload, UploadResult
 from trollpush.pipeline import Pipeline, RequestRun
 from trollpush.route import Routing
+from trollpush.service import Service
 from trollpush.stats import Stats
+
+from .helpers import wait_until_async
 
 
 class FakeEngine:
     """Lands every upload, except those whose key is in ``fail`` (with that reason)."""
+
+    completed = failed = retried = 0
 
     def __init__(self, fail: dict[str, Reason] | None = None) -> None:
         self.fail = fail or {}
@@ -49,6 +56,13 @@ class FakeEngine:
                          reason=self.fail[u.key]) if u.key in self.fail
             else UploadResult(u, 10, 1, 0.01, etag='"e"', checksum="c", checksum_algorithm="crc32c")
             for u in uploads)
+
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
 
 
 class RecordingAnnouncer(Announcer):
@@ -185,3 +199,22 @@ async def test_a_cancelled_request_is_announced_as_shutdown() -> None:
         await task
     assert [(m.type, m.data["reason"]) for m in announcer.out] == [("failure", "shutdown")]
     assert p.stats.count(stats.REQUESTS, outcome="abandoned") == 1
+
+
+def test_a_service_stopped_by_a_signal_can_run_again() -> None:
+    """What a run binds to its event loop is made anew by the next run."""
+    service = Service(config(), journal=MemoryJournal(), engine=cast(Any, FakeEngine()),
+                      announcer=RecordingAnnouncer(), inputs=())
+
+    async def run_until_signalled(number: int) -> None:
+        task = asyncio.create_task(service.run())
+        await asyncio.wait_for(asyncio.to_thread(service.ready.wait, 10), 15)
+        await service.submit(request(f"{number}.h5"))  # queued and run on this loop
+        await wait_until_async(lambda: service.counts["completed"] == number, 15, "landed")
+        assert not task.done()
+        os.kill(os.getpid(), signal.SIGTERM)  # handled by the service's loop
+        await asyncio.wait_for(task, 15)
+
+    for number in (1, 2):
+        asyncio.run(run_until_signalled(number))
+        assert not service.ready.is_set()

@@ -86,7 +86,7 @@ def test_bad_messages_are_announced_and_the_daemon_keeps_going(
     (tmp_path / "x.txt").write_text("x")
     with running_daemon(base_config) as daemon:
         link(producer, listener, "/new/file/viirs/")
-        before = daemon.counts["refused"]  # the link probes were refused on purpose
+        before = daemon.counts["rejected"]  # the link probes were refused on purpose
         producer.send("/new/file/viirs/", "file", {"uri": str(tmp_path / "gone.h5")})
         producer.send("/new/file/viirs/", "file", {"uri": str(tmp_path)})
         producer.send("/new/file/viirs/", "file", {"uid": "no-uri.h5"})
@@ -107,7 +107,7 @@ def test_bad_messages_are_announced_and_the_daemon_keeps_going(
         assert "{orbit}" in fail.data["error"] and fail.data["target"] == "needs-orbit"
         # gone, directory, no uri, info, and the two raw frames (bad_message is not
         # announced with a uri, so it is counted rather than matched above)
-        assert daemon.counts["refused"] - before == 6
+        assert daemon.counts["rejected"] - before == 6
 
 
 def test_request_reply_plain_req_socket(base_config: dict[str, Any], granule: Path, s3: Any,
@@ -286,11 +286,11 @@ def test_own_announcements_heard_back_are_not_refused_loudly(
     with a failure announcement would feed a loop when a daemon hears its own publisher."""
     with running_daemon(base_config) as daemon:
         link(producer, listener, "/new/file/viirs/")
-        before = daemon.counts["refused"]  # the link probes were refused on purpose
+        before = daemon.counts["rejected"]  # the link probes were refused on purpose
         for kind in ("failure", "ack", "multiple", "beat"):
             producer.send("/new/file/viirs/", kind, {"uri": str(granule), "reason": "x"})
         producer.send("/new/file/viirs/", "file", {"uri": str(granule)})
         msgs = listener.wait_for(lambda ms: any(m.type == "file" for m in ms))
-        rejected = daemon.counts["refused"] - before
+        rejected = daemon.counts["rejected"] - before
     assert [m.type for m in msgs] == ["file"]
     assert rejected == 0

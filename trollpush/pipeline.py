@@ -165,7 +165,7 @@ class Pipeline:
             logger.debug("ignored %s message on %s", item.message_type, item.subject)
             return
         if item.reason != Reason.SHUTDOWN:  # leftovers count as abandoned
-            self.stats.inc(stats.REQUESTS, input=item.origin, outcome="refused",
+            self.stats.inc(stats.REQUESTS, input=item.origin, outcome="rejected",
                            reason=item.reason)
         logger.warning("rejected %s message%s: %s (%s)", item.origin,
                        f" {item.subject}" if item.subject else "", item.detail, item.reason)
@@ -372,10 +372,11 @@ class JobRunner:
                                             failed[0].reason or Reason.UPLOAD_FAILED),
                            job.describe())
         else:  # published first: a crash before the record repeats it, never loses it
+            landed = time.time() - job.request.accepted_at
+            for _ in results:
+                p.stats.observe(stats.TOTAL_SECONDS, landed, endpoint=job.endpoint)
             out = [messages.completion(job, results)]
             await p.announcer.sent(out[0])
-            p.stats.observe(stats.TOTAL_SECONDS, time.time() - job.request.accepted_at,
-                            endpoint=job.endpoint)
             await p.record(p.journal.concluded(job, results, finish=finish), job.describe())
             logger.debug("announced %s on %s", job.describe(), job.publish_topic)
         self.request_run.done[self.index] = out

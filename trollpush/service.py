@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import logsafe, stats
@@ -42,6 +44,17 @@ logger = logging.getLogger(__name__)
 RECOVERY_SETTLE = 1.0
 
 
+@dataclass
+class _Bound:
+    """What one run of a service binds to its event loop (a service stopped by a signal
+    may be run again, on another loop)."""
+
+    loop: asyncio.AbstractEventLoop
+    stopping: asyncio.Event
+    queue: asyncio.Queue[Request | Rejection]
+    slots: asyncio.Semaphore
+
+
 class Service:
     """One trollpush daemon; ``await run()`` until ``stop()`` or a signal."""
 
@@ -62,19 +75,17 @@ class Service:
         self.inputs: list[Input] = []
         self.ready = threading.Event()
         self._stop_requested = threading.Event()
-        self._queue: asyncio.Queue[Request | Rejection] = asyncio.Queue(config.daemon.queue_size)
-        self._slots = asyncio.Semaphore(config.daemon.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._feeders: set[asyncio.Task[None]] = set()
-        self._stopping = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._fatal: BaseException | None = None
-        self.stats.set(stats.QUEUED, self._queue.qsize)
+        self._on: _Bound | None = None  # what the current run bound to its loop
+        self.stats.set(stats.QUEUED, lambda: self._on.queue.qsize() if self._on else 0)
         self.stats.set(stats.IN_FLIGHT, lambda: len(self._tasks))
 
     def __repr__(self) -> str:
-        return (f"<Service queued={self._queue.qsize()} in_flight={len(self._tasks)} "
-                f"{self.stats.summary() or 'no requests'} {self.transfer!r}>")
+        queued = self._on.queue.qsize() if self._on is not None else 0
+        return (f"<Service queued={queued} in_flight={len(self._tasks)} "
+                f"{dict(self.counts)} {self.transfer!r}>")
 
     @property
     def journal_down(self) -> bool:
@@ -83,21 +94,20 @@ class Service:
 
     @property
     def counts(self) -> Counter[str]:
-        """Requests by outcome (``accepted``, ``refused``, ``completed``, ...) and journal
-        errors: a view of the stats, for logs and tests."""
+        """Requests by outcome (``accepted``, ``rejected``, ``completed``, ...) and journal
+        errors: a snapshot of the stats, for the stop summary and tests."""
         out: Counter[str] = Counter()
         for name, labels, value in self.stats.series():
             if name == stats.REQUESTS:
                 out[dict(labels)["outcome"]] += int(value)
-        out["journal_errors"] = self.stats.count(stats.JOURNAL_ERRORS)
+            elif name == stats.JOURNAL_ERRORS:
+                out["journal_errors"] += int(value)
         return out
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The loop the service runs on (inputs reading in threads hand over to it)."""
-        if self._loop is None:
-            raise RuntimeError("the service is not running")
-        return self._loop
+        return self._running().loop
 
     def input(self, name: str) -> Any:
         """The running input called ``name``, or None (for tools and tests)."""
@@ -108,10 +118,10 @@ class Service:
     def stop(self) -> None:
         """Ask the daemon to shut down; safe from any thread, before or after run()."""
         self._stop_requested.set()
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
+        on = self._on
+        if on is not None and not on.loop.is_closed():
             with contextlib.suppress(RuntimeError):  # closed meanwhile: nothing to stop
-                loop.call_soon_threadsafe(self._stopping.set)
+                on.loop.call_soon_threadsafe(on.stopping.set)
 
     def fatal(self, what: str, err: BaseException) -> None:
         """An input died: stop the daemon loudly rather than run on deaf."""
@@ -120,41 +130,48 @@ class Service:
         self.stop()
 
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._on = on = _Bound(asyncio.get_running_loop(), asyncio.Event(),
+                               asyncio.Queue(self.config.daemon.queue_size),
+                               asyncio.Semaphore(self.config.daemon.max_in_flight))
         if self._stop_requested.is_set():  # a stop during start-up: nothing started or lost
             logger.info("stopped before starting (a stop was asked for during start-up)")
             return
-        self._install_signals()
+        self._install_signals(on)
         try:
             await self._start()
-            dispatcher = asyncio.create_task(self._dispatch(), name="dispatch")
-            self._recover()
+            dispatcher = asyncio.create_task(self._dispatch(on), name="dispatch")
+            self._recover(on)
             logger.info("trollpush ready: %s",
                         ", ".join(i.describe() for i in self.inputs) or "no inputs")
             self.ready.set()
-            await self._stopping.wait()
+            await on.stopping.wait()
             logger.info("shutting down: intake stopped, %d request(s) queued, %d in flight",
-                        self._queue.qsize(), len(self._tasks))
+                        on.queue.qsize(), len(self._tasks))
             await self._stop_intake()
-            await self._drain(dispatcher)
+            await self._drain(on, dispatcher)
         finally:
             await self._close()
             self.ready.clear()
-            count = self.stats.count
+            t = self.transfer
             logger.info("stopped: %s; uploads: %d completed, %d failed, %d retried",
-                        self.stats.summary() or "no requests",
-                        count(stats.UPLOADS, outcome="completed"),
-                        count(stats.UPLOADS, outcome="failed"), count(stats.RETRIES))
+                        ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()) if v)
+                        or "no requests", t.completed, t.failed, t.retried)
         if self._fatal is not None:
             raise SetupError(f"intake failed: {self._fatal}") from self._fatal
 
-    def _install_signals(self) -> None:
+    def _running(self) -> _Bound:
+        if self._on is None:
+            raise RuntimeError("the service is not running")
+        return self._on
+
+    @staticmethod
+    def _install_signals(on: _Bound) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self.loop.add_signal_handler(sig, self._stopping.set)
+            on.loop.add_signal_handler(sig, on.stopping.set)
         # SIGHUP is reserved for a config reload; until then it must not kill the daemon.
-        self.loop.add_signal_handler(signal.SIGHUP, lambda: logger.info("SIGHUP ignored"))
+        on.loop.add_signal_handler(signal.SIGHUP, lambda: logger.info("SIGHUP ignored"))
 
     async def _start(self) -> None:
         try:
@@ -171,25 +188,25 @@ class Service:
         for each in self.inputs:
             await each.stop()
 
-    async def _drain(self, dispatcher: asyncio.Task[None]) -> None:
+    async def _drain(self, on: _Bound, dispatcher: asyncio.Task[None]) -> None:
         """Finish queued and running work within the grace period; the rest is kept for
         the next start (durable journal) or failed loudly."""
         grace = self.config.daemon.shutdown_grace
         try:
             async with asyncio.timeout(grace):
-                await self._queue.join()
+                await on.queue.join()
                 while self._tasks:
                     await asyncio.gather(*self._tasks, return_exceptions=True)
         except TimeoutError:
             logger.warning("grace period of %g s over: cancelling %d running and %d waiting "
-                           "request(s)", grace, len(self._tasks), self._queue.qsize())
+                           "request(s)", grace, len(self._tasks), on.queue.qsize())
         for feeder in list(self._feeders):  # recovered requests not yet queued stay journaled
             feeder.cancel()
         dispatcher.cancel()
         await asyncio.gather(dispatcher, *self._feeders, return_exceptions=True)
         left = [item for each in self.inputs for item in each.undelivered()]
-        while not self._queue.empty():
-            left.append(self._queue.get_nowait())
+        while not on.queue.empty():
+            left.append(on.queue.get_nowait())
         for item in left:
             if isinstance(item, Request):
                 self.stats.inc(stats.REQUESTS, input=item.origin, outcome="abandoned")
@@ -217,7 +234,7 @@ class Service:
             except Exception:
                 logger.exception("shutdown: closing the %s failed", name)
 
-    def _recover(self) -> None:
+    def _recover(self, on: _Bound) -> None:
         """Queue what the journal holds from an earlier run (crash or stop): each request
         continues from its recorded state instead of starting over."""
         pending = self.journal.unfinished()
@@ -232,7 +249,7 @@ class Service:
             if self.config.publish is not None:
                 await asyncio.sleep(RECOVERY_SETTLE)
             for request in pending:
-                await self._queue.put(request)
+                await on.queue.put(request)
 
         task = asyncio.create_task(feed(), name="recover")
         self._feeders.add(task)
@@ -260,32 +277,32 @@ class Service:
                                  f"accepted ({err})", item.origin, subject=item.subject,
                                  uri=item.files[0].uri, metadata=item.metadata,
                                  reply=item.reply)
-        await self._queue.put(item)
+        await self._running().queue.put(item)
 
-    async def _dispatch(self) -> None:
+    async def _dispatch(self, on: _Bound) -> None:
         while True:
-            await self._slots.acquire()  # before taking an item: nothing is held here
+            await on.slots.acquire()  # before taking an item: nothing is held here
             try:
-                item = await self._queue.get()
+                item = await on.queue.get()
             except BaseException:
-                self._slots.release()
+                on.slots.release()
                 raise
             try:
                 if isinstance(item, Rejection):
-                    self._slots.release()
+                    on.slots.release()
                     await self.pipeline.refuse(item)
                     continue
                 task = asyncio.create_task(self.pipeline.run(item), name=f"request-{item.id}")
                 self._tasks.add(task)
-                task.add_done_callback(self._ended)
+                task.add_done_callback(functools.partial(self._ended, on.slots))
             except Exception:
                 logger.exception("dispatch failed for %r", item)
             finally:
-                self._queue.task_done()
+                on.queue.task_done()
 
-    def _ended(self, task: asyncio.Task[None]) -> None:
+    def _ended(self, slots: asyncio.Semaphore, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        slots.release()
         if not task.cancelled() and task.exception() is not None:
             logger.error("request task crashed", exc_info=task.exception())
 

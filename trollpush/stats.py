@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 # --- the series (labels in brackets) --------------------------------------------------
 
 #: requests by what happened to them [input, outcome, reason]; outcomes: ``accepted``,
-#: ``refused``, ``completed``, ``failed``, ``abandoned`` (cut off by a stop), ``resumed``
+#: ``rejected`` (not accepted: bad, refused, or the journal down), ``completed``,
+#: ``failed``, ``abandoned`` (cut off by a stop), ``resumed`` (from the journal)
 REQUESTS = "requests"
 #: uploads (one file to one object) by outcome [endpoint, outcome, reason]
 UPLOADS = "uploads"
