@@ -294,6 +294,7 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.recovered = False
+        self.abandoned = False
         self.started: tuple[str, int, Any] | None = None
         self.parts: dict[int, tuple[str, str | None]] = {}
 
@@ -341,6 +342,27 @@ async def test_interrupted_multipart_resumes_from_its_parts(s3_url: str, s3: Any
     assert len(sent) - first == 6 - done  # only the missing parts went again
     assert s3.get_object(Bucket=bucket, Key="long.bin")["Body"].read() == path.read_bytes()
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+async def test_an_abandoned_multipart_upload_is_aborted_not_kept(
+        s3_url: str, s3: Any, bucket: str, tmp_path: Path) -> None:
+    """Cancelled after two parts because the requester hung up: nothing is left at the
+    store to resume (and nothing for a lifecycle rule to clean up)."""
+    path = _file(tmp_path, "gone.bin", 26 * MiB)
+    recorder = _Recorder()
+    engine = await started_engine(s3_url, multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB,
+                                  max_parts_in_flight=1)
+    try:
+        task = asyncio.create_task(engine.upload(upload_of(path, bucket, "gone.bin"), "default",
+                                                 progress=recorder))
+        await wait_until_async(lambda: len(recorder.parts) >= 2, what="two parts recorded")
+        recorder.abandoned = True
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await engine.close()
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="gone.bin")
 
 
 _RSS_SCRIPT = """

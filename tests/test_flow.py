@@ -201,6 +201,35 @@ async def test_a_cancelled_request_is_announced_as_shutdown() -> None:
     assert p.stats.count(stats.REQUESTS, outcome="abandoned") == 1
 
 
+async def test_a_request_whose_requester_hung_up_ends_failed_and_is_not_resumed() -> None:
+    engine = FakeEngine()
+    engine.gate = asyncio.Event()  # never set: the upload hangs until abandoned
+    journal = MemoryJournal()
+    p, announcer = pipeline(config(second="two"), engine, journal)
+    r = await accepted(p, request())
+    task = asyncio.create_task(p.run(r))
+    await asyncio.wait_for(engine.called.wait(), 10)
+    p.abandon(r, "the HTTP client disconnected")
+    await asyncio.wait_for(task, 10)  # ends by itself, not cancelled
+    assert not task.cancelled()
+    assert sorted((m.type, m.data["reason"]) for m in announcer.out) == [
+        ("failure", "client_gone"), ("failure", "client_gone")]
+    assert journal.unfinished() == []  # a restart does not resume it
+    assert p.stats.count(stats.REQUESTS, outcome="failed", reason="client_gone") == 1
+    assert p.running == {}
+
+
+async def test_a_queued_request_whose_requester_hung_up_is_never_started() -> None:
+    engine = FakeEngine()
+    p, announcer = pipeline(config(), engine)
+    r = await accepted(p, request())
+    p.abandon(r, "the client closed its connection")
+    await p.run(r)
+    assert engine.calls == []
+    assert [(m.type, m.data["reason"]) for m in announcer.out] == [("failure", "client_gone")]
+    assert p.journal.unfinished() == [] and p.gone == {}
+
+
 def test_a_service_stopped_by_a_signal_can_run_again() -> None:
     """What a run binds to its event loop is made anew by the next run."""
     service = Service(config(), journal=MemoryJournal(), engine=cast(Any, FakeEngine()),

@@ -132,6 +132,7 @@ class Reason(enum.StrEnum):
     TIMEOUT = "timeout"
     PERMANENT = "permanent_error"
     SHUTDOWN = "shutdown"
+    CLIENT_GONE = "client_gone"  # the requester hung up before its answer: abandoned
     QUEUE_TIMEOUT = "queue_timeout"
     INTERNAL = "internal_error"
     JOURNAL_UNAVAILABLE = "journal_unavailable"  # the journal cannot be written: not accepted

@@ -108,11 +108,17 @@ class JobProgress:
     on, and a restart starts it afresh."""
 
     def __init__(self, journal: Journal, job: Job, record: Recorder, *,
-                 recovered: bool = False) -> None:
+                 recovered: bool = False, run: RequestRun | None = None) -> None:
         self._journal = journal
         self._job = job
         self._record = record
+        self._run = run
         self.recovered = recovered
+
+    @property
+    def abandoned(self) -> bool:
+        """The requester gave up: an interrupted multipart upload is aborted."""
+        return self._run is not None and self._run.gone is not None
 
     async def multipart_started(self, upload: Upload, upload_id: str, part_size: int,
                                 stat: Stat) -> None:
@@ -154,10 +160,24 @@ class Pipeline:
         self.durable = durable
         self.record = Recorder(registry)
         self.resuming: set[str] = set()  # ids of requests recovered from the journal
+        self.running: dict[str, RequestRun] = {}  # by request id
+        #: requests whose requester gave up while they waited in the queue (id -> why)
+        self.gone: dict[str, str] = {}
         self._objects: dict[tuple[str, str, str], _ObjectLock] = {}
 
     async def run(self, request: Request) -> None:
         await RequestRun(self, request).run()
+
+    def abandon(self, request: Request, detail: str) -> None:
+        """The requester hung up before its answer (s3nd's semantics): the request stops
+        where it is, an upload in progress is aborted (no parts left at the store), and
+        it ends failed with ``client_gone``, so a restart does not resume it.  Call it on
+        the loop; a request already finished is left alone."""
+        run = self.running.get(request.id)
+        if run is not None:
+            run.abandon(detail)
+        elif request.id not in self.gone and len(self.gone) < 100_000:
+            self.gone[request.id] = detail  # still queued: ended when its turn comes
 
     async def refuse(self, item: Rejection) -> None:
         """Announce (and answer) a request that was not accepted."""
@@ -219,12 +239,33 @@ class RequestRun:
         #: what each finished job announced, by its index in ``jobs``
         self.done: dict[int, list[Message]] = {}
         self.messages: list[Message] = []
+        #: why the requester gave up, if it did (the run is then cancelled)
+        self.gone: str | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    def abandon(self, detail: str) -> None:
+        if self.gone is None and self._task is not None:
+            self.gone = detail
+            self._task.cancel()
 
     async def run(self) -> None:
         """Route (or resume), run every job, then record and answer once."""
         p, request = self.pipeline, self.request
         p.stats.observe(stats.QUEUED_SECONDS, time.monotonic() - request.received,
                         input=request.origin)
+        gone = p.gone.pop(request.id, None)
+        if gone is not None:  # the requester left while the request was queued
+            self.gone = gone
+            return await self._client_gone()
+        self._task = asyncio.current_task()
+        p.running[request.id] = self
+        try:
+            await self._run()
+        finally:
+            del p.running[request.id]
+
+    async def _run(self) -> None:
+        p, request = self.pipeline, self.request
         journaled = False  # finished in the journal already
         try:
             records = p.journal.jobs(request) if request.id in p.resuming else []
@@ -236,8 +277,11 @@ class RequestRun:
             else:
                 journaled = await self._route_and_run()
         except asyncio.CancelledError:
-            await self._cut_off()
-            raise
+            if self.gone is None or self._task is None:
+                await self._cut_off()
+                raise
+            self._task.uncancel()  # the cancellation was ours: the request ends here
+            return await self._client_gone()
         except Exception as err:
             self.messages.append(p.internal(request, None, err))
         failed = _failed(self.messages)
@@ -291,6 +335,27 @@ class RequestRun:
         # a request that could not start gets its failure even if it asked only for the ack
         if reply is not None and (reply.wants_final or not started) and self.messages:
             await reply.send(messages.combine(self.messages, request.subject))
+
+    async def _client_gone(self) -> None:
+        """The requester gave up: the jobs not done fail with ``client_gone``, and the
+        request is finished in the journal (durable or not: it is not resumed)."""
+        p, request = self.pipeline, self.request
+        logger.warning("abandoned %s: %s", request.describe(), self.gone)
+        p.stats.inc(stats.REQUESTS, input=request.origin, outcome="failed",
+                    reason=Reason.CLIENT_GONE)
+        self.messages = [m for i in sorted(self.done) for m in self.done[i]]
+        left: list[Job | None] = [job for i, job in enumerate(self.jobs) if i not in self.done]
+        for job in left or [None]:
+            message = p.announcer.rejection(Rejection(
+                Reason.CLIENT_GONE, f"abandoned: {self.gone}", request.origin,
+                subject=request.subject, uri=request.files[0].uri,
+                destination=job.uploads[0].url if job else None,
+                metadata=request.metadata))
+            p.announcer.publish(message)
+            self.messages.append(message)
+            await p.record(p.journal.failed(request, job, Reason.CLIENT_GONE),
+                           request.describe())
+        await self._end(started=True)
 
     async def _cut_off(self) -> None:
         """A stop cut the request off: fail (and answer) only the jobs not yet done."""
@@ -351,8 +416,8 @@ class JobRunner:
         lookup = self.request_run.routing.reuse_allowed(job)
         # one journal step: what landed at these objects before, and "transferring"
         landed = await p.record(p.journal.begin(job, lookup), job.describe()) or {}
-        progress = (JobProgress(p.journal, job, p.record, recovered=recovered)
-                    if p.durable else None)
+        progress = (JobProgress(p.journal, job, p.record, recovered=recovered,
+                                run=self.request_run) if p.durable else None)
         deadline = job.request.accepted_at + self.request_run.routing.max_age
         return await p.engine.upload_all(job.uploads, job.endpoint, deadline=deadline,
                                          what=job.describe(), progress=progress,

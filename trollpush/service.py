@@ -123,6 +123,10 @@ class Service:
             with contextlib.suppress(RuntimeError):  # closed meanwhile: nothing to stop
                 on.loop.call_soon_threadsafe(on.stopping.set)
 
+    def abandon(self, request: Request, detail: str) -> None:
+        """The requester hung up (see ``Intake.abandon``)."""
+        self.pipeline.abandon(request, detail)
+
     def fatal(self, what: str, err: BaseException) -> None:
         """An input died: stop the daemon loudly rather than run on deaf."""
         logger.error("%s stopped working, shutting down: %s", what, err, exc_info=err)

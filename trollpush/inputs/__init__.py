@@ -46,6 +46,11 @@ class Intake(Protocol):
     def fatal(self, what: str, err: BaseException) -> None:
         """The input died: stop the daemon loudly rather than run on deaf."""
 
+    def abandon(self, request: Request, detail: str) -> None:
+        """The requester hung up before its answer: stop the request where it is (an
+        upload in progress is aborted) and end it failed with ``client_gone``, so that
+        a restart does not resume it.  Call it on the loop."""
+
 
 class Input(Protocol):
     """One source of requests, as the service runs it."""

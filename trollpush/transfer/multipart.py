@@ -48,6 +48,10 @@ class Progress(Protocol):
     #: store whose id was never recorded (killed between creating and recording it)
     recovered: bool
 
+    @property
+    def abandoned(self) -> bool:
+        """The requester gave up: a cancelled upload is aborted, not kept for resuming."""
+
     async def multipart_started(self, upload: Upload, upload_id: str, part_size: int,
                                 stat: Stat) -> None: ...
 
@@ -88,7 +92,8 @@ async def send(end: Endpoint, upload: Upload, source: Source, options: ObjectOpt
             MultipartUpload={"Parts": [p for p, _ in parts]}, **options.complete()),
             f"complete {upload.url}")
     except BaseException as err:
-        if isinstance(err, asyncio.CancelledError) and progress is not None:
+        if (isinstance(err, asyncio.CancelledError) and progress is not None
+                and not progress.abandoned):
             logger.info("multipart upload %s left for resuming (%s)", upload.url, upload_id)
             raise
         await asyncio.shield(abort(end, upload, upload_id))
