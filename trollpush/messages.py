@@ -261,6 +261,13 @@ def decode(raw: bytes, *, origin: str, reply: Replier | None = None,
     except Exception as err:  # posttroll raises MessageError, ValueError, IndexError, ...
         return Rejection(Reason.BAD_MESSAGE, f"not a posttroll message ({type(err).__name__}: "
                          f"{str(err)[:200]})", origin, reply=reply)
+    return from_message(message, origin=origin, reply=reply, limits=limits, check=check)
+
+
+def from_message(message: Message, *, origin: str, reply: Replier | None = None,
+                 limits: Limits = NO_LIMITS, check: bool = True) -> Request | Rejection:
+    """A decoded (or locally made) posttroll message as a Request or a Rejection; never
+    raises.  ``check=False``: no file-system access at all."""
     data = message.data if isinstance(message.data, Mapping) else {}
     try:
         return build_request(message, origin=origin, reply=reply, limits=limits, check=check)

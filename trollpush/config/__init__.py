@@ -20,6 +20,7 @@ from .model import (
     Scalar,
     SubscribeConfig,
     TargetConfig,
+    WatchConfig,
     default_endpoint,
 )
 from .schema import config_schema
@@ -28,7 +29,8 @@ from .units import MiB
 __all__ = [
     # the configuration and its sections
     "Config", "SubscribeConfig", "RequestsConfig", "PublishConfig", "EndpointConfig",
-    "TargetConfig", "DaemonConfig", "JournalConfig", "Scalar", "default_endpoint",
+    "TargetConfig", "WatchConfig", "DaemonConfig", "JournalConfig", "Scalar",
+    "default_endpoint",
     # reading it
     "load_config", "parse_config", "config_schema",
     # defaults other modules use

@@ -232,17 +232,37 @@ JOURNAL = _section(
                          "unchanged repeat without uploading.", default=7.0),
 )
 
+#: the directory watcher: one entry per watched directory (a list, like targets)
+WATCH = _section(
+    path=Key(Kind.PATH, "The directory to watch: an absolute path (it may appear later: "
+             "a missing or unreadable directory is retried).", required=True),
+    subject=Key(Kind.TOPIC, "Subject of the file messages it makes (targets' topics select "
+                "on it).", required=True),
+    pattern=Key(Kind.PATTERN, "A trollsift pattern or a glob on the base name; other files "
+                "are ignored (default: every file)."),
+    recursive=Key(Kind.BOOLEAN, "Watch the subdirectories too (symlinks are never "
+                  "followed).", default=False),
+    poll_interval=Key(Kind.NUMBER, "Seconds between looks: poll instead of inotify (NFS, "
+                      "Lustre, GPFS, CephFS see no remote inotify events).", minimum=0.05),
+    settle=Key(Kind.NUMBER, "Seconds a polled (or scanned) file must stay unchanged before "
+               "it counts as ready.", default=0.0),
+    scan_existing=Key(Kind.BOOLEAN, "At start, files already there are taken too (the "
+                      "journal answers those that already landed).", default=True),
+)
+
 #: the top-level sections, in the order the reference documents them
 SECTIONS: Mapping[str, Mapping[str, Key]] = MappingProxyType({
-    "subscribe": SUBSCRIBE, "requests": REQUESTS, "publish": PUBLISH, "endpoints": ENDPOINT,
-    "targets": TARGET, "daemon": DAEMON, "journal": JOURNAL})
+    "subscribe": SUBSCRIBE, "requests": REQUESTS, "watch": WATCH, "publish": PUBLISH,
+    "endpoints": ENDPOINT, "targets": TARGET, "daemon": DAEMON, "journal": JOURNAL})
 SECTION_DOCS: Mapping[str, str] = MappingProxyType({
-    "subscribe": "posttroll pub-sub input (this or requests is required).",
-    "requests": "ZeroMQ REQ/REP input, also for `trollpush send` (this or subscribe is "
+    "subscribe": "posttroll pub-sub input (one input section is required).",
+    "requests": "ZeroMQ REQ/REP input, also for `trollpush send` (one input section is "
                 "required; with nothing under it: on at the default address).",
+    "watch": "Directory watcher input: a list of directories whose ready files are "
+             "uploaded (one input section is required).",
     "publish": "posttroll output for completions and failures (default: none published).",
     "endpoints": "S3 connection profiles by a name you choose; at least one.",
-    "targets": "Routing rules; at least one when subscribe is set.",
+    "targets": "Routing rules; at least one when subscribe or watch is set.",
     "daemon": "Queue and concurrency limits, shutdown grace, the event loop.",
     "journal": "Where accepted requests are recorded, and how long landed files are "
                "remembered.",

@@ -51,6 +51,7 @@ from .model import (
 )
 from .targets import read_targets
 from .validator import Validator
+from .watched import read_watch
 
 _ADDRESS_RE = re.compile(ADDRESS_PATTERN)
 _URL_RE = re.compile(URL_PATTERN)
@@ -94,17 +95,22 @@ def parse_config(data: object, *, source: str = "<config>") -> Config:
     targets = read_targets(v, data.get("targets"), endpoints)
     daemon = _daemon(v, data.get("daemon"))
     journal = _journal(v, data.get("journal"))
-    if subscribe is None and requests is None:
-        v.problem("subscribe/requests", None, "at least one input section (subscribe or requests)")
+    watch = read_watch(v, data.get("watch"), daemon.allowed_roots)
+    if subscribe is None and requests is None and not watch:
+        v.problem("subscribe/requests", None,
+                  "at least one input section (subscribe, requests or watch)")
     _check_loop(v, subscribe, publish, targets)
     if subscribe is not None and not targets:
         v.problem("targets", data.get("targets"),
                   "at least one target when `subscribe` is set (messages need routes)")
+    elif watch and not targets:
+        v.problem("targets", data.get("targets"),
+                  "at least one target when `watch` is set (its files need routes)")
     if v.problems:
         raise ConfigError(v.problems, source)
     return Config(endpoints=MappingProxyType(endpoints), targets=tuple(targets),
-                  subscribe=subscribe, requests=requests, publish=publish, daemon=daemon,
-                  journal=journal, source=source)
+                  subscribe=subscribe, requests=requests, watch=watch, publish=publish,
+                  daemon=daemon, journal=journal, source=source)
 
 
 # --- inputs and output -------------------------------------------------------------------

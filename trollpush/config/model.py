@@ -14,7 +14,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .defaults import DAEMON, ENDPOINT, JOURNAL, PUBLISH, RECEIVE_HWM, REQUEST_ADDRESS, TARGET
+from .defaults import (
+    DAEMON,
+    ENDPOINT,
+    JOURNAL,
+    PUBLISH,
+    RECEIVE_HWM,
+    REQUEST_ADDRESS,
+    TARGET,
+    WATCH,
+)
 from .units import human
 
 Scalar = str | int | float | bool
@@ -50,6 +59,29 @@ class RequestsConfig:
         if not self.address.startswith("ipc://") or self.address.startswith("ipc://@"):
             return None
         return self.address[len("ipc://"):]
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """A watched directory: each file that is ready there becomes a ``file`` request
+    with ``subject`` (inotify close-write or moved-to; polled: unchanged for ``settle``)."""
+
+    path: str
+    subject: str
+    pattern: str | None = None  # trollsift pattern (with a {field}) or glob on the base name
+    recursive: bool = WATCH["recursive"].default
+    poll_interval: float | None = None  # seconds between looks; None: inotify
+    settle: float = WATCH["settle"].default
+    scan_existing: bool = WATCH["scan_existing"].default
+
+    def summary(self) -> str:
+        how = (f"polled every {self.poll_interval:g} s" if self.poll_interval is not None
+               else "inotify")
+        extra = [how, *(["recursive"] if self.recursive else []),
+                 *([f"pattern {self.pattern}"] if self.pattern else []),
+                 *([f"settle {self.settle:g} s"] if self.settle else []),
+                 *([] if self.scan_existing else ["new files only"])]
+        return f"{self.path} as {self.subject} ({', '.join(extra)})"
 
 
 @dataclass(frozen=True)
@@ -163,6 +195,7 @@ class Config:
     targets: tuple[TargetConfig, ...] = ()
     subscribe: SubscribeConfig | None = None
     requests: RequestsConfig | None = None
+    watch: tuple[WatchConfig, ...] = ()
     publish: PublishConfig | None = None
     daemon: DaemonConfig = DaemonConfig()
     journal: JournalConfig = JournalConfig()
@@ -188,6 +221,7 @@ class Config:
             lines.append(_subscribe_line(self.subscribe))
         if self.requests:
             lines.append(_requests_line(self.requests))
+        lines += [f"input  watch: {w.summary()}" for w in self.watch]
         lines.append(_publish_line(self.publish))
         for ep in self.endpoints.values():
             lines.append(f"endpoint {ep.summary()}")

@@ -22,6 +22,7 @@ from .defaults import (
     SECTIONS,
     TARGET,
     URL_PATTERN,
+    WATCH,
     Key,
     Kind,
 )
@@ -39,7 +40,7 @@ def config_schema() -> Schema:
         if section is ENDPOINT:
             schema: Schema = {"type": "object", "minProperties": 1,
                               "additionalProperties": _section(section, nullable=True)}
-        elif section is TARGET:
+        elif section is TARGET or section is WATCH:  # lists of entries
             schema = {"type": ["array", "null"], "items": _section(section)}
         else:
             schema = _section(section, nullable=True)
@@ -142,11 +143,13 @@ def kind_schema(key: Key) -> Schema:
 
 
 def _top_rules() -> Schema:
-    """An input is needed; subscribed messages need targets."""
+    """An input is needed; subscribed messages and watched files need targets."""
     subscribed = {"required": ["subscribe"], "properties": {"subscribe": {"type": "object"}}}
+    watched = {"required": ["watch"],
+               "properties": {"watch": {"type": "array", "minItems": 1}}}
     return {
-        "anyOf": [subscribed, {"required": ["requests"]}],
-        "if": subscribed,
+        "anyOf": [subscribed, {"required": ["requests"]}, watched],
+        "if": {"anyOf": [subscribed, watched]},
         "then": {"required": ["targets"],
                  "properties": {"targets": {"type": "array", "minItems": 1}}},
     }
@@ -165,5 +168,8 @@ def _section_rules(properties: Schema) -> None:
     })
     ipc_only = {"required": ["address"], "properties": {"address": {"pattern": "^ipc://[^@]"}}}
     properties["requests"]["dependentSchemas"] = {"mode": ipc_only, "group": ipc_only}
+    watched = properties["watch"]["items"]["properties"]
+    watched["path"]["pattern"] = "^[/~]"  # absolute (or from the home directory)
+    watched["pattern"]["pattern"] = r"^[^/]*[^/\s][^/]*$"  # on the base name: no /
     properties["endpoints"]["additionalProperties"]["dependentRequired"] = {
         "access_key_id": ["secret_access_key"], "secret_access_key": ["access_key_id"]}
