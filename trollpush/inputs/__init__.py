@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from ..config import Config
 from ..messages import Limits
 from ..models import Rejection, Request
-from . import requests, subscribe
+from . import requests, subscribe, watch
 
 __all__ = ["REGISTRY", "Input", "InputFactory", "Intake", "OnFatal", "Sink", "build_inputs"]
 
@@ -81,6 +81,7 @@ InputFactory = Callable[[Config, Intake], Input | None]
 REGISTRY: tuple[InputFactory, ...] = (
     requests.create,
     subscribe.create,
+    watch.create,
 )
 
 
