@@ -594,6 +594,8 @@ def known_keys(section: str | None) -> set[str]:
         data["endpoints"]["default"]["no_such_key"] = 1
     elif section == "targets":
         data["targets"][0]["no_such_key"] = 1
+    elif section == "watch":
+        data["watch"] = [{"path": "/srv/incoming", "subject": "/watch/", "no_such_key": 1}]
     else:
         data[section]["no_such_key"] = 1
     (problem,) = [p for p in problems_of(data) if p.key.endswith("no_such_key")]

@@ -9,6 +9,7 @@ announced with their reason, a swapped routing snapshot, journal faults.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,7 @@ from trollpush.messages import build_request
 from trollpush.models import Request, Upload, UploadResult
 from trollpush.pipeline import Pipeline, RequestRun
 from trollpush.route import Routing
-from trollpush.service import Service
+from trollpush.service import Service, _Bound
 from trollpush.stats import Stats
 
 from .helpers import wait_until_async
@@ -247,3 +248,26 @@ def test_a_service_stopped_by_a_signal_can_run_again() -> None:
     for number in (1, 2):
         asyncio.run(run_until_signalled(number))
         assert not service.ready.is_set()
+
+
+@pytest.mark.timeout(20)
+async def test_the_drain_waits_for_a_request_that_just_finished() -> None:
+    """A request task that is done, but whose done callback (which takes it out of the
+    running set) has not run yet, when the drain begins: the drain lets the callback run.
+    (``gather`` of tasks already done completes without yielding, so it spun for ever.)"""
+    service = Service(config(), journal=MemoryJournal(), engine=cast(Any, FakeEngine()),
+                      announcer=RecordingAnnouncer(), inputs=())
+    on = _Bound(asyncio.get_running_loop(), asyncio.Event(), asyncio.Queue(),
+                asyncio.Semaphore(0))
+
+    async def finished() -> None:
+        return None
+
+    task = asyncio.create_task(finished())
+    service._tasks.add(task)
+    task.add_done_callback(functools.partial(service._ended, on.slots))
+    await asyncio.sleep(0)  # the task ran; its done callback waits in the loop's queue
+    assert task.done() and task in service._tasks
+    dispatcher = asyncio.create_task(asyncio.sleep(3600))
+    await service._drain(on, dispatcher)
+    assert not service._tasks and dispatcher.cancelled()

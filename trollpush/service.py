@@ -200,7 +200,10 @@ class Service:
             async with asyncio.timeout(grace):
                 await on.queue.join()
                 while self._tasks:
-                    await asyncio.gather(*self._tasks, return_exceptions=True)
+                    # wait() always yields, so that the done callbacks of tasks that just
+                    # finished (_ended takes them out of the set) run; gather() of tasks
+                    # already done completes without yielding (Python >= 3.12): it spun
+                    await asyncio.wait(set(self._tasks))
         except TimeoutError:
             logger.warning("grace period of %g s over: cancelling %d running and %d waiting "
                            "request(s)", grace, len(self._tasks), on.queue.qsize())
