@@ -507,16 +507,18 @@ async def test_a_burst_beyond_every_queue_is_held_in_bounds_and_all_taken(
             if i % 500 == 0:
                 await asyncio.sleep(0)  # let the watcher read as it would
                 most = max(most, watcher.held)
-        await wait_until_async(lambda: watcher.notifier is not None
-                               and watcher.notifier.overflows >= 1, 30, "an overflow")
+        await wait_until_async(lambda: len(watcher._ready) == watch.READY, 30,
+                               "the ready queue full")
         most = max(most, watcher.held)
-        assert most <= watch.READY + watch.TAKERS + 4096, most
+        assert most <= watch.READY, most  # the kernel holds the rest, then drops it
         intake.open.set()
         await wait_until_async(lambda: len(_paths(intake.items)) == len(names), 120,
                                "every file taken")
     finally:
         await watcher.close()
     assert _paths(intake.items) == {str(inbox / n) for n in names}
+    assert watcher.notifier is not None and watcher.notifier.overflows >= 1
+    assert len(intake.items) < len(names) * 1.1  # few taken twice (the rescan skips most)
     assert not intake.fatal_errors
 
 

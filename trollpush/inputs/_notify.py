@@ -252,8 +252,9 @@ class Notifier:
     async def _scan_batch(self, w: Watched, listing: Listing, take: bool) -> bool:
         """One batch of a scan; True when it is over.  Subdirectories are watched before
         they are listed, so that nothing written meanwhile is missed."""
+        room = w.pending.limit - len(w.pending)  # a scanned file is never dropped
         try:
-            files, dirs = await self._fs(listing.batch)
+            files, dirs = await self._fs(listing.batch, max(1, min(512, room)))
         except TimeoutError:
             logger.warning("watch: listing %s took longer than daemon.file_timeout; the "
                            "scan is abandoned", shown(listing.root))
