@@ -8,6 +8,7 @@ Hostile names, symlinks, lost directories and kill -9 are covered; so are the bo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -416,7 +417,7 @@ def test_a_symlink_out_of_the_allowed_roots_is_refused_as_such(
 def _journaled(journal: Path) -> int:
     if not journal.exists():
         return 0
-    with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as db:
+    with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
         return int(db.execute("SELECT count(*) FROM requests").fetchone()[0])
 
 
