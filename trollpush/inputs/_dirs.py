@@ -269,11 +269,16 @@ def why(err: OSError) -> str:
     return f"it cannot be watched ({err.strerror or err})"
 
 
-def log_skipped(listing: Listing) -> None:
-    """Say which subdirectories a listing could not read."""
+def log_skipped(listing: Listing, w: Watched) -> None:
+    """Say which subdirectories a listing could not read (each once, until it can be
+    read again: a poll every second must not log it every second)."""
     for directory, err in listing.skipped:
-        logger.warning("watch: the subdirectory %s cannot be read (%s); left out",
-                       shown(directory), err.strerror or err)
+        if directory not in w.unreadable:
+            logger.warning("watch %s: the subdirectory %s cannot be read (%s); left out",
+                           shown(w.root), shown(directory), err.strerror or err)
+        w.unreadable.add(directory)
+    if listing.done and listing.root == w.root:  # a whole walk: forget those read again
+        w.unreadable.intersection_update(d for d, _ in listing.skipped)
     listing.skipped.clear()
 
 
@@ -292,6 +297,7 @@ class Watched:
         self.wds: set[int] = set()  # the root's watch and its subdirectories'
         self.looked = False  # the first look at start is over (scan_existing is for it)
         self.problem: str | None = None
+        self.unreadable: set[str] = set()  # subdirectories said to be unreadable
 
     def __repr__(self) -> str:
         return f"<Watched {shown(self.root)} pending={len(self.pending)} problem={self.problem}>"

@@ -264,7 +264,7 @@ class Notifier:
             if listing.root == w.root and w.root_wd is not None:
                 self._lose(w, why(err))
             return True
-        log_skipped(listing)
+        log_skipped(listing, w)
         for directory in dirs:
             if w.root_wd is not None and self._add_watch(w, directory, root=False):
                 listing.push(directory)

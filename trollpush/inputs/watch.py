@@ -258,7 +258,7 @@ class WatchInput:
             listing.close()
             w.lost(why(err), every)
             return
-        log_skipped(listing)
+        log_skipped(listing, w)
         w.back()
         w.known = {path: sig for path, sig in w.known.items() if path in present}
         w.pending.keep_only(present)
