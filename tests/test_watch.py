@@ -311,8 +311,7 @@ def test_polling_waits_for_settle_then_takes_the_file_once(
 
 
 def test_scan_existing_takes_what_was_there_before_the_start(
-        base_config: dict[str, Any], tmp_path: Path, listener: Listener, s3: Any,
-        bucket: str) -> None:
+        base_config: dict[str, Any], tmp_path: Path, s3: Any, bucket: str) -> None:
     """With scan_existing (the default) files already there are taken, inotify or
     polled; without it only new ones are."""
     dirs = {name: tmp_path / name for name in ("scanned", "polled", "new-only")}
@@ -323,12 +322,28 @@ def test_scan_existing_takes_what_was_there_before_the_start(
                        {"path": str(dirs["polled"]), "poll_interval": 0.1},
                        {"path": str(dirs["new-only"]), "scan_existing": False})
     with running_daemon(cfg) as daemon:
-        probe(dirs["new-only"], listener)
         (dirs["new-only"] / "new.h5").write_bytes(b"new")
-        for name in ("old-scanned.h5", "old-polled.h5", "new.h5"):
-            landed(listener, name)
+        wait_until(lambda: daemon.counts["completed"] == 3, 15, "three files landed")
         assert accepted(daemon) == 3
     assert keys(s3, bucket) == ["in/new.h5", "in/old-polled.h5", "in/old-scanned.h5"]
+
+
+def test_a_restart_scans_again_and_the_journal_answers_what_landed(
+        base_config: dict[str, Any], inbox: Path, s3: Any, bucket: str) -> None:
+    """scan_existing takes the files already there at each start; one that landed
+    already, unchanged, is answered from the journal (announced, not uploaded again);
+    so is the same content written again (a close-write: a new request)."""
+    cfg = watch_config(base_config, bucket, {"path": str(inbox)})
+    (inbox / "kept.h5").write_bytes(b"landed once")
+    with running_daemon(cfg) as daemon:  # (taken at start: counted, not listened for)
+        wait_until(lambda: daemon.counts["completed"] == 1, 15, "the first upload")
+        assert daemon.transfer.completed == 1
+    with running_daemon(cfg) as daemon:
+        wait_until(lambda: daemon.counts["completed"] == 1, 15, "the scan answered")
+        (inbox / "kept.h5").write_bytes(b"landed once")  # written again, the same
+        wait_until(lambda: daemon.counts["completed"] == 2, 15, "the rewrite answered")
+        assert daemon.transfer.completed == 0  # answered from the journal both times
+    assert keys(s3, bucket) == ["in/kept.h5"]
 
 
 def test_a_directory_that_goes_away_is_watched_again_when_it_is_back(
@@ -347,8 +362,8 @@ def test_a_directory_that_goes_away_is_watched_again_when_it_is_back(
         logged("it does not exist; trying again every 2 s")
         inbox.mkdir()
         (inbox / "one.h5").write_bytes(b"1")  # there before the watch: the scan takes it
+        wait_until(lambda: keys(s3, bucket) == ["in/one.h5"], 15, "one.h5 landed")
         probe(inbox, listener)
-        landed(listener, "one.h5")
         shutil.rmtree(inbox)
         logged("it was removed")
         inbox.write_text("a file where the directory was")
