@@ -293,7 +293,8 @@ def test_polling_waits_for_settle_then_takes_the_file_once(
         base_config: dict[str, Any], inbox: Path, listener: Listener, s3: Any,
         bucket: str) -> None:
     cfg = watch_config(base_config, bucket, {"path": str(inbox), "poll_interval": 0.1,
-                                             "settle": 1.0, "pattern": "*.h5"})
+                                             "settle": 1.0, "pattern": "*.h5",
+                                             "recursive": True})
     with running_daemon(cfg) as daemon:
         probe(inbox, listener, each=3.0)  # a probe too waits for settle
         path = inbox / "polled.h5"
@@ -303,7 +304,9 @@ def test_polling_waits_for_settle_then_takes_the_file_once(
                 out.flush()
                 threading.Event().wait(0.3)
             assert accepted(daemon) == 0, "taken before it settled"
-        path.with_name("second.h5").write_bytes(b"y")
+        (inbox / "sub").mkdir()
+        (inbox / "sub" / "second.h5").write_bytes(b"y")
+        (inbox / "linked").symlink_to(inbox / "sub")  # not followed: second.h5 once
         landed(listener, "polled.h5")
         landed(listener, "second.h5")
         assert accepted(daemon) == 2

@@ -79,18 +79,23 @@ class Listing:
     """One walk of a directory (and, ``recursive``, of its subdirectories) in batches.
 
     ``batch()`` runs on a worker thread, one at a time.  A subdirectory is walked only
-    once it is ``push``-ed (the caller may watch it first), or at once with ``descend``;
-    symlinks to directories are never followed.  A root that cannot be listed raises
-    OSError; a subdirectory that cannot be is noted in ``skipped`` and left out.
+    once it is ``push``-ed (the caller may watch it first), or at once with ``descend``.
+    Symlinks are never followed: each directory is opened with O_NOFOLLOW (but ``root``
+    when ``follow_root``: the configured directory may be a symlink), so one swapped for
+    a symlink meanwhile is not listed.  A root that cannot be listed raises OSError; a
+    subdirectory that cannot be is noted in ``skipped`` and left out.
     """
 
     def __init__(self, root: str, wanted: Callable[[str], bool], *, recursive: bool,
-                 descend: bool) -> None:
+                 descend: bool, follow_root: bool = False) -> None:
         self.root = root
         self._wanted = wanted
         self._recursive = recursive
         self._descend = descend
+        self._follow_root = follow_root
         self._todo = [root]
+        self._dir = root
+        self._fd: int | None = None
         self._it: os._ScandirIterator[str] | None = None
         self.skipped: list[tuple[str, OSError]] = []
 
@@ -105,13 +110,23 @@ class Listing:
         self.close_current()
         self._todo.clear()
 
+    def _open(self, directory: str) -> None:
+        nofollow = 0 if directory == self.root and self._follow_root else os.O_NOFOLLOW
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | nofollow)
+        try:
+            self._it = os.scandir(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._dir = fd, directory
+
     def _next(self) -> os.DirEntry[str] | None:
         while self._it is None:
             if not self._todo:
                 return None
             directory = self._todo.pop()
             try:
-                self._it = os.scandir(directory)
+                self._open(directory)
             except OSError as err:
                 if directory == self.root:
                     raise
@@ -125,6 +140,9 @@ class Listing:
         if self._it is not None:
             self._it.close()
             self._it = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def batch(self, size: int = 512) -> tuple[list[Entry], list[str]]:
         """Up to ``size`` wanted files and subdirectories found (the latter to push)."""
@@ -135,13 +153,14 @@ class Listing:
             if entry is None:
                 continue
             try:
+                path = os.path.join(self._dir, entry.name)  # (listed by descriptor)
                 if entry.is_dir(follow_symlinks=False):
                     if self._recursive:
-                        dirs.append(entry.path)
+                        dirs.append(path)
                         if self._descend:
-                            self._todo.append(entry.path)
+                            self._todo.append(path)
                 elif self._wanted(entry.name):
-                    files.append(Entry(entry.path, sig_of(entry.stat(follow_symlinks=False))))
+                    files.append(Entry(path, sig_of(entry.stat(follow_symlinks=False))))
             except OSError:  # gone meanwhile
                 continue
         return files, dirs

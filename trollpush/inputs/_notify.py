@@ -239,7 +239,7 @@ class Notifier:
                 (index, path), take = self._scans.popitem()
                 w = self.watched[index]
                 scan = (w, Listing(path, w.wanted, recursive=w.config.recursive,
-                                   descend=False), take)
+                                   descend=False, follow_root=path == w.root), take)
             if scan is not None and not scan[0].pending.full:
                 if await self._scan_batch(*scan):
                     scan = None

@@ -236,7 +236,8 @@ class WatchInput:
         """One look at a polled directory: what is new or changed since it was taken
         becomes pending, and ready once unchanged for ``settle`` seconds."""
         take = not w.first_look() or w.config.scan_existing
-        listing = Listing(w.root, w.wanted, recursive=w.config.recursive, descend=True)
+        listing = Listing(w.root, w.wanted, recursive=w.config.recursive, descend=True,
+                          follow_root=True)
         present: set[str] = set()
         try:
             while not listing.done:
