@@ -17,6 +17,7 @@ from .model import (
     JournalConfig,
     PublishConfig,
     RequestsConfig,
+    S3DaemonConfig,
     Scalar,
     SubscribeConfig,
     TargetConfig,
@@ -27,8 +28,9 @@ from .units import MiB
 
 __all__ = [
     # the configuration and its sections
-    "Config", "SubscribeConfig", "RequestsConfig", "PublishConfig", "EndpointConfig",
-    "TargetConfig", "DaemonConfig", "JournalConfig", "Scalar", "default_endpoint",
+    "Config", "SubscribeConfig", "RequestsConfig", "S3DaemonConfig", "PublishConfig",
+    "EndpointConfig", "TargetConfig", "DaemonConfig", "JournalConfig", "Scalar",
+    "default_endpoint",
     # reading it
     "load_config", "parse_config", "config_schema",
     # defaults other modules use

@@ -26,6 +26,7 @@ from .defaults import (
     ADDRESS_PATTERN,
     DAEMON,
     ENDPOINT,
+    HOST_PORT_PATTERN,
     IPC_GROUP_MODE,
     IPC_MODE,
     JOURNAL,
@@ -34,6 +35,8 @@ from .defaults import (
     PUBLISH,
     REQUEST_ADDRESS,
     REQUESTS,
+    S3DAEMON,
+    S3DAEMON_ADDRESS,
     SECTIONS,
     SUBSCRIBE,
     URL_PATTERN,
@@ -46,14 +49,16 @@ from .model import (
     JournalConfig,
     PublishConfig,
     RequestsConfig,
+    S3DaemonConfig,
     SubscribeConfig,
     TargetConfig,
 )
-from .targets import read_targets
+from .targets import read_endpoint, read_targets
 from .validator import Validator
 
 _ADDRESS_RE = re.compile(ADDRESS_PATTERN)
 _URL_RE = re.compile(URL_PATTERN)
+_HOST_PORT_RE = re.compile(HOST_PORT_PATTERN)
 #: sun_path holds 108 bytes with the terminating NUL
 _IPC_PATH_MAX = 107
 
@@ -91,11 +96,13 @@ def parse_config(data: object, *, source: str = "<config>") -> Config:
     requests = _requests(v, data.get("requests"), present="requests" in data)
     publish = _publish(v, data.get("publish"))
     endpoints = _endpoints(v, data.get("endpoints"))
+    s3daemon = _s3daemon(v, data.get("s3daemon"), endpoints, present="s3daemon" in data)
     targets = read_targets(v, data.get("targets"), endpoints)
     daemon = _daemon(v, data.get("daemon"))
     journal = _journal(v, data.get("journal"))
-    if subscribe is None and requests is None:
-        v.problem("subscribe/requests", None, "at least one input section (subscribe or requests)")
+    if subscribe is None and requests is None and s3daemon is None:
+        v.problem("subscribe/requests", None,
+                  "at least one input section (subscribe, requests or s3daemon)")
     _check_loop(v, subscribe, publish, targets)
     if subscribe is not None and not targets:
         v.problem("targets", data.get("targets"),
@@ -103,8 +110,8 @@ def parse_config(data: object, *, source: str = "<config>") -> Config:
     if v.problems:
         raise ConfigError(v.problems, source)
     return Config(endpoints=MappingProxyType(endpoints), targets=tuple(targets),
-                  subscribe=subscribe, requests=requests, publish=publish, daemon=daemon,
-                  journal=journal, source=source)
+                  subscribe=subscribe, requests=requests, s3daemon=s3daemon, publish=publish,
+                  daemon=daemon, journal=journal, source=source)
 
 
 # --- inputs and output -------------------------------------------------------------------
@@ -164,6 +171,24 @@ def _requests(v: Validator, raw: object, *, present: bool) -> RequestsConfig | N
     # with a group, the group is meant to submit; without one, only the daemon's user
     mode = _mode(v, data.get("mode"), IPC_GROUP_MODE if group is not None else IPC_MODE)
     return RequestsConfig(address=address, mode=mode, group=group)
+
+
+def _s3daemon(v: Validator, raw: object, endpoints: Mapping[str, EndpointConfig], *,
+              present: bool) -> S3DaemonConfig | None:
+    """``s3daemon:`` with nothing under it: on at the default address."""
+    data = v.mapping(raw, "s3daemon") if raw is not None else ({} if present else None)
+    if data is None:
+        return None
+    v.no_unknown(data, "s3daemon.", S3DAEMON)
+    address = v.string(data, "address", "s3daemon.", default=S3DAEMON_ADDRESS)
+    if address and not (_HOST_PORT_RE.match(address) and int(address.rsplit(":", 1)[1])
+                        <= 65535):
+        v.problem("s3daemon.address", address, f"HOST:PORT like {S3DAEMON_ADDRESS} (a port "
+                  "up to 65535; an IPv6 address in brackets: [::1]:15557)")
+        address = S3DAEMON_ADDRESS
+    endpoint = read_endpoint(v, data, "s3daemon.", endpoints)
+    return S3DaemonConfig(address=address or S3DAEMON_ADDRESS, endpoint=endpoint,
+                          **v.read_all(data, "s3daemon.", S3DAEMON, skip=("endpoint",)))
 
 
 def _check_ipc_path(v: Validator, path: str, address: str) -> None:

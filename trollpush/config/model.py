@@ -14,7 +14,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .defaults import DAEMON, ENDPOINT, JOURNAL, PUBLISH, RECEIVE_HWM, REQUEST_ADDRESS, TARGET
+from .defaults import (
+    DAEMON,
+    ENDPOINT,
+    JOURNAL,
+    PUBLISH,
+    RECEIVE_HWM,
+    REQUEST_ADDRESS,
+    S3DAEMON,
+    TARGET,
+)
 from .units import human
 
 Scalar = str | int | float | bool
@@ -50,6 +59,25 @@ class RequestsConfig:
         if not self.address.startswith("ipc://") or self.address.startswith("ipc://@"):
             return None
         return self.address[len("ipc://"):]
+
+
+@dataclass(frozen=True)
+class S3DaemonConfig:
+    """lsst-dm/s3daemon's line protocol over TCP; ``endpoint`` is resolved at load."""
+
+    address: str = S3DAEMON["address"].default
+    endpoint: str | None = None  # None: the config's default endpoint
+    line_timeout: float = S3DAEMON["line_timeout"].default
+    max_connections: int = S3DAEMON["max_connections"].default
+
+    @property
+    def host(self) -> str:
+        """The host to bind, without an IPv6 address's brackets."""
+        return self.address.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
 
 
 @dataclass(frozen=True)
@@ -163,6 +191,7 @@ class Config:
     targets: tuple[TargetConfig, ...] = ()
     subscribe: SubscribeConfig | None = None
     requests: RequestsConfig | None = None
+    s3daemon: S3DaemonConfig | None = None
     publish: PublishConfig | None = None
     daemon: DaemonConfig = DaemonConfig()
     journal: JournalConfig = JournalConfig()
@@ -188,6 +217,11 @@ class Config:
             lines.append(_subscribe_line(self.subscribe))
         if self.requests:
             lines.append(_requests_line(self.requests))
+        if self.s3daemon:
+            s3d = self.s3daemon
+            lines.append(f"input  s3daemon: line protocol on {s3d.address} -> endpoint "
+                         f"{s3d.endpoint or self.default_endpoint()} (at most "
+                         f"{s3d.max_connections} clients at once)")
         lines.append(_publish_line(self.publish))
         for ep in self.endpoints.values():
             lines.append(f"endpoint {ep.summary()}")

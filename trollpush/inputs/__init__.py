@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from ..config import Config
 from ..messages import Limits
 from ..models import Rejection, Request
-from . import requests, subscribe
+from . import requests, s3daemon, subscribe
 
 __all__ = ["REGISTRY", "Input", "InputFactory", "Intake", "OnFatal", "Sink", "build_inputs"]
 
@@ -80,6 +80,7 @@ InputFactory = Callable[[Config, Intake], Input | None]
 #: every input, in start (and stop) order; one line each
 REGISTRY: tuple[InputFactory, ...] = (
     requests.create,
+    s3daemon.create,
     subscribe.create,
 )
 
