@@ -380,6 +380,7 @@ class S3DaemonInput:
         logger.warning("s3daemon: %s %s before its answer: abandoning %s", conn.peer, why,
                        request.describe())
         self._intake.abandon(request, f"the s3daemon client {why}")
+        conn.answered.set()  # nobody is left to read it: the connection closes now
 
 
 def create(config: Config, intake: Intake) -> S3DaemonInput | None:
