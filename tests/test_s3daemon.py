@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from trollpush.config import parse_config
-from trollpush.errors import ConfigError
-from trollpush.inputs.s3daemon import MAX_ANSWER, answer, parse_line
+from trollpush.config import S3DaemonConfig, parse_config
+from trollpush.errors import ConfigError, SetupError
+from trollpush.inputs.s3daemon import MAX_ANSWER, S3DaemonInput, answer, parse_line
 from trollpush.journal import SQLiteJournal
 from trollpush.messages import NO_LIMITS, combine, completion, failure, new_message
 from trollpush.models import Job, Rejection, Request, UploadResult
@@ -195,6 +195,37 @@ def test_config_mistakes_name_the_key(section: dict[str, Any], key: str,
         parse_config({"s3daemon": section, "endpoints": {"a": {}, "b": {}}})
     assert any(p.key == key and expected in str(p) for p in info.value.problems), \
         [str(p) for p in info.value.problems]
+
+
+class _NoIntake:
+    """An intake nothing is handed to (the listening socket alone is tested)."""
+
+    limits = NO_LIMITS
+
+
+def test_it_listens_on_loopback_and_warns_of_any_other_address(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A port in use is a SetupError naming the key; an address beyond loopback works
+    but is logged as open to anyone who reaches it."""
+    intake: Any = _NoIntake()
+
+    async def start(address: str) -> str:
+        each = S3DaemonInput(S3DaemonConfig(address=address), intake)
+        try:
+            await each.start()
+            return each.describe()
+        finally:
+            await each.close()
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        taken = f"127.0.0.1:{busy.getsockname()[1]}"
+        with pytest.raises(SetupError, match=f"s3daemon.address {taken}: cannot listen"):
+            asyncio.run(start(taken))
+    for quiet in ("127.0.0.1:0", "localhost:0"):
+        assert asyncio.run(start(quiet)).startswith(f"s3daemon on {quiet[:-1]}")
+    assert "reachable beyond this host" not in caplog.text
+    asyncio.run(start("0.0.0.0:0"))
+    assert "reachable beyond this host and has no authentication" in caplog.text
 
 
 # --- a real daemon --------------------------------------------------------------------------

@@ -156,16 +156,12 @@ class _Connection:
 class _LineReply:
     """Gives the client its one answer: the pipeline's final message, or a refusal."""
 
+    #: the client reads one answer, the outcome: no early acknowledgement
+    wants_ack = False
+    wants_final = True
+
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
-
-    @property
-    def wants_ack(self) -> bool:
-        return False
-
-    @property
-    def wants_final(self) -> bool:
-        return True
 
     async def send(self, message: Any) -> None:
         self._conn.answer(answer(message))
@@ -211,11 +207,14 @@ class S3DaemonInput:
         sock.setblocking(False)
         bound = sock.getsockname()[1]
         self.address = f"[{host}]:{bound}" if family == socket.AF_INET6 else f"{host}:{bound}"
-        with contextlib.suppress(ValueError):  # a name: loopback only if it says so
-            if not ipaddress.ip_address(host).is_loopback:
-                logger.warning("s3daemon.address %s is reachable beyond this host and has "
-                               "no authentication: anyone who reaches it may submit files",
-                               self.address)
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:  # another host name
+            loopback = False
+        if not loopback:
+            logger.warning("s3daemon.address %s is reachable beyond this host and has no "
+                           "authentication: anyone who reaches it may submit files",
+                           self.address)
         self._sock = sock
         self._task = asyncio.get_running_loop().create_task(self._accept(sock),
                                                             name="s3daemon")
