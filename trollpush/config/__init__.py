@@ -14,6 +14,7 @@ from .model import (
     Config,
     DaemonConfig,
     EndpointConfig,
+    HttpConfig,
     JournalConfig,
     PublishConfig,
     RequestsConfig,
@@ -27,7 +28,7 @@ from .units import MiB
 
 __all__ = [
     # the configuration and its sections
-    "Config", "SubscribeConfig", "RequestsConfig", "PublishConfig", "EndpointConfig",
+    "Config", "SubscribeConfig", "RequestsConfig", "HttpConfig", "PublishConfig", "EndpointConfig",
     "TargetConfig", "DaemonConfig", "JournalConfig", "Scalar", "default_endpoint",
     # reading it
     "load_config", "parse_config", "config_schema",

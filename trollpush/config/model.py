@@ -14,7 +14,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .defaults import DAEMON, ENDPOINT, JOURNAL, PUBLISH, RECEIVE_HWM, REQUEST_ADDRESS, TARGET
+from .defaults import (
+    DAEMON,
+    ENDPOINT,
+    HTTP,
+    HTTP_ADDRESS,
+    JOURNAL,
+    PUBLISH,
+    RECEIVE_HWM,
+    REQUEST_ADDRESS,
+    TARGET,
+)
 from .units import human
 
 Scalar = str | int | float | bool
@@ -50,6 +60,26 @@ class RequestsConfig:
         if not self.address.startswith("ipc://") or self.address.startswith("ipc://@"):
             return None
         return self.address[len("ipc://"):]
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP submission API (s3nd-compatible); ``endpoint`` is resolved at load (the
+    one named, else ``default``, else the only one).  The token itself is never kept
+    here: the input reads ``token_file`` once when it starts."""
+
+    address: str = HTTP_ADDRESS
+    endpoint: str | None = None
+    token_file: str | None = None
+    read_timeout: float = HTTP["read_timeout"].default
+
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
 
 
 @dataclass(frozen=True)
@@ -163,6 +193,7 @@ class Config:
     targets: tuple[TargetConfig, ...] = ()
     subscribe: SubscribeConfig | None = None
     requests: RequestsConfig | None = None
+    http: HttpConfig | None = None
     publish: PublishConfig | None = None
     daemon: DaemonConfig = DaemonConfig()
     journal: JournalConfig = JournalConfig()
@@ -188,6 +219,10 @@ class Config:
             lines.append(_subscribe_line(self.subscribe))
         if self.requests:
             lines.append(_requests_line(self.requests))
+        if self.http:
+            auth = "bearer token" if self.http.token_file else "no authentication"
+            lines.append(f"input  http: POST /upload on {self.http.address} ({auth}; uri "
+                         f"uploads through endpoint {self.http.endpoint})")
         lines.append(_publish_line(self.publish))
         for ep in self.endpoints.values():
             lines.append(f"endpoint {ep.summary()}")

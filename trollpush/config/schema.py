@@ -17,6 +17,7 @@ from typing import Any
 from .defaults import (
     ADDRESS_PATTERN,
     ENDPOINT,
+    HOST_PORT_PATTERN,
     MODE_PATTERN,
     SECTION_DOCS,
     SECTIONS,
@@ -109,6 +110,8 @@ def kind_schema(key: Key) -> Schema:
             return {"type": "string", "pattern": ADDRESS_PATTERN}
         case Kind.ADDRESSES:
             return {"type": "array", "items": {"type": "string", "pattern": ADDRESS_PATTERN}}
+        case Kind.HOST_PORT:
+            return {"type": "string", "pattern": HOST_PORT_PATTERN}
         case Kind.TOPIC:
             return topic
         case Kind.TOPICS:
@@ -145,7 +148,7 @@ def _top_rules() -> Schema:
     """An input is needed; subscribed messages need targets."""
     subscribed = {"required": ["subscribe"], "properties": {"subscribe": {"type": "object"}}}
     return {
-        "anyOf": [subscribed, {"required": ["requests"]}],
+        "anyOf": [subscribed, {"required": ["requests"]}, {"required": ["http"]}],
         "if": subscribed,
         "then": {"required": ["targets"],
                  "properties": {"targets": {"type": "array", "minItems": 1}}},

@@ -9,7 +9,9 @@ holds only its own thread, never the checks behind it.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -96,3 +98,27 @@ class CheckThreads:
                     self._unclaimed -= 1
                 else:
                     self._free += 1
+
+
+def on_loop[T](future: concurrent.futures.Future[T], loop: asyncio.AbstractEventLoop
+               ) -> asyncio.Future[T]:
+    """An asyncio future that follows a thread's future; unlike ``wrap_future`` it stays
+    quiet when the thread finishes after the loop closed (a check stuck past shutdown)."""
+    waiter: asyncio.Future[T] = loop.create_future()
+
+    def settle(done: concurrent.futures.Future[T]) -> None:
+        if waiter.done():
+            return
+        if done.cancelled():
+            waiter.cancel()
+        elif (err := done.exception()) is not None:
+            waiter.set_exception(err)
+        else:
+            waiter.set_result(done.result())
+
+    def copy(done: concurrent.futures.Future[T]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle, done)
+
+    future.add_done_callback(copy)
+    return waiter

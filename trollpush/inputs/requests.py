@@ -7,7 +7,6 @@ request's file checks run on check threads, bounded by ``daemon.file_timeout``.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ from ..config import Config, RequestsConfig
 from ..errors import Reason, SetupError
 from ..messages import NO_LIMITS, Limits, decode, not_accepted, overdue, refused
 from ..models import Rejection, Request
-from ._checks import CheckThreads
+from ._checks import CheckThreads, on_loop
 from ._ipc import SocketFile, clear_stale, owner_only, restrict
 
 if TYPE_CHECKING:
@@ -56,30 +55,6 @@ class _RouterReply:
             await self._sock.send_multipart([*self._envelope, b"", message.encode().encode()])
         except zmq.ZMQError as err:
             logger.warning("reply to a request failed: %s", err)
-
-
-def _on_loop[T](future: concurrent.futures.Future[T], loop: asyncio.AbstractEventLoop
-             ) -> asyncio.Future[T]:
-    """An asyncio future that follows a thread's future; unlike ``wrap_future`` it stays
-    quiet when the thread finishes after the loop closed (a check stuck past shutdown)."""
-    waiter: asyncio.Future[T] = loop.create_future()
-
-    def settle(done: concurrent.futures.Future[T]) -> None:
-        if waiter.done():
-            return
-        if done.cancelled():
-            waiter.cancel()
-        elif (err := done.exception()) is not None:
-            waiter.set_exception(err)
-        else:
-            waiter.set_result(done.result())
-
-    def copy(done: concurrent.futures.Future[T]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(settle, done)
-
-    future.add_done_callback(copy)
-    return waiter
 
 
 class RequestServer:
@@ -221,7 +196,7 @@ class RequestServer:
         future = self._checks.submit(self._decode, raw, envelope, True)
         try:
             async with asyncio.timeout(timeout):
-                return await _on_loop(future, asyncio.get_running_loop())
+                return await on_loop(future, asyncio.get_running_loop())
         except TimeoutError:
             future.cancel()  # if it has not begun
             logger.warning("request: a file check took longer than daemon.file_timeout "
