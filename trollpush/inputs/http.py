@@ -89,8 +89,12 @@ class HttpServer:
         sock = _listen(self.config.host, self.config.port, self.config.address)
         host, port = sock.getsockname()[:2]
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self._site = web.SockSite(self._runner, sock, shutdown_timeout=CLOSE_GRACE)
-        await self._site.start()
+        try:
+            self._site = web.SockSite(self._runner, sock)
+            await self._site.start()
+        except BaseException:
+            sock.close()
+            raise
         if self.config.host not in LOOPBACK and self._token is None:
             logger.warning("http.address %s is reachable beyond this host and has no "
                            "token_file: anyone who reaches it may submit files", self.address)

@@ -1,0 +1,248 @@
+"""The HTTP input (s3nd-compatible): a real daemon against moto, real clients (curl and
+urllib), every status code that can be provoked, hang-ups, kill -9, hostile input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from trollpush.inputs._http_api import openapi
+from trollpush.service import Service
+
+from .helpers import Listener, free_port, running_daemon, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+CURL = shutil.which("curl")
+Reply = tuple[int, dict[str, Any], dict[str, str]]
+
+
+def http_config(base: dict[str, Any], **http: Any) -> dict[str, Any]:
+    """The suite's config with the HTTP input on a free port (and no other input)."""
+    config = {k: v for k, v in base.items() if k not in ("subscribe", "requests")}
+    config["http"] = {"address": f"127.0.0.1:{free_port()}", **http}
+    return config
+
+
+def url_of(daemon: Service, path: str = "/upload") -> str:
+    return f"http://{daemon.input('http').server.address}{path}"
+
+
+def post(url: str, fields: dict[str, Any] | None = None, *, as_json: bool = False,
+         headers: dict[str, str] | None = None, data: bytes | None = None,
+         timeout: float = 60) -> Reply:
+    """A POST with the standard library, as a producer without packages would send it."""
+    if data is None:
+        data = (json.dumps(fields).encode() if as_json
+                else urllib.parse.urlencode(fields or {}).encode())
+    kind = "application/json" if as_json else "application/x-www-form-urlencoded"
+    req = urllib.request.Request(url, data=data, method="POST",
+                                 headers={"Content-Type": kind, **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read()), dict(resp.headers)
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, json.loads(err.read()), dict(err.headers)
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> Reply:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read()), dict(resp.headers)
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, json.loads(err.read()), dict(err.headers)
+
+
+@pytest.fixture
+def http_daemon(base_config: dict[str, Any]) -> Iterator[Service]:
+    with running_daemon(http_config(base_config)) as daemon:
+        yield daemon
+
+
+# --- the done-when line: curl, s3nd's reply, the object landed -----------------------------
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed")
+def test_curl_uploads_a_file_with_s3nds_reply(http_daemon: Service, granule: Path,
+                                              bucket: str, s3: Any) -> None:
+    assert CURL is not None
+    proc = subprocess.run([CURL, "-sS", "-d", f"file={granule}", "-d",
+                           f"uri=s3://{bucket}/l1/x.h5", "-d", "slug=banana", "-w",
+                           "\n%{http_code} %{content_type}", url_of(http_daemon)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    text, _, status = proc.stdout.rpartition("\n")
+    assert status.startswith("200 application/json"), proc.stdout
+    reply = json.loads(text)
+    assert reply["code"] == 200 and reply["msg"] == "upload succeeded"
+    assert reply["version"]
+    task = reply["task"]
+    assert task["uri"] == f"s3://{bucket}/l1/x.h5" and task["file"] == str(granule)
+    assert task["slug"] == "banana" and task["id"]
+    assert task["upload_size_bytes"] == granule.stat().st_size
+    assert task["upload_attempts"] == 1 and task["upload_parts"] == 1
+    assert task["upload_total_seconds"] >= task["upload_transfer_seconds"] > 0
+    assert task["upload_queued_seconds"] >= 0 and task["upload_rate_bytes"] > 0
+    assert task["checksum"].startswith("crc32c:")
+    body = s3.get_object(Bucket=bucket, Key="l1/x.h5")["Body"].read()
+    assert body == granule.read_bytes()
+
+
+def test_a_json_body_and_a_key_ending_in_a_slash(http_daemon: Service, granule: Path,
+                                                  bucket: str, s3: Any) -> None:
+    code, reply, _ = post(url_of(http_daemon), {"file": str(granule),
+                                                 "uri": f"s3://{bucket}/dir/"}, as_json=True)
+    assert code == 200, reply
+    assert reply["task"]["uri"] == f"s3://{bucket}/dir/{granule.name}"
+    assert s3.head_object(Bucket=bucket, Key=f"dir/{granule.name}")["ContentLength"] > 0
+
+
+def link_http(url: str, listener: Listener, timeout: float = 15.0) -> None:
+    """Make sure the listener hears the daemon: post a missing file until its failure is
+    announced; the probe's announcements are dropped from then on."""
+    probe = f"/nonexistent/probe-{time.monotonic_ns()}.h5"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        post(url, {"file": probe, "uri": "s3://bucket/probe"})
+        try:
+            listener.wait_for(lambda ms: any(m.data.get("uri") == probe for m in ms), 0.3)
+        except AssertionError:
+            continue
+        listener.ignored.add(probe)
+        listener.clear()
+        return
+    raise AssertionError("pub-sub link not established")
+
+
+def test_a_routed_request_fans_out_and_reports_each_destination(
+        base_config: dict[str, Any], granule: Path, bucket: str, s3: Any,
+        listener: Listener) -> None:
+    """No uri: routed like a posttroll `file` message with the given subject, the other
+    fields as metadata; every destination with its own outcome."""
+    config = http_config(base_config)
+    config["targets"].append({"name": "by-station", "conditions": {"station": "kiruna"},
+                              "destination": f"s3://{bucket}/{{station}}/{{uid}}"})
+    with running_daemon(config) as daemon:
+        link_http(url_of(daemon), listener)
+        code, reply, _ = post(url_of(daemon), {"file": str(granule), "station": "kiruna",
+                                               "subject": "/new/file/viirs/l1"})
+        completions = listener.wait_for(lambda ms: len(ms) >= 2, what="two completions")
+    assert code == 200, reply
+    task = reply["task"]
+    keys = {f"j01/2026/11/21/{granule.name}", f"kiruna/{granule.name}"}
+    assert set(task["uri"]) == {f"s3://{bucket}/{k}" for k in keys}
+    assert {(u["target"], u["code"]) for u in task["uploads"]} == {("viirs", 200),
+                                                                    ("by-station", 200)}
+    assert all(u["attempts"] == 1 and u["size"] == granule.stat().st_size
+               for u in task["uploads"])
+    for key in keys:
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == granule.read_bytes()
+    assert {m.data["station"] for m in completions} == {"kiruna"}
+    assert {m.subject for m in completions} == {"/uploaded/viirs/j01/", "/uploaded/"}
+
+
+# --- the status codes --------------------------------------------------------------------
+
+
+def _bad_requests(tmp: Path, bucket: str) -> list[Any]:
+    """(fields or raw body, content type, reason, text in msg) of requests answered 400."""
+    good = str(tmp / "good.h5")
+    form = "application/x-www-form-urlencoded"
+    return [
+        pytest.param({"uri": f"s3://{bucket}/k"}, form, "missing_uri", "missing field: file",
+                     id="no-file"),
+        pytest.param({"file": "relative/x.h5", "uri": f"s3://{bucket}/k"}, form,
+                     "bad_message", "must be absolute", id="relative"),
+        pytest.param({"file": str(tmp / "nope.h5"), "uri": f"s3://{bucket}/k"}, form,
+                     "file_missing", "no such file", id="missing"),
+        pytest.param({"file": str(tmp), "uri": f"s3://{bucket}/k"}, form, "not_a_file",
+                     "not a regular file", id="directory"),
+        pytest.param({"file": "/etc/hostname", "uri": f"s3://{bucket}/k"}, form,
+                     "not_allowed", "outside the allowed roots", id="outside-roots"),
+        pytest.param({"file": good, "uri": f"https://{bucket}/k"}, form, "bad_destination",
+                     "expected s3://BUCKET/KEY", id="not-s3"),
+        pytest.param({"file": good, "uri": "s3:///k"}, form, "bad_destination",
+                     "no bucket", id="no-bucket-name"),
+        pytest.param({"file": good}, form, "no_route", "no target matches", id="no-route"),
+        pytest.param({"file": good, "uri": f"s3://{bucket}/k", "wait": "maybe"}, form,
+                     "bad_message", "expected true or false", id="bad-wait"),
+        pytest.param({"file": good, "subject": "a b"}, form, "bad_message", "subject",
+                     id="bad-subject"),
+        pytest.param(b"file=a&file=b", form, "bad_message", "given twice", id="twice"),
+        pytest.param(b"file=%ff%fe", form, "bad_message", "not UTF-8", id="not-utf8"),
+        pytest.param(b"{not json", "application/json", "bad_message", "not JSON",
+                     id="bad-json"),
+        pytest.param(b"[1, 2]", "application/json", "bad_message", "not an object",
+                     id="json-list"),
+        pytest.param(b'{"file": {"a": 1}}', "application/json", "bad_message",
+                     "expected a string", id="json-nested"),
+        pytest.param(b'{"file": "/x", "n": NaN}', "application/json", "bad_message",
+                     "NaN", id="json-nan"),
+        pytest.param(b"file=/x", "text/plain", "bad_message", "Content-Type", id="text"),
+    ]
+
+
+def test_every_kind_of_bad_request_is_a_400_with_its_reason(
+        base_config: dict[str, Any], tmp_path: Path, bucket: str, listener: Listener) -> None:
+    """400 for each: JSON with the reason, X-Error with the message, and the failure
+    announced on posttroll with the same reason code as for REQ/REP."""
+    (tmp_path / "good.h5").write_bytes(b"x" * 10)
+    config = http_config(base_config)
+    config["targets"] = []
+    config["daemon"]["allowed_roots"] = [str(tmp_path)]
+    with running_daemon(config) as daemon:
+        url = url_of(daemon)
+        link_http(url, listener)
+        for case in _bad_requests(tmp_path, bucket):
+            sent, kind, reason, text = case.values
+            data = sent if isinstance(sent, bytes) else urllib.parse.urlencode(sent).encode()
+            code, reply, headers = post(url, data=data, headers={"Content-Type": kind})
+            assert (code, reply["code"]) == (400, 400), (case.id, reply)
+            assert reply["task"]["reason"] == reason, (case.id, reply)
+            assert text in reply["msg"] and headers["X-Error"] == reply["msg"], case.id
+        announced = listener.wait_for(lambda ms: len(ms) >= len(_bad_requests(tmp_path, "b")),
+                                      what="a failure per request")
+    assert [m.data["reason"] for m in announced] == [c.values[2] for c in
+                                                     _bad_requests(tmp_path, bucket)]
+    assert all(m.type == "failure" for m in announced)
+
+
+def test_a_missing_bucket_is_404(http_daemon: Service, granule: Path) -> None:
+    code, reply, headers = post(url_of(http_daemon), {"file": str(granule),
+                                                      "uri": "s3://no-such-bucket-tp/k"})
+    assert code == 404 and reply["task"]["reason"] == "permanent_error"
+    assert "NoSuchBucket" in reply["msg"] and headers["X-Error"] == reply["msg"]
+    assert reply["task"]["upload_attempts"] == 1
+
+
+def test_a_wrong_or_missing_token_is_401(base_config: dict[str, Any], tmp_path: Path,
+                                         granule: Path, bucket: str) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cr3t-t0ken\n")
+    with running_daemon(http_config(base_config, token_file=str(token))) as daemon:
+        fields = {"file": str(granule), "uri": f"s3://{bucket}/t.h5"}
+        for headers in ({}, {"Authorization": "Bearer wrong"},
+                        {"Authorization": "s3cr3t-t0ken"}):
+            code, reply, got = post(url_of(daemon), fields, headers=headers)
+            assert code == 401 and reply["code"] == 401 and "X-Error" in got
+            assert got["WWW-Authenticate"] == "Bearer"
+        assert get(url_of(daemon, "/version"))[0] == 401
+        assert get(url_of(daemon, "/openapi.json"))[0] == 200  # the document is public
+        auth = {"Authorization": "Bearer s3cr3t-t0ken"}
+        assert post(url_of(daemon), fields, headers=auth)[0] == 200
+        assert get(url_of(daemon, "/version"), auth)[0] == 200
+    assert daemon.counts["accepted"] == 1  # nothing of the refused ones reached the journal
