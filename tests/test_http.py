@@ -23,6 +23,7 @@ from trollpush.inputs._http_api import openapi
 from trollpush.service import Service
 
 from .helpers import Listener, free_port, running_daemon, wait_until
+from .servers import CorruptingProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 CURL = shutil.which("curl")
@@ -246,3 +247,127 @@ def test_a_wrong_or_missing_token_is_401(base_config: dict[str, Any], tmp_path: 
         assert post(url_of(daemon), fields, headers=auth)[0] == 200
         assert get(url_of(daemon, "/version"), auth)[0] == 200
     assert daemon.counts["accepted"] == 1  # nothing of the refused ones reached the journal
+
+
+class Refusing:
+    """An S3 stand-in that refuses every request with 403 AccessDenied (an S3 error no
+    retry fixes): the daemon's answer is 502."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _refuse(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied"
+                        b"</Code><Message>Access Denied</Message></Error>")
+                self.send_response(403)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_PUT = do_POST = do_GET = do_HEAD = do_DELETE = _refuse
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        import threading
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+
+def _endpoint(config: dict[str, Any], url: str, **more: Any) -> None:
+    config["endpoints"]["default"].update(url=url, prewarm=0, **more)
+
+
+def test_another_s3_error_is_502(base_config: dict[str, Any], granule: Path) -> None:
+    store = Refusing()
+    config = http_config(base_config)
+    _endpoint(config, store.url)
+    try:
+        with running_daemon(config) as daemon:
+            code, reply, headers = post(url_of(daemon), {"file": str(granule),
+                                                          "uri": "s3://bucket/k"})
+    finally:
+        store.close()
+    assert code == 502 and reply["task"]["reason"] == "permanent_error"
+    assert "AccessDenied" in headers["X-Error"]
+
+
+def test_a_last_attempt_that_times_out_is_504(base_config: dict[str, Any], granule: Path,
+                                              silent_server: str) -> None:
+    """A store that never answers: each attempt runs out of time, then max_age is over."""
+    config = http_config(base_config)
+    _endpoint(config, silent_server, tries=1, attempt_timeout=0.3, connect_timeout=0.3)
+    config["daemon"]["max_age"] = 1
+    with running_daemon(config) as daemon:
+        started = time.monotonic()
+        code, reply, headers = post(url_of(daemon), {"file": str(granule),
+                                                      "uri": "s3://bucket/k"})
+    assert code == 504 and reply["task"]["reason"] == "timeout", reply
+    assert "exceeded" in headers["X-Error"] and time.monotonic() - started < 10
+    assert reply["task"]["upload_attempts"] >= 1
+
+
+def test_waiting_longer_than_queue_timeout_for_a_slot_is_408(
+        base_config: dict[str, Any], granule: Path, bucket: str, s3_url: str) -> None:
+    """One slot, held by an upload the store does not answer yet: the next request waits
+    queue_timeout, tries again until max_age, and is answered 408."""
+    proxy = CorruptingProxy(s3_url, hold=lambda head: head.startswith(b"PUT "))
+    config = http_config(base_config)
+    _endpoint(config, proxy.url, max_parallel=1, max_connections=1, queue_timeout=0.2)
+    config["daemon"]["max_age"] = 1
+    try:
+        with running_daemon(config) as daemon:
+            first = post(url_of(daemon), {"file": str(granule), "wait": "false",
+                                          "uri": f"s3://{bucket}/first.h5"})
+            assert first[0] == 202
+            wait_until(lambda: proxy.held == 1, what="the first upload at the store")
+            code, reply, headers = post(url_of(daemon), {"file": str(granule),
+                                                          "uri": f"s3://{bucket}/second.h5"})
+            proxy.gate.set()
+            wait_until(lambda: daemon.counts["completed"] == 1, what="the first upload")
+    finally:
+        proxy.gate.set()
+        proxy.close()
+    assert code == 408 and reply["task"]["reason"] == "queue_timeout", reply
+    assert "queue_timeout" in headers["X-Error"]
+    assert reply["task"]["upload_attempts"] == 0
+
+
+def test_a_body_larger_than_max_request_bytes_is_413(base_config: dict[str, Any]) -> None:
+    config = http_config(base_config)
+    config["daemon"]["max_request_bytes"] = 1024
+    with running_daemon(config) as daemon:
+        code, reply, headers = post(url_of(daemon), {"file": "/x", "pad": "y" * 5000})
+        assert code == 413 and reply["task"]["reason"] == "too_large"
+        assert "max_request_bytes" in headers["X-Error"]
+        # without a Content-Length (chunked): read up to the bound, then refused
+        with socket.create_connection(("127.0.0.1", int(url_of(daemon).split(":")[2]
+                                                        .split("/")[0]))) as sock:
+            sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                         b"Content-Type: application/x-www-form-urlencoded\r\n\r\n"
+                         + b"800\r\n" + b"a" * 0x800 + b"\r\n0\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 413")
+        assert post(url_of(daemon), {"file": "/x", "uri": "s3://b/k"})[0] == 400  # still up
+
+
+def test_unknown_routes_and_methods_are_clean_json_4xx(http_daemon: Service) -> None:
+    code, reply, headers = get(url_of(http_daemon, "/nowhere"))
+    assert (code, reply["code"], headers["X-Error"]) == (404, 404, "Not Found")
+    code, reply, headers = get(url_of(http_daemon, "/upload"))
+    assert code == 405 and headers["Allow"] == "POST" and "X-Error" in headers
+    code, reply, _ = post(url_of(http_daemon, "/version"), {})
+    assert code == 405 and reply["code"] == 405
