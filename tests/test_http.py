@@ -371,3 +371,201 @@ def test_unknown_routes_and_methods_are_clean_json_4xx(http_daemon: Service) -> 
     assert code == 405 and headers["Allow"] == "POST" and "X-Error" in headers
     code, reply, _ = post(url_of(http_daemon, "/version"), {})
     assert code == 405 and reply["code"] == 405
+
+
+def _port(daemon: Service) -> int:
+    return int(daemon.input("http").server.address.rsplit(":", 1)[1])
+
+
+def test_slow_clients_are_cut_off_and_the_daemon_stays_up(
+        base_config: dict[str, Any], granule: Path, bucket: str) -> None:
+    """A head that never ends, and a body that stops half-way: each is disconnected
+    after http.read_timeout (the body with a 408), and others are served meanwhile."""
+    with running_daemon(http_config(base_config, read_timeout=0.5)) as daemon:
+        port = _port(daemon)
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port)) as head, \
+                socket.create_connection(("127.0.0.1", port)) as body:
+            head.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+            body.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                         b"Content-Type: application/x-www-form-urlencoded\r\n\r\nfile=/")
+            fields = {"file": str(granule), "uri": f"s3://{bucket}/k"}
+            assert post(url_of(daemon), fields)[0] == 200  # served meanwhile
+            body.settimeout(10)
+            answer = body.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert b"read_timeout" in answer
+            head.settimeout(10)
+            try:  # closed by the server: an empty read (or a reset)
+                assert head.recv(4096) == b""
+            except ConnectionResetError:
+                pass
+        assert time.monotonic() - started < 8
+        assert post(url_of(daemon), fields)[0] == 200
+
+
+def test_wait_false_answers_202_then_announces_the_outcome(
+        base_config: dict[str, Any], granule: Path, bucket: str, s3: Any,
+        listener: Listener) -> None:
+    with running_daemon(http_config(base_config)) as daemon:
+        link_http(url_of(daemon), listener)
+        code, reply, _ = post(url_of(daemon), {"file": str(granule), "wait": "false",
+                                               "uri": f"s3://{bucket}/later.h5",
+                                               "slug": "s"}, as_json=False)
+        assert code == 202
+        assert reply == {"version": reply["version"], "code": 202, "msg": "accepted",
+                         "task": {"id": reply["task"]["id"], "file": str(granule),
+                                  "uri": f"s3://{bucket}/later.h5", "slug": "s"}}
+        done = listener.wait_for(lambda ms: any(m.type == "file" for m in ms),
+                                 what="the completion")
+    assert [m.data["uri"] for m in done] == [f"s3://{bucket}/later.h5"]
+    assert s3.head_object(Bucket=bucket, Key="later.h5")["ContentLength"] == 70_000
+
+
+def test_version_shows_the_effective_config_with_secrets_hidden(
+        base_config: dict[str, Any], tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t0ps3cret")
+    config = http_config(base_config, token_file=str(token))
+    config["endpoints"]["default"].update(access_key_id="AKIAEXAMPLE",
+                                          secret_access_key="very-secret")
+    with running_daemon(config) as daemon:
+        code, reply, _ = get(url_of(daemon, "/version"),
+                             {"Authorization": "Bearer t0ps3cret"})
+    assert code == 200 and reply["version"]
+    shown = json.dumps(reply)
+    for secret in ("AKIAEXAMPLE", "very-secret", "t0ps3cret", str(token)):
+        assert secret not in shown
+    endpoint = reply["config"]["endpoints"]["default"]
+    assert endpoint["secret_access_key"] == endpoint["access_key_id"] == "<hidden>"
+    assert endpoint["tries"] == 2 and reply["config"]["http"]["read_timeout"] == 10.0
+
+
+def test_the_openapi_document_is_served_and_committed(http_daemon: Service) -> None:
+    """docs/http-api.yaml is what GET /openapi.json serves; every route is in it."""
+    code, served, _ = get(url_of(http_daemon, "/openapi.json"))
+    assert code == 200 and served == openapi()
+    committed = yaml.safe_load((ROOT / "docs" / "http-api.yaml").read_text(encoding="utf-8"))
+    assert committed == served, ("docs/http-api.yaml is stale: regenerate it with python -c "
+                                 "'from trollpush.inputs._http_api import main; main()' > "
+                                 "docs/http-api.yaml")
+    assert served["openapi"].startswith("3.1")
+    routes = {(r.method, r.resource.canonical) for r in
+              http_daemon.input("http").server.routes() if r.method != "HEAD"}
+    assert routes == {(m.upper(), p) for p, ops in served["paths"].items() for m in ops}
+
+
+# --- hang-ups and crashes ------------------------------------------------------------------
+
+
+def _big(tmp_path: Path, size: int) -> Path:
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def _open_uploads(s3: Any, bucket: str) -> list[Any]:
+    return list(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+
+
+def _unfinished(path: str) -> list[Any]:
+    import asyncio
+
+    from trollpush.config import JournalConfig
+    from trollpush.journal import make_journal
+
+    async def read() -> list[Any]:
+        journal = make_journal(JournalConfig(path=path))
+        await journal.open()
+        try:
+            return list(journal.unfinished())
+        finally:
+            await journal.close()
+
+    return asyncio.run(read())
+
+
+def test_a_client_that_hangs_up_mid_upload_abandons_its_request(
+        base_config: dict[str, Any], tmp_path: Path, bucket: str, s3: Any, s3_url: str,
+        listener: Listener) -> None:
+    """A real client hangs up while its multipart upload waits at a slow store: the
+    upload is aborted (no parts left), client_gone is announced, and the journal holds
+    nothing to resume."""
+    big = _big(tmp_path, 16 * 1024 * 1024)
+    proxy = CorruptingProxy(s3_url, hold=lambda head: b"partNumber=2" in head.split(b"\r\n")[0])
+    config = http_config(base_config)
+    _endpoint(config, proxy.url, multipart_threshold="5MiB", multipart_chunksize="5MiB",
+              max_parts_in_flight=1)
+    journal = str(tmp_path / "journal.sqlite")
+    config["journal"] = {"path": journal}
+    try:
+        with running_daemon(config) as daemon:
+            link_http(url_of(daemon), listener)
+            body = urllib.parse.urlencode({"file": str(big), "uri": f"s3://{bucket}/big"})
+            with socket.create_connection(("127.0.0.1", _port(daemon))) as sock:
+                sock.sendall(f"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}"
+                             "\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\n"
+                             f"{body}".encode())
+                wait_until(lambda: proxy.held == 1, what="the second part at the store")
+                assert _open_uploads(s3, bucket), "a multipart upload in progress"
+            gone = listener.wait_for(lambda ms: any(m.type == "failure" for m in ms),
+                                     what="the client_gone failure")
+            wait_until(lambda: not _open_uploads(s3, bucket), what="the upload aborted")
+            assert daemon.counts["failed"] == 1
+    finally:
+        proxy.gate.set()
+        proxy.close()
+    assert [(m.data["reason"], m.data["destination"]) for m in gone] == [
+        ("client_gone", f"s3://{bucket}/big")]
+    assert "disconnected" in gone[0].data["error"]
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+    assert _unfinished(journal) == []
+
+
+def _serving(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    def up() -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            return get(url.replace("/upload", "/openapi.json"))[0] == 200
+        except OSError:
+            return False
+    wait_until(up, 30, "the daemon serving HTTP")
+
+
+@pytest.mark.slow
+def test_kill_9_after_the_202_and_a_restart_finishes_the_request(
+        base_config: dict[str, Any], tmp_path: Path, granule: Path, bucket: str, s3: Any,
+        s3_url: str, listener: Listener) -> None:
+    """wait=false: 202 once journaled; the daemon is killed while the upload hangs at the
+    store; the next start uploads the file and announces it."""
+    from .helpers import daemon_process
+
+    proxy = CorruptingProxy(s3_url, hold=lambda head: head.startswith(b"PUT "))
+    config = http_config(base_config)
+    _endpoint(config, proxy.url)
+    config["journal"] = {"path": str(tmp_path / "journal.sqlite")}
+    url = f"http://{config['http']['address']}/upload"
+    for run in ("first", "second"):
+        (tmp_path / run).mkdir()
+    try:
+        with daemon_process(config, tmp_path / "first") as (proc, log):
+            _serving(url, proc, log)
+            code, reply, _ = post(url, {"file": str(granule), "wait": "false",
+                                        "uri": f"s3://{bucket}/crash.h5"})
+            assert code == 202
+            wait_until(lambda: proxy.held == 1, what="the upload at the store")
+            proc.kill()
+            proc.wait(timeout=10)
+    finally:
+        proxy.gate.set()
+        proxy.close()
+    _endpoint(config, s3_url)
+    with daemon_process(config, tmp_path / "second") as (proc, log):
+        done = listener.wait_for(lambda ms: any(m.type == "file" for m in ms), 30,
+                                 what="the completion after the restart")
+        assert s3.get_object(Bucket=bucket, Key="crash.h5")["Body"].read() == \
+            granule.read_bytes()
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert done[0].data["uri"] == f"s3://{bucket}/crash.h5"
+    assert "resuming 1 request(s)" in log.read_text()

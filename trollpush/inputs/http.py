@@ -99,6 +99,11 @@ class HttpServer:
             logger.warning("http.address %s is reachable beyond this host and has no "
                            "token_file: anyone who reaches it may submit files", self.address)
 
+    def routes(self) -> list[web.AbstractRoute]:
+        """The routes served (for the document's test)."""
+        assert self._runner is not None
+        return list(self._runner.app.router.routes())
+
     async def stop(self) -> None:
         """No new connections, and no new requests on open ones; those waiting for their
         outcome still get it (the service drains them)."""
