@@ -569,3 +569,76 @@ def test_kill_9_after_the_202_and_a_restart_finishes_the_request(
         proc.wait(timeout=30)
     assert done[0].data["uri"] == f"s3://{bucket}/crash.h5"
     assert "resuming 1 request(s)" in log.read_text()
+
+
+# --- hostile input: a fuzzer driven by the OpenAPI document ----------------------------------
+
+#: examples per generation mode: bounded, so `make test` stays short (~10 s here)
+FUZZ_EXAMPLES = 400
+
+
+@pytest.mark.slow
+def test_fuzzing_the_api_from_its_openapi_document(base_config: dict[str, Any],
+                                                   tmp_path: Path, bucket: str) -> None:
+    """schemathesis generates valid and invalid requests for every route from the
+    document: never a 5xx, every reply as documented, and the daemon serves on."""
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+    (tmp_path / "data").mkdir()
+    good = tmp_path / "data" / "good.h5"
+    good.write_bytes(b"x" * 100)
+    config = http_config(base_config, read_timeout=2)
+    config["daemon"].update(allowed_roots=[str(tmp_path / "data")], max_request_bytes=4096)
+    schema = schemathesis.openapi.from_dict(openapi())
+    modes = st.one_of(schema.as_strategy(schemathesis.GenerationMode.POSITIVE),
+                      schema.as_strategy(schemathesis.GenerationMode.NEGATIVE))
+    seen: list[int] = []
+    with running_daemon(config) as daemon:
+        base = f"http://{daemon.input('http').server.address}"
+
+        @settings(max_examples=2 * FUZZ_EXAMPLES, deadline=None, database=None,
+                  derandomize=True, phases=[Phase.explicit, Phase.generate],
+                  suppress_health_check=list(HealthCheck))
+        @given(case=modes)
+        def fuzz(case: Any) -> None:
+            response = case.call(base_url=base, timeout=30)
+            seen.append(response.status_code)
+            assert response.status_code < 500, (case.as_curl_command(), response.text)
+            # (a path the schema allows is most likely no file here: refused, rightly)
+            case.validate_response(response, excluded_checks=[positive_data_acceptance])
+
+        fds = len(os.listdir("/proc/self/fd"))
+        started = time.monotonic()
+        fuzz()
+        took = time.monotonic() - started
+        assert post(f"{base}/upload", {"file": str(good), "uri": f"s3://{bucket}/k"})[0] == 200
+        # nothing left behind: no request running or waiting, no connection kept open
+        wait_until(lambda: not daemon.pipeline.running and "queued=0 in_flight=0" in
+                   repr(daemon), what="every request finished")
+        assert not daemon.pipeline.gone
+        wait_until(lambda: len(os.listdir("/proc/self/fd")) <= fds + 8, what="no fd leak")
+    assert len(seen) >= FUZZ_EXAMPLES and took < 60
+    assert {200, 400} <= set(seen)
+
+
+@pytest.mark.parametrize("raw", [
+    b"\x00\xff garbage\r\n\r\n",
+    b"POST /upload HTTP/9.9\r\n\r\n",
+    b"POST /upload HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+    b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Type: multipart/"
+    b"form-data; boundary=zz\r\n\r\n--zz\r",
+    b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n\r\n",
+], ids=["garbage", "version", "huge-header", "negative-length", "cut-multipart", "long-path"])
+def test_malformed_http_gets_a_4xx_and_the_daemon_stays_up(http_daemon: Service, granule: Path,
+                                                          bucket: str, raw: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", _port(http_daemon)), timeout=15) as sock:
+        sock.sendall(raw)
+        sock.shutdown(socket.SHUT_WR)
+        answer = sock.recv(100)
+    assert answer == b"" or answer[:10] in (b"HTTP/1.1 4", b"HTTP/1.0 4"), answer
+    fields = {"file": str(granule), "uri": f"s3://{bucket}/after"}
+    assert post(url_of(http_daemon), fields)[0] == 200

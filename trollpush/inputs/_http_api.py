@@ -51,7 +51,7 @@ def _object(properties: Schema, required: tuple[str, ...] = (), **more: Any) -> 
 
 def _fields(wait: Schema, metadata: Schema) -> Schema:
     return _object({
-        "file": {"type": "string", "minLength": 1, "description": "Absolute path of the "
+        "file": {"type": "string", "pattern": "^/", "description": "Absolute path of the "
                  "file on the daemon's host (`daemon.allowed_roots` applies)."},
         "uri": {"type": "string", "pattern": "^s3://[^/]+", "description": "`s3://BUCKET/"
                 "KEY`: the file goes exactly there (a key ending in `/` gets the file's "
