@@ -102,7 +102,7 @@ def parse_config(data: object, *, source: str = "<config>") -> Config:
     daemon = _daemon(v, data.get("daemon"))
     journal = _journal(v, data.get("journal"))
     if subscribe is None and requests is None and http is None:
-        v.problem("subscribe/requests/http", None,
+        v.problem("subscribe/requests", None,
                   "at least one input section (subscribe, requests or http)")
     _check_loop(v, subscribe, publish, targets)
     if subscribe is not None and not targets:

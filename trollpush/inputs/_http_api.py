@@ -2,7 +2,8 @@
 
 ``GET /openapi.json`` serves it; ``docs/http-api.yaml`` is the same document as YAML
 (regenerate it with ``python -c "from trollpush.inputs._http_api import main; main()"
-> docs/http-api.yaml``), and a test fails when the two differ.  The statuses are those of ``_http_reply.STATUS``.
+> docs/http-api.yaml``), and a test fails when the two differ.  The statuses are those
+of ``_http_reply.STATUS``.
 """
 
 from __future__ import annotations
