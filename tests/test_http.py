@@ -706,3 +706,35 @@ def test_an_empty_token_file_and_no_default_endpoint_are_refused(tmp_path: Path)
     assert [p.key for p in err.value.problems] == ["http.endpoint", "http.token_file"]
     assert "none is called default" in str(err.value) and "empty" in str(err.value)
     assert str(empty) not in str(err.value)  # under a key named like a secret: hidden
+
+
+def test_a_waiting_client_is_answered_503_at_shutdown_and_the_next_start_finishes(
+        base_config: dict[str, Any], granule: Path, bucket: str, s3: Any,
+        s3_url: str) -> None:
+    """A stop cuts a held request off: its client gets 503 (reason shutdown), the request
+    stays in the journal, and the next start uploads it."""
+    import threading
+
+    proxy = CorruptingProxy(s3_url, hold=lambda head: head.startswith(b"PUT "))
+    config = http_config(base_config)
+    _endpoint(config, proxy.url)
+    config["daemon"]["shutdown_grace"] = 0.5
+    config["journal"] = {"path": str(granule.parent / "journal.sqlite")}
+    got: list[Reply] = []
+    try:
+        with running_daemon(config) as daemon:
+            fields = {"file": str(granule), "uri": f"s3://{bucket}/held.h5"}
+            client = threading.Thread(target=lambda: got.append(post(url_of(daemon), fields)))
+            client.start()
+            wait_until(lambda: proxy.held == 1, what="the upload at the store")
+        client.join(timeout=30)
+    finally:
+        proxy.gate.set()
+        proxy.close()
+    (code, reply, headers), = got
+    assert code == 503 and reply["task"]["reason"] == "shutdown", reply
+    assert "next start" in headers["X-Error"]
+    _endpoint(config, s3_url)
+    with running_daemon(config) as daemon:
+        wait_until(lambda: daemon.counts["completed"] == 1, what="the resumed upload")
+    assert s3.head_object(Bucket=bucket, Key="held.h5")["ContentLength"] == 70_000

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .. import __version__
 from ..config import Config, HttpConfig
 from ..config.defaults import DAEMON
 from ..errors import MessageError, SetupError
@@ -148,8 +149,7 @@ class HttpServer:
     async def _version(self, request: web.Request) -> web.StreamResponse:
         if (denied := self._denied(request)) is not None:
             return denied
-        return web.json_response({"version": body(200, "")["version"],
-                                  "config": self._settings})
+        return web.json_response({"version": __version__, "config": self._settings})
 
     async def _openapi(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(openapi())
