@@ -607,8 +607,8 @@ def known_keys(section: str | None) -> set[str]:
         data["endpoints"]["default"]["no_such_key"] = 1
     elif section == "targets":
         data["targets"][0]["no_such_key"] = 1
-    else:
-        data[section]["no_such_key"] = 1
+    else:  # a section the complete config leaves out (http) too
+        data[section] = {**(data.get(section) or {}), "no_such_key": 1}
     (problem,) = [p for p in problems_of(data) if p.key.endswith("no_such_key")]
     listed = problem.expected.removeprefix("no such key (known: ").removesuffix(")")
     return set(listed.split(", "))

@@ -14,6 +14,7 @@ from .model import (
     Config,
     DaemonConfig,
     EndpointConfig,
+    HttpConfig,
     JournalConfig,
     PublishConfig,
     RequestsConfig,
@@ -28,9 +29,9 @@ from .units import MiB
 
 __all__ = [
     # the configuration and its sections
-    "Config", "SubscribeConfig", "RequestsConfig", "S3DaemonConfig", "PublishConfig",
-    "EndpointConfig", "TargetConfig", "DaemonConfig", "JournalConfig", "Scalar",
-    "default_endpoint",
+    "Config", "SubscribeConfig", "RequestsConfig", "S3DaemonConfig", "HttpConfig",
+    "PublishConfig", "EndpointConfig", "TargetConfig", "DaemonConfig", "JournalConfig",
+    "Scalar", "default_endpoint",
     # reading it
     "load_config", "parse_config", "config_schema",
     # defaults other modules use

@@ -24,6 +24,8 @@ REQUEST_ADDRESS = "tcp://127.0.0.1:15556"
 #: where the s3daemon line-protocol input listens unless told (s3daemon's own port,
 #: 15555, is s3nd's too, and so the HTTP input's)
 S3DAEMON_ADDRESS = "127.0.0.1:15557"
+#: where the HTTP input binds unless told: loopback, on s3nd's port
+HTTP_ADDRESS = "127.0.0.1:15555"
 #: messages a SUB socket may buffer per publisher: a burst of 50,000 in 2 s fits with
 #: room to spare while the reader catches up (libzmq's default, 1,000, drops the rest)
 RECEIVE_HWM = 100_000
@@ -42,6 +44,8 @@ URL_PATTERN = r"^https?://[^\s/]+"
 #: HOST:PORT, the host a name, an IPv4 address or a bracketed IPv6 one
 HOST_PORT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]@]+):[0-9]{1,5}$"
 MODE_PATTERN = r"(0o?)?0?[0-7]{1,3}"  # octal, at most 0777; surrounding blanks allowed
+#: HOST:PORT, the host a name, an IPv4 address or a bracketed IPv6 address
+HOST_PORT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):\d{1,5}$"
 
 
 def default_journal_path() -> Path:
@@ -139,6 +143,18 @@ S3DAEMON = _section(
                      "whole line.", default=10.0, minimum=0.1),
     max_connections=Key(Kind.INTEGER, "Clients served at once (each until its answer); "
                         "more wait in the kernel's listen queue.", default=64, minimum=1),
+)
+
+HTTP = _section(
+    address=Key(Kind.HOST_PORT, "Where the HTTP API listens, HOST:PORT (port 0: a free "
+                "port).", default=HTTP_ADDRESS),
+    endpoint=Key(Kind.STRING, "The endpoint that uploads requests giving a `uri` "
+                 "(default: `default`, else the only endpoint)."),
+    token_file=Key(Kind.PATH, "A file holding a bearer token, read once at start: then "
+                   "every request needs `Authorization: Bearer TOKEN` (default: none)."),
+    read_timeout=Key(Kind.NUMBER, "Seconds a client has to send its request, head and "
+                     "body; a slower one is answered 408 and disconnected.", default=10.0,
+                     minimum=0.1),
 )
 
 #: posttroll's publisher keys, passed on as they are, plus trollpush's two topics
@@ -251,14 +267,17 @@ JOURNAL = _section(
 
 #: the top-level sections, in the order the reference documents them
 SECTIONS: Mapping[str, Mapping[str, Key]] = MappingProxyType({
-    "subscribe": SUBSCRIBE, "requests": REQUESTS, "s3daemon": S3DAEMON, "publish": PUBLISH,
-    "endpoints": ENDPOINT, "targets": TARGET, "daemon": DAEMON, "journal": JOURNAL})
+    "subscribe": SUBSCRIBE, "requests": REQUESTS, "s3daemon": S3DAEMON, "http": HTTP,
+    "publish": PUBLISH, "endpoints": ENDPOINT, "targets": TARGET, "daemon": DAEMON,
+    "journal": JOURNAL})
 SECTION_DOCS: Mapping[str, str] = MappingProxyType({
     "subscribe": "posttroll pub-sub input (at least one input section is required).",
     "requests": "ZeroMQ REQ/REP input, also for `trollpush send` (with nothing under it: "
                 "on at the default address).",
     "s3daemon": "lsst-dm/s3daemon's line protocol over TCP, for its unchanged clients "
                 "(with nothing under it: on at the default address).",
+    "http": "HTTP submission API, compatible with s3nd (POST /upload); off unless "
+            "present (with nothing under it: on at the default address).",
     "publish": "posttroll output for completions and failures (default: none published).",
     "endpoints": "S3 connection profiles by a name you choose; at least one.",
     "targets": "Routing rules; at least one when subscribe is set.",

@@ -27,6 +27,8 @@ from .defaults import (
     DAEMON,
     ENDPOINT,
     HOST_PORT_PATTERN,
+    HTTP,
+    HTTP_ADDRESS,
     IPC_GROUP_MODE,
     IPC_MODE,
     JOURNAL,
@@ -46,12 +48,14 @@ from .model import (
     Config,
     DaemonConfig,
     EndpointConfig,
+    HttpConfig,
     JournalConfig,
     PublishConfig,
     RequestsConfig,
     S3DaemonConfig,
     SubscribeConfig,
     TargetConfig,
+    default_endpoint,
 )
 from .targets import read_endpoint, read_targets
 from .validator import Validator
@@ -98,11 +102,12 @@ def parse_config(data: object, *, source: str = "<config>") -> Config:
     endpoints = _endpoints(v, data.get("endpoints"))
     s3daemon = _s3daemon(v, data.get("s3daemon"), endpoints, present="s3daemon" in data)
     targets = read_targets(v, data.get("targets"), endpoints)
+    http = _http(v, data.get("http"), endpoints, present="http" in data)
     daemon = _daemon(v, data.get("daemon"))
     journal = _journal(v, data.get("journal"))
-    if subscribe is None and requests is None and s3daemon is None:
+    if subscribe is None and requests is None and s3daemon is None and http is None:
         v.problem("subscribe/requests", None,
-                  "at least one input section (subscribe, requests or s3daemon)")
+                  "at least one input section (subscribe, requests, s3daemon or http)")
     _check_loop(v, subscribe, publish, targets)
     if subscribe is not None and not targets:
         v.problem("targets", data.get("targets"),
@@ -110,7 +115,8 @@ def parse_config(data: object, *, source: str = "<config>") -> Config:
     if v.problems:
         raise ConfigError(v.problems, source)
     return Config(endpoints=MappingProxyType(endpoints), targets=tuple(targets),
-                  subscribe=subscribe, requests=requests, s3daemon=s3daemon, publish=publish,
+                  subscribe=subscribe, requests=requests, s3daemon=s3daemon, http=http,
+                  publish=publish,
                   daemon=daemon, journal=journal, source=source)
 
 
@@ -239,6 +245,55 @@ def _group(v: Validator, value: object) -> int | None:
         pass
     v.problem("requests.group", value, "the name or gid of a group that exists on this host")
     return None
+
+
+def _http(v: Validator, raw: object, endpoints: Mapping[str, EndpointConfig], *,
+          present: bool) -> HttpConfig | None:
+    if raw is None and not present:
+        return None
+    data = v.mapping(raw if raw is not None else {}, "http")
+    if data is None:
+        return None
+    v.no_unknown(data, "http.", HTTP)
+    address = v.string(data, "address", "http.", default=HTTP_ADDRESS) or HTTP_ADDRESS
+    match = _HOST_PORT_RE.match(address)
+    if match is None or int(address.rsplit(":", 1)[1]) > 65535:
+        v.problem("http.address", address, f"HOST:PORT like {HTTP_ADDRESS} (port at most "
+                  "65535; an IPv6 address in brackets)")
+        address = HTTP_ADDRESS
+    endpoint = v.string(data, "endpoint", "http.")
+    if endpoint is None:
+        endpoint = default_endpoint(endpoints)
+        if endpoint is None and endpoints:
+            v.problem("http.endpoint", None, f"the endpoint for requests that give a uri: "
+                      f"one of {', '.join(endpoints)} (none is called default)")
+    elif endpoints and endpoint not in endpoints:
+        v.problem("http.endpoint", endpoint, f"a defined endpoint ({', '.join(endpoints)})")
+    token_file = v.string(data, "token_file", "http.")
+    if token_file is not None:
+        token_file = os.path.expanduser(token_file)
+        _check_token_file(v, token_file)
+    return HttpConfig(address=address, endpoint=endpoint, token_file=token_file,
+                      **v.read_all(data, "http.", HTTP, skip=("endpoint",)))
+
+
+def _check_token_file(v: Validator, path: str) -> None:
+    """A readable file whose first line is the token (it is read again at start)."""
+    if not os.path.isabs(path):
+        v.problem("http.token_file", path, "an absolute path")
+        return
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open
+            v.problem("http.token_file", path, "a regular file")
+            return
+        with open(path, "rb") as f:
+            first = f.readline(4096).strip()
+    except OSError as err:
+        v.problem("http.token_file", path, f"a readable file ({err.strerror})")
+        return
+    if not first:
+        v.problem("http.token_file", path, "a file whose first line is the token (it is "
+                  "empty)")
 
 
 def _publish(v: Validator, raw: object) -> PublishConfig | None:

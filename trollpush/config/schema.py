@@ -112,6 +112,8 @@ def kind_schema(key: Key) -> Schema:
             return {"type": "string", "pattern": HOST_PORT_PATTERN}
         case Kind.ADDRESSES:
             return {"type": "array", "items": {"type": "string", "pattern": ADDRESS_PATTERN}}
+        case Kind.HOST_PORT:
+            return {"type": "string", "pattern": HOST_PORT_PATTERN}
         case Kind.TOPIC:
             return topic
         case Kind.TOPICS:
@@ -148,7 +150,8 @@ def _top_rules() -> Schema:
     """An input is needed; subscribed messages need targets."""
     subscribed = {"required": ["subscribe"], "properties": {"subscribe": {"type": "object"}}}
     return {
-        "anyOf": [subscribed, {"required": ["requests"]}, {"required": ["s3daemon"]}],
+        "anyOf": [subscribed, {"required": ["requests"]}, {"required": ["s3daemon"]},
+                  {"required": ["http"]}],
         "if": subscribed,
         "then": {"required": ["targets"],
                  "properties": {"targets": {"type": "array", "minItems": 1}}},

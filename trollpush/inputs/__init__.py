@@ -19,12 +19,12 @@ from typing import Any, Protocol
 from ..config import Config
 from ..messages import Limits
 from ..models import Rejection, Request
-from . import requests, s3daemon, subscribe
+from . import http, requests, s3daemon, subscribe
 
 __all__ = ["REGISTRY", "Input", "InputFactory", "Intake", "OnFatal", "Sink", "build_inputs"]
 
 #: where an input hands what it took (``Intake.submit``)
-Sink = Callable[[Request | Rejection], Coroutine[Any, Any, None]]
+Sink = Callable[[Request | Rejection], Coroutine[Any, Any, object]]
 #: how an input reports that it died (``Intake.fatal``)
 OnFatal = Callable[[str, BaseException], None]
 
@@ -40,8 +40,9 @@ class Intake(Protocol):
     def limits(self) -> Limits:
         """What a request may ask for, and how long its file checks may take."""
 
-    async def submit(self, item: Request | Rejection) -> None:
-        """Journal and queue one item (from here on it is accepted); waits while full."""
+    async def submit(self, item: Request | Rejection) -> bool:
+        """Journal and queue one item (from here on it is accepted); waits while full.
+        True when a Request was journaled: accepted (False: it is answered as refused)."""
 
     def fatal(self, what: str, err: BaseException) -> None:
         """The input died: stop the daemon loudly rather than run on deaf."""
@@ -82,6 +83,7 @@ REGISTRY: tuple[InputFactory, ...] = (
     requests.create,
     s3daemon.create,
     subscribe.create,
+    http.create,
 )
 
 

@@ -106,13 +106,13 @@ class CheckThreads:
                     self._free += 1
 
 
-def _on_loop[R](future: concurrent.futures.Future[R], loop: asyncio.AbstractEventLoop
-             ) -> asyncio.Future[R]:
+def on_loop[T](future: concurrent.futures.Future[T], loop: asyncio.AbstractEventLoop
+               ) -> asyncio.Future[T]:
     """An asyncio future that follows a thread's future; unlike ``wrap_future`` it stays
     quiet when the thread finishes after the loop closed (a check stuck past shutdown)."""
-    waiter: asyncio.Future[R] = loop.create_future()
+    waiter: asyncio.Future[T] = loop.create_future()
 
-    def settle(done: concurrent.futures.Future[R]) -> None:
+    def settle(done: concurrent.futures.Future[T]) -> None:
         if waiter.done():
             return
         if done.cancelled():
@@ -122,7 +122,7 @@ def _on_loop[R](future: concurrent.futures.Future[R], loop: asyncio.AbstractEven
         else:
             waiter.set_result(done.result())
 
-    def copy(done: concurrent.futures.Future[R]) -> None:
+    def copy(done: concurrent.futures.Future[T]) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             loop.call_soon_threadsafe(settle, done)
 
@@ -145,7 +145,7 @@ async def checked(checks: CheckThreads, decode: Callable[[bool], Item], seconds:
     future = checks.submit(decode, True)
     try:
         async with asyncio.timeout(seconds):
-            return await _on_loop(future, asyncio.get_running_loop())
+            return await on_loop(future, asyncio.get_running_loop())
     except TimeoutError:
         future.cancel()  # if it has not begun
         logger.warning("%s: a file check took longer than daemon.file_timeout (%g s); the "
