@@ -27,10 +27,10 @@ from .. import __version__
 from ..config import Config, HttpConfig
 from ..config.defaults import DAEMON
 from ..errors import MessageError, SetupError
-from ..messages import build_request, new_message, overdue
+from ..messages import build_request, new_message
 from ..models import Rejection, Request
 from . import _http_form as form
-from ._checks import CheckThreads, on_loop
+from ._checks import CheckThreads, checked
 from ._http_api import openapi
 from ._http_reply import HttpReply, Task, accepted, answer, body, header_text, settings
 
@@ -209,18 +209,8 @@ class HttpServer:
             except MessageError as err:
                 return parsed.rejection(err, http_reply)
 
-        if self._checks.full:  # every check thread is stuck: refused at once
-            return overdue(build(False), limits.file_timeout, stuck=self._checks.busy)
-        future = self._checks.submit(build, True)
-        try:
-            async with asyncio.timeout(limits.file_timeout):
-                return await on_loop(future, asyncio.get_running_loop())
-        except TimeoutError:
-            future.cancel()
-            return overdue(build(False), limits.file_timeout)
-        except asyncio.CancelledError:  # the client hung up: nothing was journaled
-            future.cancel()
-            raise
+        # (a client that hangs up cancels this: nothing was journaled, nothing to answer)
+        return await checked(self._checks, build, limits.file_timeout, [], "http")
 
     async def _refuse(self, item: Rejection, task: Task) -> web.StreamResponse:
         http_reply = HttpReply(wait=True)
