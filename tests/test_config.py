@@ -27,6 +27,8 @@ def valid() -> dict[str, Any]:
         "subscribe": {"topics": ["/new/file/"], "nameserver": False,
                       "addresses": ["tcp://127.0.0.1:40000"]},
         "requests": {"address": "tcp://127.0.0.1:15556"},
+        "s3daemon": {"address": "127.0.0.1:15557", "endpoint": "archive", "line_timeout": 5,
+                     "max_connections": 16},
         "publish": {"name": "trollpush-test", "address": "tcp://127.0.0.1:40001",
                     "nameservers": False, "topic": "/uploaded/", "failure_topic": "/failed"},
         "endpoints": {
@@ -284,7 +286,18 @@ BAD_CONFIGS = [
                  "requests.address", "'tcp://127.0.0.1:port'", id="requests-address-no-port"),
     pytest.param(edited((("requests", "adress"), "tcp://127.0.0.1:1")),
                  "requests.adress", "'tcp://127.0.0.1:1'", id="requests-unknown-key"),
-    pytest.param(edited((("subscribe",), DELETE), (("requests",), DELETE)),
+    pytest.param(edited((("s3daemon", "address"), "tcp://127.0.0.1:15557")),
+                 "s3daemon.address", "'tcp://127.0.0.1:15557'", id="s3daemon-address-scheme"),
+    pytest.param(edited((("s3daemon", "address"), "localhost")),
+                 "s3daemon.address", "'localhost'", id="s3daemon-address-no-port"),
+    pytest.param(edited((("s3daemon", "max_connections"), 0)),
+                 "s3daemon.max_connections", "0", id="s3daemon-max-connections-zero"),
+    pytest.param(edited((("s3daemon", "line_timeout"), "soon")),
+                 "s3daemon.line_timeout", "'soon'", id="s3daemon-line-timeout-string"),
+    pytest.param(renamed(("s3daemon", "endpoint"), "endpiont"),
+                 "s3daemon.endpiont", "'archive'", id="s3daemon-unknown-key"),
+    pytest.param(edited((("subscribe",), DELETE), (("requests",), DELETE),
+                        (("s3daemon",), DELETE)),
                  "subscribe/requests", "None", id="no-inputs"),
     pytest.param(edited((("targets",), DELETE)), "targets", "None", id="subscribe-no-targets"),
     pytest.param(edited((("targets",), [])), "targets", "[]", id="subscribe-empty-targets"),
@@ -596,8 +609,8 @@ def known_keys(section: str | None) -> set[str]:
         data["targets"][0]["no_such_key"] = 1
     elif section == "watch":
         data["watch"] = [{"path": "/srv/incoming", "subject": "/watch/", "no_such_key": 1}]
-    else:
-        data[section]["no_such_key"] = 1
+    else:  # a section the complete config leaves out (http) too
+        data[section] = {**(data.get(section) or {}), "no_such_key": 1}
     (problem,) = [p for p in problems_of(data) if p.key.endswith("no_such_key")]
     listed = problem.expected.removeprefix("no such key (known: ").removesuffix(")")
     return set(listed.split(", "))

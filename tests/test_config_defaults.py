@@ -18,6 +18,7 @@ from trollpush.config import (
     JournalConfig,
     PublishConfig,
     RequestsConfig,
+    S3DaemonConfig,
     TargetConfig,
     parse_config,
 )
@@ -27,6 +28,7 @@ from trollpush.config.defaults import (
     JOURNAL,
     PUBLISH,
     REQUESTS,
+    S3DAEMON,
     TARGET,
     Key,
 )
@@ -36,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TABLES: list[tuple[type[Any], dict[str, Key]]] = [
     (EndpointConfig, dict(ENDPOINT)), (TargetConfig, dict(TARGET)), (DaemonConfig, dict(DAEMON)),
     (JournalConfig, dict(JOURNAL)), (RequestsConfig, dict(REQUESTS)),
+    (S3DaemonConfig, dict(S3DAEMON)),
     (PublishConfig, {k: PUBLISH[k] for k in ("topic", "failure_topic")})]
 #: fields whose default in code means something else than the key left out of a file
 DIFFERENT_ON_PURPOSE = {
@@ -70,13 +73,14 @@ def test_every_field_is_a_documented_key(cls: type[Any], table: dict[str, Key]) 
 
 def test_a_config_that_sets_nothing_gets_exactly_the_documented_defaults() -> None:
     """Every plain key left out reads as its default in config.defaults."""
-    config = parse_config({"requests": None, "publish": {"name": "tp"},
+    config = parse_config({"requests": None, "s3daemon": None, "publish": {"name": "tp"},
                            "endpoints": {"only": None},
                            "targets": [{"destination": "s3://b/"}]})
     sections: list[tuple[object, dict[str, Key]]] = [
         (config.endpoints["only"], dict(ENDPOINT)), (config.targets[0], dict(TARGET)),
         (config.daemon, dict(DAEMON)), (config.journal, dict(JOURNAL)),
-        (config.requests, dict(REQUESTS)), (config.publish, dict(PUBLISH))]
+        (config.requests, dict(REQUESTS)), (config.s3daemon, dict(S3DAEMON)),
+        (config.publish, dict(PUBLISH))]
     checked = 0
     for section, table in sections:
         for name, key in table.items():

@@ -491,9 +491,10 @@ class Intake:
     def loop(self) -> asyncio.AbstractEventLoop:
         return asyncio.get_running_loop()
 
-    async def submit(self, item: Request | Rejection) -> None:
+    async def submit(self, item: Request | Rejection) -> bool:
         await self.open.wait()
         self.items.append(item)
+        return isinstance(item, Request)
 
     def fatal(self, what: str, err: BaseException) -> None:
         self.fatal_errors.append(err)

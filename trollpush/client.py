@@ -20,7 +20,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from .config.defaults import REQUEST_ADDRESS
 from .errors import Reason, TrollpushError, UsageError
-from .messages import ACK_TYPE, FAILURE_TYPE, MULTIPLE_TYPE, decode_message, parse_destination
+from .messages import ACK_TYPE, FAILURE_TYPE, decode_message, failures_of, parse_destination
 
 DEFAULT_SERVER = REQUEST_ADDRESS
 SEND_SUBJECT = "/trollpush/send/"
@@ -41,18 +41,10 @@ class SendResult:
     def error(self) -> str | None:
         if self.ok:
             return None
-        failures = _failures(self.message)
+        failures = failures_of(self.message)
         if not failures:
             return "no result"
         return "; ".join(f"{f.get('error')} ({f.get('reason')})" for f in failures)
-
-
-def _failures(message: Message) -> list[Mapping[str, Any]]:
-    if message.type == FAILURE_TYPE:
-        return [message.data]
-    if message.type == MULTIPLE_TYPE:
-        return [m["data"] for m in message.data["messages"] if m["type"] == FAILURE_TYPE]
-    return []
 
 
 def parse_meta(pairs: list[str]) -> dict[str, Any]:
@@ -118,11 +110,11 @@ def send(path: str, destination: str, *, meta: Mapping[str, Any] | None = None,
         if not isinstance(first, Message):
             raise Unreachable(f"no answer from the daemon at {server} within {timeout:g} s")
         if first.type != ACK_TYPE or not wait:
-            return SendResult(not _failures(first), first)
+            return SendResult(not failures_of(first), first)
         deadline = None if result_timeout is None else time.monotonic() + result_timeout
         final = _receive(sock, monitor, deadline)
         if isinstance(final, Message):
-            return SendResult(not _failures(final), final)
+            return SendResult(not failures_of(final), final)
         if final is None:
             reason, error = Reason.TIMEOUT, (f"accepted, but no result within "
                                              f"{result_timeout:g} s (the daemon carries on)")

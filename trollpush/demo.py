@@ -2,7 +2,8 @@
 
 Starts a moto S3 server on loopback, the daemon (``trollpush run``, as a subprocess) with
 ``examples/demo.yaml`` on free ports, a posttroll producer announcing generated files, a
-subscriber printing each completion as it arrives, and ``trollpush send`` over REQ/REP.
+subscriber printing each completion as it arrives, ``trollpush send`` over REQ/REP, and
+an s3nd-style POST to the HTTP API with the standard library.
 Everything it starts is stopped before it returns.
 """
 
@@ -64,6 +65,8 @@ def demo_config(source: Path, s3_url: str, workdir: Path) -> tuple[Path, dict[st
     cfg = yaml.safe_load(source.read_text())
     cfg["subscribe"]["addresses"] = [f"tcp://127.0.0.1:{free_port()}"]
     cfg["requests"]["address"] = f"tcp://127.0.0.1:{free_port()}"
+    if cfg.get("http") is not None:
+        cfg["http"]["address"] = f"127.0.0.1:{free_port()}"
     cfg["publish"]["address"] = f"tcp://127.0.0.1:{free_port()}"
     for ep in cfg["endpoints"].values():
         ep["url"] = s3_url
@@ -120,12 +123,14 @@ def run_demo(*, config_path: str | None = None, files: int = 8, verbose: bool = 
             seen, more, elapsed = _burst(producer, listener, granules)
             failures += more
             result = _send_one(work, cfg)
+            posted = _post_one(work, cfg)
             landed = _count_objects(s3_url, cfg)
             complete = sum(1 for n in expected if len(seen.get(n, ())) >= 2)
             say(f"\nsummary: {complete}/{len(expected)} granules uploaded to both targets and "
                 f"announced in {elapsed:.2f} s; {landed} objects in the store; "
                 f"{failures} failure announcement(s) (1 expected)")
-            ok = complete == len(expected) and result is not None and result.ok
+            ok = (complete == len(expected) and result is not None and result.ok
+                  and posted in (None, 200))
         finally:
             listener.close()
             producer.stop()
@@ -174,6 +179,37 @@ def _send_one(work: Path, cfg: Mapping[str, Any]) -> Any:
         return None
     say(f"  send -> {result.message.data.get('uri')} ({'ok' if result.ok else result.error})")
     return result
+
+
+def _post_one(work: Path, cfg: Mapping[str, Any]) -> int | None:
+    """One file to the HTTP API, as a producer written for s3nd would send it (nothing
+    but the standard library); the status code (None: no http section)."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    if cfg.get("http") is None:
+        return None
+    say("POST /upload to the HTTP API (s3nd's fields, urllib):")
+    extra = work / "posted.nc"
+    extra.write_bytes(os.urandom(4096))
+    data = urllib.parse.urlencode({"file": str(extra), "uri": "s3://trollpush-demo/http/",
+                                   "slug": "demo"}).encode()
+    try:
+        with urllib.request.urlopen(f"http://{cfg['http']['address']}/upload", data,
+                                    timeout=30) as response:
+            code, reply = response.status, json.load(response)
+    except urllib.error.HTTPError as err:
+        with err:
+            code, reply = err.code, json.load(err)
+    except OSError as err:
+        say(f"  POST failed: {err}")
+        return -1
+    task = reply.get("task", {})
+    say(f"  {code} {reply.get('msg')} -> {task.get('uri')} "
+        f"({task.get('upload_total_seconds')} s)")
+    return int(code)
 
 
 def _stop(daemon: subprocess.Popen[bytes], log: Any) -> str:

@@ -44,6 +44,9 @@ logger = logging.getLogger("trollpush.receive")  # the name users' log configs k
 
 #: the types a request may have
 MESSAGE_TYPES = ("file", "dataset", "collection")
+#: the inputs whose requests may steer trollpush (``destination``, ``endpoint``,
+#: ``overwrite``): the requester names where its file goes
+DIRECT_ORIGINS = frozenset({"request", "s3daemon"})
 #: the types trollpush announces besides the requests' own
 FAILURE_TYPE = "failure"
 ACK_TYPE = "ack"
@@ -92,10 +95,12 @@ def local_path(uri: str) -> Path:
     return Path(os.path.normpath(path))
 
 
-def parse_destination(dest: str, basename: str) -> tuple[str, str]:
+def parse_destination(dest: str, basename: str, *, empty_alias: bool = False
+                      ) -> tuple[str, str]:
     """Split ``s3://bucket/key`` or mc-style ``alias/bucket/key`` into (bucket, key).
 
-    A key that is empty or ends in ``/`` gets ``basename`` appended.
+    A key that is empty or ends in ``/`` gets ``basename`` appended.  ``empty_alias``:
+    ``/bucket/key`` is taken too (s3daemon's wire, which ignores the alias).
     """
     if dest.startswith("s3://"):
         rest = dest[len("s3://"):]
@@ -103,7 +108,7 @@ def parse_destination(dest: str, basename: str) -> tuple[str, str]:
         raise RouteError(Reason.BAD_DESTINATION, f"{dest!r}: expected s3://BUCKET/KEY")
     else:
         parts = dest.split("/", 1)
-        if len(parts) < 2 or not parts[0] or not parts[1]:
+        if len(parts) < 2 or not (parts[0] or empty_alias) or not parts[1]:
             raise RouteError(Reason.BAD_DESTINATION,
                              f"{dest!r}: expected s3://BUCKET/KEY or ALIAS/BUCKET/KEY")
         rest = parts[1]
@@ -211,7 +216,7 @@ def build_request(message: Message, *, origin: str, reply: Replier | None = None
         raise MessageError(Reason.BAD_MESSAGE, "the message data is not a mapping")
     destination = endpoint = None
     overwrite = False
-    if origin == "request":
+    if origin in DIRECT_ORIGINS:
         destination = data.get("destination")
         endpoint = data.get("endpoint")
         if destination is not None and not isinstance(destination, str):
@@ -223,7 +228,7 @@ def build_request(message: Message, *, origin: str, reply: Replier | None = None
         if not isinstance(overwrite, bool):
             raise MessageError(Reason.BAD_MESSAGE, f"overwrite {overwrite!r} is not true or false")
     files = _items(kind, data, check=check, limits=limits)
-    hidden = FILE_KEYS | (RESERVED_KEYS if origin == "request" else frozenset())
+    hidden = FILE_KEYS | (RESERVED_KEYS if origin in DIRECT_ORIGINS else frozenset())
     metadata = {k: v for k, v in data.items() if k not in hidden}
     return Request(id=uuid.uuid4().hex[:12], subject=message.subject, type=kind, data=data,
                    metadata=metadata, files=tuple(files), origin=origin,
@@ -261,13 +266,13 @@ def decode(raw: bytes, *, origin: str, reply: Replier | None = None,
     except Exception as err:  # posttroll raises MessageError, ValueError, IndexError, ...
         return Rejection(Reason.BAD_MESSAGE, f"not a posttroll message ({type(err).__name__}: "
                          f"{str(err)[:200]})", origin, reply=reply)
-    return from_message(message, origin=origin, reply=reply, limits=limits, check=check)
+    return interpret(message, origin=origin, reply=reply, limits=limits, check=check)
 
 
-def from_message(message: Message, *, origin: str, reply: Replier | None = None,
-                 limits: Limits = NO_LIMITS, check: bool = True) -> Request | Rejection:
-    """A decoded (or locally made) posttroll message as a Request or a Rejection; never
-    raises.  ``check=False``: no file-system access at all."""
+def interpret(message: Message, *, origin: str, reply: Replier | None = None,
+              limits: Limits = NO_LIMITS, check: bool = True) -> Request | Rejection:
+    """A decoded message (or one an input built from its own wire) as a Request, or a
+    Rejection that says why not; never raises."""
     data = message.data if isinstance(message.data, Mapping) else {}
     try:
         return build_request(message, origin=origin, reply=reply, limits=limits, check=check)
@@ -282,6 +287,15 @@ def from_message(message: Message, *, origin: str, reply: Replier | None = None,
         return Rejection(Reason.BAD_MESSAGE, f"cannot read the message ({type(err).__name__})",
                          origin, subject=message.subject, reply=reply,
                          message_type=message.type)
+
+
+def failures_of(message: Message) -> list[Mapping[str, Any]]:
+    """The failures a reply carries: itself, those of a combined reply, or none."""
+    if message.type == FAILURE_TYPE:
+        return [message.data]
+    if message.type == MULTIPLE_TYPE:
+        return [m["data"] for m in message.data["messages"] if m["type"] == FAILURE_TYPE]
+    return []
 
 
 def refused(item: Request, reason: str, detail: str) -> Rejection:

@@ -6,10 +6,10 @@ These are plain value objects; no stage logic lives here.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 #: (size, mtime_ns, inode) of a source file: "the same file, unchanged"
 Stat = tuple[int, int, int]
@@ -33,6 +33,16 @@ class Replier(Protocol):
 
     async def send(self, message: Any) -> None:
         """Send one posttroll message back to the peer."""
+
+
+@runtime_checkable
+class ResultReader(Protocol):
+    """A Replier that also reads what each job's uploads did, before the final message:
+    timings, attempts and parts, which the posttroll messages do not carry (the HTTP
+    input's s3nd-style reply reports them)."""
+
+    def results(self, job: Job, results: Sequence[UploadResult]) -> None:
+        """What the uploads of ``job`` did (landed or failed)."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from posttroll.message import Message
 from . import messages, stats
 from .errors import Reason
 from .journal import JobRecord, Journal, State
-from .models import Job, Rejection, Request, Stat, Upload, UploadResult
+from .models import Job, Rejection, Request, ResultReader, Stat, Upload, UploadResult
 from .route import Routing
 from .stats import Stats
 
@@ -428,6 +428,8 @@ class JobRunner:
         """Announce the job's outcome and record it (``finish``: the request's only job,
         finished in the same journal step)."""
         p, job = self.pipeline, self.job
+        if isinstance(reader := job.request.reply, ResultReader):
+            reader.results(job, results)
         failed = [r for r in results if not r.ok]
         if failed:
             out = [p.announcer.upload_failure(job, r) for r in failed]

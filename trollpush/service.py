@@ -264,10 +264,11 @@ class Service:
 
     # --- intake and dispatch --------------------------------------------------------------
 
-    async def submit(self, item: Request | Rejection) -> None:
+    async def submit(self, item: Request | Rejection) -> bool:
         """Record a request in the journal (it is accepted from here on: on receipt for
         pub-sub, before any reply for REQ/REP), then queue it; waits while the queue is
-        full."""
+        full.  Whether it was accepted (a Rejection, or a request the journal could not
+        take, is queued to be answered as refused)."""
         if isinstance(item, Request):
             try:
                 await self.journal.accepted(item)
@@ -285,6 +286,7 @@ class Service:
                                  uri=item.files[0].uri, metadata=item.metadata,
                                  reply=item.reply)
         await self._running().queue.put(item)
+        return isinstance(item, Request)
 
     async def _dispatch(self, on: _Bound) -> None:
         while True:

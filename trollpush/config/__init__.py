@@ -14,9 +14,11 @@ from .model import (
     Config,
     DaemonConfig,
     EndpointConfig,
+    HttpConfig,
     JournalConfig,
     PublishConfig,
     RequestsConfig,
+    S3DaemonConfig,
     Scalar,
     SubscribeConfig,
     TargetConfig,
@@ -28,9 +30,9 @@ from .units import MiB
 
 __all__ = [
     # the configuration and its sections
-    "Config", "SubscribeConfig", "RequestsConfig", "PublishConfig", "EndpointConfig",
-    "TargetConfig", "WatchConfig", "DaemonConfig", "JournalConfig", "Scalar",
-    "default_endpoint",
+    "Config", "SubscribeConfig", "RequestsConfig", "S3DaemonConfig", "HttpConfig",
+    "WatchConfig", "PublishConfig", "EndpointConfig", "TargetConfig", "DaemonConfig",
+    "JournalConfig", "Scalar", "default_endpoint",
     # reading it
     "load_config", "parse_config", "config_schema",
     # defaults other modules use

@@ -21,6 +21,11 @@ from .units import MiB
 
 #: where the REQ/REP input binds, and where ``trollpush send`` connects, unless told
 REQUEST_ADDRESS = "tcp://127.0.0.1:15556"
+#: where the s3daemon line-protocol input listens unless told (s3daemon's own port,
+#: 15555, is s3nd's too, and so the HTTP input's)
+S3DAEMON_ADDRESS = "127.0.0.1:15557"
+#: where the HTTP input binds unless told: loopback, on s3nd's port
+HTTP_ADDRESS = "127.0.0.1:15555"
 #: messages a SUB socket may buffer per publisher: a burst of 50,000 in 2 s fits with
 #: room to spare while the reader catches up (libzmq's default, 1,000, drops the rest)
 RECEIVE_HWM = 100_000
@@ -36,7 +41,11 @@ MAX_PART = 5 * 1024 * MiB
 #: what the validator and the JSON Schema both match (ECMA-262 and Python alike)
 ADDRESS_PATTERN = r"^(tcp://[^\s:]+:\d+|ipc://\S+|inproc://\S+)$"
 URL_PATTERN = r"^https?://[^\s/]+"
+#: HOST:PORT, the host a name, an IPv4 address or a bracketed IPv6 one
+HOST_PORT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]@]+):[0-9]{1,5}$"
 MODE_PATTERN = r"(0o?)?0?[0-7]{1,3}"  # octal, at most 0777; surrounding blanks allowed
+#: HOST:PORT, the host a name, an IPv4 address or a bracketed IPv6 address
+HOST_PORT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):\d{1,5}$"
 
 
 def default_journal_path() -> Path:
@@ -60,6 +69,7 @@ class Kind(enum.Enum):
     BIT_RATE = "bit rate"  # bits per second: a number or 100Mbit
     ADDRESS = "address"  # tcp://HOST:PORT, ipc:///PATH, inproc://NAME
     ADDRESSES = "addresses"
+    HOST_PORT = "host:port"  # a TCP listening address without a scheme
     TOPIC = "topic"  # a posttroll subject (or subject template)
     TOPICS = "topics"  # one subject or a list of them
     NAMES = "names"  # a string or a list of strings
@@ -122,6 +132,29 @@ REQUESTS = _section(
              "(default: \"0600\", or \"0660\" with group)."),
     group=Key(Kind.GROUP, "ipc:// only: the group given to the socket file (default: the "
               "daemon's group)."),
+)
+
+S3DAEMON = _section(
+    address=Key(Kind.HOST_PORT, "Where the s3daemon line-protocol input listens, "
+                "HOST:PORT (port 0: a free port).", default=S3DAEMON_ADDRESS),
+    endpoint=Key(Kind.STRING, "The endpoint its uploads go through (default: `default`, "
+                 "else the only endpoint)."),
+    line_timeout=Key(Kind.NUMBER, "Seconds a client has, once connected, to send its "
+                     "whole line.", default=10.0, minimum=0.1),
+    max_connections=Key(Kind.INTEGER, "Clients served at once (each until its answer); "
+                        "more wait in the kernel's listen queue.", default=64, minimum=1),
+)
+
+HTTP = _section(
+    address=Key(Kind.HOST_PORT, "Where the HTTP API listens, HOST:PORT (port 0: a free "
+                "port).", default=HTTP_ADDRESS),
+    endpoint=Key(Kind.STRING, "The endpoint that uploads requests giving a `uri` "
+                 "(default: `default`, else the only endpoint)."),
+    token_file=Key(Kind.PATH, "A file holding a bearer token, read once at start: then "
+                   "every request needs `Authorization: Bearer TOKEN` (default: none)."),
+    read_timeout=Key(Kind.NUMBER, "Seconds a client has to send its request, head and "
+                     "body; a slower one is answered 408 and disconnected.", default=10.0,
+                     minimum=0.1),
 )
 
 #: posttroll's publisher keys, passed on as they are, plus trollpush's two topics
@@ -252,14 +285,19 @@ WATCH = _section(
 
 #: the top-level sections, in the order the reference documents them
 SECTIONS: Mapping[str, Mapping[str, Key]] = MappingProxyType({
-    "subscribe": SUBSCRIBE, "requests": REQUESTS, "watch": WATCH, "publish": PUBLISH,
-    "endpoints": ENDPOINT, "targets": TARGET, "daemon": DAEMON, "journal": JOURNAL})
+    "subscribe": SUBSCRIBE, "requests": REQUESTS, "s3daemon": S3DAEMON, "http": HTTP,
+    "watch": WATCH, "publish": PUBLISH, "endpoints": ENDPOINT, "targets": TARGET,
+    "daemon": DAEMON, "journal": JOURNAL})
 SECTION_DOCS: Mapping[str, str] = MappingProxyType({
-    "subscribe": "posttroll pub-sub input (one input section is required).",
-    "requests": "ZeroMQ REQ/REP input, also for `trollpush send` (one input section is "
-                "required; with nothing under it: on at the default address).",
+    "subscribe": "posttroll pub-sub input (at least one input section is required).",
+    "requests": "ZeroMQ REQ/REP input, also for `trollpush send` (with nothing under it: "
+                "on at the default address).",
+    "s3daemon": "lsst-dm/s3daemon's line protocol over TCP, for its unchanged clients "
+                "(with nothing under it: on at the default address).",
+    "http": "HTTP submission API, compatible with s3nd (POST /upload); off unless "
+            "present (with nothing under it: on at the default address).",
     "watch": "Directory watcher input: a list of directories whose ready files are "
-             "uploaded (one input section is required).",
+             "uploaded.",
     "publish": "posttroll output for completions and failures (default: none published).",
     "endpoints": "S3 connection profiles by a name you choose; at least one.",
     "targets": "Routing rules; at least one when subscribe or watch is set.",

@@ -26,6 +26,9 @@ from .defaults import (
     ADDRESS_PATTERN,
     DAEMON,
     ENDPOINT,
+    HOST_PORT_PATTERN,
+    HTTP,
+    HTTP_ADDRESS,
     IPC_GROUP_MODE,
     IPC_MODE,
     JOURNAL,
@@ -34,6 +37,8 @@ from .defaults import (
     PUBLISH,
     REQUEST_ADDRESS,
     REQUESTS,
+    S3DAEMON,
+    S3DAEMON_ADDRESS,
     SECTIONS,
     SUBSCRIBE,
     URL_PATTERN,
@@ -43,18 +48,22 @@ from .model import (
     Config,
     DaemonConfig,
     EndpointConfig,
+    HttpConfig,
     JournalConfig,
     PublishConfig,
     RequestsConfig,
+    S3DaemonConfig,
     SubscribeConfig,
     TargetConfig,
+    default_endpoint,
 )
-from .targets import read_targets
+from .targets import read_endpoint, read_targets
 from .validator import Validator
 from .watched import read_watch
 
 _ADDRESS_RE = re.compile(ADDRESS_PATTERN)
 _URL_RE = re.compile(URL_PATTERN)
+_HOST_PORT_RE = re.compile(HOST_PORT_PATTERN)
 #: sun_path holds 108 bytes with the terminating NUL
 _IPC_PATH_MAX = 107
 
@@ -92,13 +101,16 @@ def parse_config(data: object, *, source: str = "<config>") -> Config:
     requests = _requests(v, data.get("requests"), present="requests" in data)
     publish = _publish(v, data.get("publish"))
     endpoints = _endpoints(v, data.get("endpoints"))
+    s3daemon = _s3daemon(v, data.get("s3daemon"), endpoints, present="s3daemon" in data)
     targets = read_targets(v, data.get("targets"), endpoints)
+    http = _http(v, data.get("http"), endpoints, present="http" in data)
     daemon = _daemon(v, data.get("daemon"))
     journal = _journal(v, data.get("journal"))
     watch = read_watch(v, data.get("watch"), daemon.allowed_roots)
-    if subscribe is None and requests is None and not watch:
+    if (subscribe is None and requests is None and s3daemon is None and http is None
+            and not watch):
         v.problem("subscribe/requests", None,
-                  "at least one input section (subscribe, requests or watch)")
+                  "at least one input section (subscribe, requests, s3daemon, http or watch)")
     _check_loop(v, subscribe, publish, targets)
     if subscribe is not None and not targets:
         v.problem("targets", data.get("targets"),
@@ -109,8 +121,9 @@ def parse_config(data: object, *, source: str = "<config>") -> Config:
     if v.problems:
         raise ConfigError(v.problems, source)
     return Config(endpoints=MappingProxyType(endpoints), targets=tuple(targets),
-                  subscribe=subscribe, requests=requests, watch=watch, publish=publish,
-                  daemon=daemon, journal=journal, source=source)
+                  subscribe=subscribe, requests=requests, s3daemon=s3daemon, http=http,
+                  watch=watch, publish=publish, daemon=daemon, journal=journal,
+                  source=source)
 
 
 # --- inputs and output -------------------------------------------------------------------
@@ -172,6 +185,24 @@ def _requests(v: Validator, raw: object, *, present: bool) -> RequestsConfig | N
     return RequestsConfig(address=address, mode=mode, group=group)
 
 
+def _s3daemon(v: Validator, raw: object, endpoints: Mapping[str, EndpointConfig], *,
+              present: bool) -> S3DaemonConfig | None:
+    """``s3daemon:`` with nothing under it: on at the default address."""
+    data = v.mapping(raw, "s3daemon") if raw is not None else ({} if present else None)
+    if data is None:
+        return None
+    v.no_unknown(data, "s3daemon.", S3DAEMON)
+    address = v.string(data, "address", "s3daemon.", default=S3DAEMON_ADDRESS)
+    if address and not (_HOST_PORT_RE.match(address) and int(address.rsplit(":", 1)[1])
+                        <= 65535):
+        v.problem("s3daemon.address", address, f"HOST:PORT like {S3DAEMON_ADDRESS} (a port "
+                  "up to 65535; an IPv6 address in brackets: [::1]:15557)")
+        address = S3DAEMON_ADDRESS
+    endpoint = read_endpoint(v, data, "s3daemon.", endpoints)
+    return S3DaemonConfig(address=address or S3DAEMON_ADDRESS, endpoint=endpoint,
+                          **v.read_all(data, "s3daemon.", S3DAEMON, skip=("endpoint",)))
+
+
 def _check_ipc_path(v: Validator, path: str, address: str) -> None:
     if not os.path.isabs(path):
         v.problem("requests.address", address, "ipc:// with an absolute path, like "
@@ -220,6 +251,55 @@ def _group(v: Validator, value: object) -> int | None:
         pass
     v.problem("requests.group", value, "the name or gid of a group that exists on this host")
     return None
+
+
+def _http(v: Validator, raw: object, endpoints: Mapping[str, EndpointConfig], *,
+          present: bool) -> HttpConfig | None:
+    if raw is None and not present:
+        return None
+    data = v.mapping(raw if raw is not None else {}, "http")
+    if data is None:
+        return None
+    v.no_unknown(data, "http.", HTTP)
+    address = v.string(data, "address", "http.", default=HTTP_ADDRESS) or HTTP_ADDRESS
+    match = _HOST_PORT_RE.match(address)
+    if match is None or int(address.rsplit(":", 1)[1]) > 65535:
+        v.problem("http.address", address, f"HOST:PORT like {HTTP_ADDRESS} (port at most "
+                  "65535; an IPv6 address in brackets)")
+        address = HTTP_ADDRESS
+    endpoint = v.string(data, "endpoint", "http.")
+    if endpoint is None:
+        endpoint = default_endpoint(endpoints)
+        if endpoint is None and endpoints:
+            v.problem("http.endpoint", None, f"the endpoint for requests that give a uri: "
+                      f"one of {', '.join(endpoints)} (none is called default)")
+    elif endpoints and endpoint not in endpoints:
+        v.problem("http.endpoint", endpoint, f"a defined endpoint ({', '.join(endpoints)})")
+    token_file = v.string(data, "token_file", "http.")
+    if token_file is not None:
+        token_file = os.path.expanduser(token_file)
+        _check_token_file(v, token_file)
+    return HttpConfig(address=address, endpoint=endpoint, token_file=token_file,
+                      **v.read_all(data, "http.", HTTP, skip=("endpoint",)))
+
+
+def _check_token_file(v: Validator, path: str) -> None:
+    """A readable file whose first line is the token (it is read again at start)."""
+    if not os.path.isabs(path):
+        v.problem("http.token_file", path, "an absolute path")
+        return
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open
+            v.problem("http.token_file", path, "a regular file")
+            return
+        with open(path, "rb") as f:
+            first = f.readline(4096).strip()
+    except OSError as err:
+        v.problem("http.token_file", path, f"a readable file ({err.strerror})")
+        return
+    if not first:
+        v.problem("http.token_file", path, "a file whose first line is the token (it is "
+                  "empty)")
 
 
 def _publish(v: Validator, raw: object) -> PublishConfig | None:

@@ -17,10 +17,13 @@ from typing import Any
 from .defaults import (
     DAEMON,
     ENDPOINT,
+    HTTP,
+    HTTP_ADDRESS,
     JOURNAL,
     PUBLISH,
     RECEIVE_HWM,
     REQUEST_ADDRESS,
+    S3DAEMON,
     TARGET,
     WATCH,
 )
@@ -59,6 +62,44 @@ class RequestsConfig:
         if not self.address.startswith("ipc://") or self.address.startswith("ipc://@"):
             return None
         return self.address[len("ipc://"):]
+
+
+@dataclass(frozen=True)
+class _Listens:
+    """HOST:PORT helpers of the TCP inputs."""
+
+    address: str
+
+    @property
+    def host(self) -> str:
+        """The host to bind, without an IPv6 address's brackets."""
+        return self.address.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class S3DaemonConfig(_Listens):
+    """lsst-dm/s3daemon's line protocol over TCP; ``endpoint`` is resolved at load."""
+
+    address: str = S3DAEMON["address"].default
+    endpoint: str | None = None  # None: the config's default endpoint
+    line_timeout: float = S3DAEMON["line_timeout"].default
+    max_connections: int = S3DAEMON["max_connections"].default
+
+
+@dataclass(frozen=True)
+class HttpConfig(_Listens):
+    """The HTTP submission API (s3nd-compatible); ``endpoint`` is resolved at load (the
+    one named, else ``default``, else the only one).  The token itself is never kept
+    here: the input reads ``token_file`` once when it starts."""
+
+    address: str = HTTP_ADDRESS
+    endpoint: str | None = None
+    token_file: str | None = None
+    read_timeout: float = HTTP["read_timeout"].default
 
 
 @dataclass(frozen=True)
@@ -195,6 +236,8 @@ class Config:
     targets: tuple[TargetConfig, ...] = ()
     subscribe: SubscribeConfig | None = None
     requests: RequestsConfig | None = None
+    s3daemon: S3DaemonConfig | None = None
+    http: HttpConfig | None = None
     watch: tuple[WatchConfig, ...] = ()
     publish: PublishConfig | None = None
     daemon: DaemonConfig = DaemonConfig()
@@ -221,6 +264,15 @@ class Config:
             lines.append(_subscribe_line(self.subscribe))
         if self.requests:
             lines.append(_requests_line(self.requests))
+        if self.s3daemon:
+            s3d = self.s3daemon
+            lines.append(f"input  s3daemon: line protocol on {s3d.address} -> endpoint "
+                         f"{s3d.endpoint or self.default_endpoint()} (at most "
+                         f"{s3d.max_connections} clients at once)")
+        if self.http:
+            auth = "bearer token" if self.http.token_file else "no authentication"
+            lines.append(f"input  http: POST /upload on {self.http.address} ({auth}; uri "
+                         f"uploads through endpoint {self.http.endpoint})")
         lines += [f"input  watch: {w.summary()}" for w in self.watch]
         lines.append(_publish_line(self.publish))
         for ep in self.endpoints.values():

@@ -17,6 +17,7 @@ from typing import Any
 from .defaults import (
     ADDRESS_PATTERN,
     ENDPOINT,
+    HOST_PORT_PATTERN,
     MODE_PATTERN,
     SECTION_DOCS,
     SECTIONS,
@@ -108,8 +109,12 @@ def kind_schema(key: Key) -> Schema:
                               {"type": "string", "pattern": quantity_pattern(units)}]}
         case Kind.ADDRESS:
             return {"type": "string", "pattern": ADDRESS_PATTERN}
+        case Kind.HOST_PORT:
+            return {"type": "string", "pattern": HOST_PORT_PATTERN}
         case Kind.ADDRESSES:
             return {"type": "array", "items": {"type": "string", "pattern": ADDRESS_PATTERN}}
+        case Kind.HOST_PORT:
+            return {"type": "string", "pattern": HOST_PORT_PATTERN}
         case Kind.TOPIC:
             return topic
         case Kind.TOPICS:
@@ -148,7 +153,8 @@ def _top_rules() -> Schema:
     watched = {"required": ["watch"],
                "properties": {"watch": {"type": "array", "minItems": 1}}}
     return {
-        "anyOf": [subscribed, {"required": ["requests"]}, watched],
+        "anyOf": [subscribed, {"required": ["requests"]}, {"required": ["s3daemon"]},
+                  {"required": ["http"]}, watched],
         "if": {"anyOf": [subscribed, watched]},
         "then": {"required": ["targets"],
                  "properties": {"targets": {"type": "array", "minItems": 1}}},

@@ -40,6 +40,19 @@ def read_targets(v: Validator, raw: object,
     return out
 
 
+def read_endpoint(v: Validator, data: Mapping[str, Any], prefix: str,
+                  endpoints: Mapping[str, EndpointConfig]) -> str | None:
+    """``endpoint``: a configured endpoint's name (default: ``default``, else the only one)."""
+    endpoint = v.string(data, "endpoint", prefix, default=default_endpoint(endpoints))
+    if endpoint is None:
+        v.problem(f"{prefix}endpoint", None,
+                  f"the name of an endpoint (one of: {', '.join(endpoints) or 'none defined'})")
+    elif endpoints and endpoint not in endpoints:
+        v.problem(f"{prefix}endpoint", endpoint,
+                  f"one of the endpoints: {', '.join(endpoints)}")
+    return endpoint
+
+
 def _target(v: Validator, i: int, t: Mapping[str, Any],
             endpoints: Mapping[str, EndpointConfig], names: set[str]) -> TargetConfig:
     """Target number ``i``; ``names`` holds those of the targets before it."""
@@ -55,12 +68,7 @@ def _target(v: Validator, i: int, t: Mapping[str, Any],
     destination = v.string(t, "destination", p, required=True)
     if destination is not None:
         _check_destination(v, destination, f"{p}destination")
-    endpoint = v.string(t, "endpoint", p, default=default_endpoint(endpoints))
-    if endpoint is None:
-        v.problem(f"{p}endpoint", None,
-                  f"the name of an endpoint (one of: {', '.join(endpoints) or 'none defined'})")
-    elif endpoints and endpoint not in endpoints:
-        v.problem(f"{p}endpoint", endpoint, f"one of the endpoints: {', '.join(endpoints)}")
+    endpoint = read_endpoint(v, t, p, endpoints)
     publish_topic = t.get("publish_topic")
     if publish_topic is not None:
         publish_topic = v.topic(publish_topic, f"{p}publish_topic")

@@ -19,12 +19,12 @@ from typing import Any, Protocol
 from ..config import Config
 from ..messages import Limits
 from ..models import Rejection, Request
-from . import requests, subscribe, watch
+from . import http, requests, s3daemon, subscribe, watch
 
 __all__ = ["REGISTRY", "Input", "InputFactory", "Intake", "OnFatal", "Sink", "build_inputs"]
 
 #: where an input hands what it took (``Intake.submit``)
-Sink = Callable[[Request | Rejection], Coroutine[Any, Any, None]]
+Sink = Callable[[Request | Rejection], Coroutine[Any, Any, object]]
 #: how an input reports that it died (``Intake.fatal``)
 OnFatal = Callable[[str, BaseException], None]
 
@@ -40,8 +40,9 @@ class Intake(Protocol):
     def limits(self) -> Limits:
         """What a request may ask for, and how long its file checks may take."""
 
-    async def submit(self, item: Request | Rejection) -> None:
-        """Journal and queue one item (from here on it is accepted); waits while full."""
+    async def submit(self, item: Request | Rejection) -> bool:
+        """Journal and queue one item (from here on it is accepted); waits while full.
+        True when a Request was journaled: accepted (False: it is answered as refused)."""
 
     def fatal(self, what: str, err: BaseException) -> None:
         """The input died: stop the daemon loudly rather than run on deaf."""
@@ -80,7 +81,9 @@ InputFactory = Callable[[Config, Intake], Input | None]
 #: every input, in start (and stop) order; one line each
 REGISTRY: tuple[InputFactory, ...] = (
     requests.create,
+    s3daemon.create,
     subscribe.create,
+    http.create,
     watch.create,
 )
 

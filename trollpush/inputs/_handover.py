@@ -24,7 +24,7 @@ class Handover[T]:
     ``window`` of them in flight: the bound on what is read but not yet accepted."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 sink: Callable[[T], Coroutine[Any, Any, None]], window: int) -> None:
+                 sink: Callable[[T], Coroutine[Any, Any, object]], window: int) -> None:
         self._loop = loop
         self._sink = sink
         self.window = window

@@ -7,8 +7,8 @@ request's file checks run on check threads, bounded by ``daemon.file_timeout``.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -17,9 +17,9 @@ import zmq.asyncio
 
 from ..config import Config, RequestsConfig
 from ..errors import Reason, SetupError
-from ..messages import NO_LIMITS, Limits, decode, not_accepted, overdue, refused
+from ..messages import NO_LIMITS, Limits, decode, refused
 from ..models import Rejection, Request
-from ._checks import CheckThreads
+from ._checks import CheckThreads, checked
 from ._ipc import SocketFile, clear_stale, owner_only, restrict
 
 if TYPE_CHECKING:
@@ -56,30 +56,6 @@ class _RouterReply:
             await self._sock.send_multipart([*self._envelope, b"", message.encode().encode()])
         except zmq.ZMQError as err:
             logger.warning("reply to a request failed: %s", err)
-
-
-def _on_loop[T](future: concurrent.futures.Future[T], loop: asyncio.AbstractEventLoop
-             ) -> asyncio.Future[T]:
-    """An asyncio future that follows a thread's future; unlike ``wrap_future`` it stays
-    quiet when the thread finishes after the loop closed (a check stuck past shutdown)."""
-    waiter: asyncio.Future[T] = loop.create_future()
-
-    def settle(done: concurrent.futures.Future[T]) -> None:
-        if waiter.done():
-            return
-        if done.cancelled():
-            waiter.cancel()
-        elif (err := done.exception()) is not None:
-            waiter.set_exception(err)
-        else:
-            waiter.set_result(done.result())
-
-    def copy(done: concurrent.futures.Future[T]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(settle, done)
-
-    future.add_done_callback(copy)
-    return waiter
 
 
 class RequestServer:
@@ -212,27 +188,9 @@ class RequestServer:
                 raise
 
     async def _checked(self, raw: bytes, envelope: list[bytes]) -> Request | Rejection:
-        """Decode off the loop (checking files may block: a stale NFS mount, a big
-        dataset), for at most ``file_timeout`` seconds."""
-        timeout = self._limits.file_timeout
-        if self._checks.full:  # every check thread is stuck: refused at once
-            return overdue(self._decode(raw, envelope, False), timeout,
-                           stuck=self._checks.busy)
-        future = self._checks.submit(self._decode, raw, envelope, True)
-        try:
-            async with asyncio.timeout(timeout):
-                return await _on_loop(future, asyncio.get_running_loop())
-        except TimeoutError:
-            future.cancel()  # if it has not begun
-            logger.warning("request: a file check took longer than daemon.file_timeout "
-                           "(%g s); the request is refused", timeout)
-            return overdue(self._decode(raw, envelope, False), timeout)
-        except asyncio.CancelledError:  # stopping: answer it, it never reached the journal
-            future.cancel()
-            done = future.done() and not future.cancelled() and future.exception() is None
-            item = future.result() if done else self._decode(raw, envelope, False)
-            self.undelivered.append(not_accepted(item))
-            raise
+        """Decode off the loop (checking files may block), for at most ``file_timeout``."""
+        return await checked(self._checks, functools.partial(self._decode, raw, envelope),
+                             self._limits.file_timeout, self.undelivered)
 
     def _decode(self, raw: bytes, envelope: list[bytes], check: bool) -> Request | Rejection:
         assert self._sock is not None

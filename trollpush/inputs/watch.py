@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._workers import Workers
 from ..config import Config, WatchConfig
 from ..errors import Reason, SetupError
-from ..messages import from_message, new_message, overdue
+from ..messages import interpret, new_message, overdue
 from ..models import Rejection, Request
 from ._dirs import Listing, ReadyQueue, Recent, Watched, is_symlink, log_skipped, shown, why
 from ._notify import Notifier
@@ -203,7 +203,7 @@ class WatchInput:
                              uri=shown(path), message_type="file")
         message = new_message(w.config.subject, "file",
                               {"uri": path, "uid": os.path.basename(path)})
-        item = from_message(message, origin=ORIGIN, limits=self._limits, check=check)
+        item = interpret(message, origin=ORIGIN, limits=self._limits, check=check)
         if isinstance(item, Rejection) and item.reason == Reason.FILE_MISSING:
             logger.debug("watch: %s went away before it was taken", shown(path))
             return None
