@@ -52,7 +52,8 @@ def test_every_request_read_is_answered_at_shutdown(base_config: dict[str, Any],
             t.start()
         assert daemon.input("requests") is not None
         server = daemon.input("requests").server
-        wait_until(lambda: server.received == 3
+        # all three journaled (the third past its file check, waiting at the full queue)
+        wait_until(lambda: server.received == 3 and daemon.counts["accepted"] == 3
                    and daemon.transfer.active == 1, 15, "one uploading, two waiting")
     for t in threads:
         t.join(timeout=30)
