@@ -528,3 +528,43 @@ def test_a_composed_topic_with_whitespace_is_a_compose_error() -> None:
     result = route(make_config(target), granule("NOAA 20_x.h5"))
     assert [f.reason for f in result.failures] == [Reason.COMPOSE_ERROR]
     assert "whitespace" in result.failures[0].detail
+
+
+def test_the_message_metadata_wins_over_fields_parsed_from_the_name() -> None:
+    """trollstalker normalises `platform_name` (J01 -> NOAA-20) before it publishes: the
+    target's pattern fills in only what the message lacks (here start_time and orbit)."""
+    name = "J01_20261121_1005_12345.h5"
+    result = route(make_config(VIIRS), granule(name, platform_name="NOAA-20"))
+    assert urls(result) == [f"s3://l1/NOAA-20/2026/11/21/1005/12345/{name}"]
+    assert result.jobs[0].metadata["platform_name"] == "NOAA-20"
+    assert result.jobs[0].metadata["orbit"] == 12345
+    # without it in the message, the parsed value is used, and aliases apply to it
+    aliased = make_config({**VIIRS, "aliases": {"platform_name": {"J01": "NOAA-20"}}})
+    assert urls(route(aliased, granule(name))) == [
+        f"s3://l1/NOAA-20/2026/11/21/1005/12345/{name}"]
+
+
+@pytest.mark.parametrize(("sensor", "outcome"), [
+    (["viirs"], "s3://b/viirs/" + GRANULE),
+    ("viirs", "s3://b/viirs/" + GRANULE),
+    (["viirs", "atms"], "{sensor} holds 2 values"),
+    ([], "{sensor} holds 0 values"),
+])
+def test_a_one_element_list_composes_as_its_element(sensor: Any, outcome: str) -> None:
+    """trollstalker sends `sensor: ["viirs"]`: the key says viirs, not ['viirs']; a list
+    of several values cannot name one object: that target fails with compose_error."""
+    target = {"name": "by-sensor", "destination": "s3://b/{sensor}/{uid}"}
+    result = route(make_config(target), granule(sensor=sensor))
+    if outcome.startswith("s3://"):
+        assert urls(result) == [outcome]
+    else:
+        assert result.jobs == ()
+        assert [f.reason for f in result.failures] == [Reason.COMPOSE_ERROR]
+        assert outcome in result.failures[0].detail
+
+
+def test_a_list_a_template_does_not_use_is_left_alone() -> None:
+    target = {"name": "flat", "destination": "s3://b/{uid}"}
+    result = route(make_config(target), granule(sensor=["viirs", "atms"]))
+    assert urls(result) == [f"s3://b/{GRANULE}"]
+    assert result.jobs[0].metadata["sensor"] == ["viirs", "atms"]

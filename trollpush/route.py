@@ -7,6 +7,8 @@ exactly what the daemon would do.
 from __future__ import annotations
 
 import logging
+import re
+import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -106,7 +108,10 @@ class Router:
             meta = {**request.metadata, **f.meta, "uid": f.uid}
             if target.pattern:
                 try:
-                    meta.update(trollsift.parse(target.pattern, f.path.name))
+                    # the producer's metadata wins (it may have normalised what the name
+                    # says: trollstalker's aliases); parsed fields fill in what it lacks
+                    for key, value in trollsift.parse(target.pattern, f.path.name).items():
+                        meta.setdefault(key, value)
                 except ValueError:
                     misses.append(f"{f.path.name} does not match pattern {target.pattern}")
                     continue
@@ -174,9 +179,30 @@ def _aliased(meta: Mapping[str, Any], aliases: Mapping[str, Mapping[str, str]]) 
     return out
 
 
-def _compose(template: str, meta: Mapping[str, Any], where: str) -> str:
+def _fields(template: str) -> set[str]:
+    """The metadata keys a template uses (``{start_time:%Y}`` and ``{a.b}`` use start_time
+    and a)."""
     try:
-        return str(trollsift.compose(template, meta))
+        return {re.split(r"[.\[]", name, maxsplit=1)[0]
+                for _, name, _, _ in string.Formatter().parse(template) if name}
+    except ValueError:  # a malformed template: compose says what is wrong
+        return set()
+
+
+def _compose(template: str, meta: Mapping[str, Any], where: str) -> str:
+    """The template filled in; a one-element list (``sensor: [viirs]``, as trollstalker
+    sends it) composes as its element, a longer one cannot name one object."""
+    used = dict(meta)
+    for key in _fields(template):
+        value = used.get(key)
+        if isinstance(value, (list, tuple)):
+            if len(value) != 1:
+                raise RouteError(Reason.COMPOSE_ERROR,
+                                 f"{where}: field {{{key}}} holds {len(value)} values "
+                                 f"({_short(value)}); a template needs one")
+            used[key] = value[0]
+    try:
+        return str(trollsift.compose(template, used))
     except KeyError as err:
         have = ", ".join(sorted(str(k) for k in meta))
         raise RouteError(Reason.COMPOSE_ERROR,
@@ -207,3 +233,8 @@ class Routing:
         transfer (not with ``overwrite: always``, nor when the request asks to)."""
         return (self.overwrite.get(job.target or "", "changed") != "always"
                 and not job.request.overwrite)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
