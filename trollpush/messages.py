@@ -289,13 +289,16 @@ def interpret(message: Message, *, origin: str, reply: Replier | None = None,
                          message_type=message.type)
 
 
+def parts(message: Message) -> list[tuple[str, Mapping[str, Any]]]:
+    """(type, data) of each message a reply holds: itself, or those it combines."""
+    if message.type == MULTIPLE_TYPE:
+        return [(m["type"], m["data"]) for m in message.data["messages"]]
+    return [(message.type, message.data)]
+
+
 def failures_of(message: Message) -> list[Mapping[str, Any]]:
     """The failures a reply carries: itself, those of a combined reply, or none."""
-    if message.type == FAILURE_TYPE:
-        return [message.data]
-    if message.type == MULTIPLE_TYPE:
-        return [m["data"] for m in message.data["messages"] if m["type"] == FAILURE_TYPE]
-    return []
+    return [data for kind, data in parts(message) if kind == FAILURE_TYPE]
 
 
 def refused(item: Request, reason: str, detail: str) -> Rejection:

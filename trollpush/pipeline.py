@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol
 
 from posttroll.message import Message
@@ -343,19 +343,11 @@ class RequestRun:
         logger.warning("abandoned %s: %s", request.describe(), self.gone)
         p.stats.inc(stats.REQUESTS, input=request.origin, outcome="failed",
                     reason=Reason.CLIENT_GONE)
-        self.messages = [m for i in sorted(self.done) for m in self.done[i]]
-        left: list[Job | None] = [job for i, job in enumerate(self.jobs) if i not in self.done]
-        for job in left or [None]:
-            message = p.announcer.rejection(Rejection(
-                Reason.CLIENT_GONE, f"abandoned: {self.gone}", request.origin,
-                subject=request.subject, uri=request.files[0].uri,
-                destination=job.uploads[0].url if job else None,
-                metadata=request.metadata))
-            p.announcer.publish(message)
-            self.messages.append(message)
-            await p.record(p.journal.failed(request, job, Reason.CLIENT_GONE),
-                           request.describe())
-        await self._end(started=True)
+        await self._fail_left(Reason.CLIENT_GONE, lambda job: Rejection(
+            Reason.CLIENT_GONE, f"abandoned: {self.gone}", request.origin,
+            subject=request.subject, uri=request.files[0].uri,
+            destination=job.uploads[0].url if job else None, metadata=request.metadata),
+            record_request=True)
 
     async def _cut_off(self) -> None:
         """A stop cut the request off: fail (and answer) only the jobs not yet done."""
@@ -364,18 +356,25 @@ class RequestRun:
         if p.durable:
             await p.defer(request)
             return
+        await self._fail_left(Reason.SHUTDOWN, lambda job: shutdown(
+            request, "the daemon stopped before this request finished"
+                     + (f" ({job.target or 'direct'})" if job else "")),
+            record_request=False)
+
+    async def _fail_left(self, reason: Reason, failure: Callable[[Job | None], Rejection],
+                         *, record_request: bool) -> None:
+        """Announce a failure for each job not done (or one for the request when none
+        started), record them, then end the request; ``record_request``: record the
+        request's failure in the journal when no job started."""
+        p, request = self.pipeline, self.request
         self.messages = [m for i in sorted(self.done) for m in self.done[i]]
-        cut: list[Job | None] = [job for i, job in enumerate(self.jobs)
-                                 if i not in self.done] or [None]
-        for job in cut:
-            where = f" ({job.target or 'direct'})" if job else ""
-            message = p.announcer.rejection(shutdown(
-                request, f"the daemon stopped before this request finished{where}"))
+        left: list[Job | None] = [job for i, job in enumerate(self.jobs) if i not in self.done]
+        for job in left or [None]:
+            message = p.announcer.rejection(failure(job))
             p.announcer.publish(message)
             self.messages.append(message)
-            if job is not None:
-                await p.record(p.journal.failed(request, job, Reason.SHUTDOWN),
-                               request.describe())
+            if job is not None or record_request:
+                await p.record(p.journal.failed(request, job, reason), request.describe())
         await self._end(started=True)
 
 

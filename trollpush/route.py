@@ -6,6 +6,7 @@ exactly what the daemon would do.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import string
@@ -179,28 +180,29 @@ def _aliased(meta: Mapping[str, Any], aliases: Mapping[str, Mapping[str, str]]) 
     return out
 
 
-def _fields(template: str) -> set[str]:
+@functools.cache
+def _fields(template: str) -> frozenset[str]:
     """The metadata keys a template uses (``{start_time:%Y}`` and ``{a.b}`` use start_time
-    and a)."""
+    and a); templates come from the config, so each is parsed once."""
     try:
-        return {re.split(r"[.\[]", name, maxsplit=1)[0]
-                for _, name, _, _ in string.Formatter().parse(template) if name}
+        return frozenset(re.split(r"[.\[]", name, maxsplit=1)[0]
+                         for _, name, _, _ in string.Formatter().parse(template) if name)
     except ValueError:  # a malformed template: compose says what is wrong
-        return set()
+        return frozenset()
 
 
 def _compose(template: str, meta: Mapping[str, Any], where: str) -> str:
     """The template filled in; a one-element list (``sensor: [viirs]``, as trollstalker
     sends it) composes as its element, a longer one cannot name one object."""
-    used = dict(meta)
+    used = meta
     for key in _fields(template):
-        value = used.get(key)
+        value = meta.get(key)
         if isinstance(value, (list, tuple)):
             if len(value) != 1:
                 raise RouteError(Reason.COMPOSE_ERROR,
                                  f"{where}: field {{{key}}} holds {len(value)} values "
                                  f"({_short(value)}); a template needs one")
-            used[key] = value[0]
+            used = {**used, key: value[0]}
     try:
         return str(trollsift.compose(template, used))
     except KeyError as err:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -123,13 +124,16 @@ class Stats:
         for (name, labels), value in sorted(items, key=lambda item: item[0]):
             yield name, labels, value() if callable(value) else value
 
+    def outcomes(self) -> Counter[str]:
+        """Requests by outcome, over every input and reason."""
+        out: Counter[str] = Counter()
+        for (_, labels), value in self._series(REQUESTS):
+            out[dict(labels).get("outcome", "?")] += int(value)
+        return out
+
     def summary(self) -> str:
         """``12 accepted, 11 completed, 1 failed``: the requests, for a log line."""
-        outcomes: dict[str, int] = {}
-        for (_, labels), value in self._series(REQUESTS):
-            outcome = dict(labels).get("outcome", "?")
-            outcomes[outcome] = outcomes.get(outcome, 0) + int(value)
-        return ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items()) if n)
+        return ", ".join(f"{n} {k}" for k, n in sorted(self.outcomes().items()) if n)
 
     def _series(self, name: str) -> list[tuple[tuple[str, Labels], float]]:
         with self._lock:

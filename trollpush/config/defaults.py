@@ -41,8 +41,6 @@ MAX_PART = 5 * 1024 * MiB
 #: what the validator and the JSON Schema both match (ECMA-262 and Python alike)
 ADDRESS_PATTERN = r"^(tcp://[^\s:]+:\d+|ipc://\S+|inproc://\S+)$"
 URL_PATTERN = r"^https?://[^\s/]+"
-#: HOST:PORT, the host a name, an IPv4 address or a bracketed IPv6 one
-HOST_PORT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]@]+):[0-9]{1,5}$"
 MODE_PATTERN = r"(0o?)?0?[0-7]{1,3}"  # octal, at most 0777; surrounding blanks allowed
 #: HOST:PORT, the host a name, an IPv4 address or a bracketed IPv6 address
 HOST_PORT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):\d{1,5}$"

@@ -113,8 +113,6 @@ def kind_schema(key: Key) -> Schema:
             return {"type": "string", "pattern": HOST_PORT_PATTERN}
         case Kind.ADDRESSES:
             return {"type": "array", "items": {"type": "string", "pattern": ADDRESS_PATTERN}}
-        case Kind.HOST_PORT:
-            return {"type": "string", "pattern": HOST_PORT_PATTERN}
         case Kind.TOPIC:
             return topic
         case Kind.TOPICS:

@@ -19,9 +19,11 @@ from posttroll.message import Message
 
 from .. import __version__
 from ..errors import Reason, _safe
-from ..messages import FAILURE_TYPE, MULTIPLE_TYPE
+from ..messages import FAILURE_TYPE, parts
 from ..models import Job, UploadResult
 
+#: the S3 error code that has a status of its own (in a permanent_error's detail)
+NO_SUCH_BUCKET = "NoSuchBucket"
 #: the HTTP status of each reason code: s3nd's codes where s3nd has the case
 STATUS: Mapping[str, int] = {
     # the request itself is wrong (s3nd: 400)
@@ -32,7 +34,7 @@ STATUS: Mapping[str, int] = {
     Reason.TOO_LARGE: 413,
     # the store (s3nd: 404 NoSuchBucket, 408 queue timeout, 502 other S3 errors, 504 the
     # last attempt timed out)
-    "NoSuchBucket": 404,
+    NO_SUCH_BUCKET: 404,
     Reason.QUEUE_TIMEOUT: 408,
     Reason.PERMANENT: 502, Reason.UPLOAD_FAILED: 502,
     Reason.TIMEOUT: 504,
@@ -45,8 +47,6 @@ STATUS: Mapping[str, int] = {
 }
 #: a reason missing from STATUS
 OTHER = 500
-#: the S3 error code that has a status of its own (in a permanent_error's detail)
-NO_SUCH_BUCKET = "NoSuchBucket"
 #: the longest X-Error header sent
 MAX_HEADER = 1000
 
@@ -141,18 +141,11 @@ def answer(task: Task, message: Message, reply: HttpReply) -> tuple[int, dict[st
     return code, body(code, msg, info)
 
 
-def _parts(message: Message) -> list[tuple[str, Mapping[str, Any]]]:
-    """(type, data) of each message a combined answer holds."""
-    if message.type == MULTIPLE_TYPE:
-        return [(m["type"], m["data"]) for m in message.data["messages"]]
-    return [(message.type, message.data)]
-
-
 def _uploads(message: Message, reply: HttpReply) -> list[dict[str, Any]]:
     """One entry per destination (or per failure that has none): its own outcome."""
     by_url = {r.upload.url: (job, r) for job, results in reply.collected for r in results}
     out: list[dict[str, Any]] = []
-    for kind, data in _parts(message):
+    for kind, data in parts(message):
         if kind == FAILURE_TYPE:
             reason, error = str(data.get("reason")), str(data.get("error"))
             entry: dict[str, Any] = {"uri": data.get("destination"),

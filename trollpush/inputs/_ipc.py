@@ -37,6 +37,10 @@ class SocketFile:
                 os.unlink(self.path)
 
 
+#: host names of this machine's loopback interface, as an address's host part gives them
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
 def clear_stale(path: str, address: str) -> None:
     """Make room for binding at ``path``: refuse a live socket or a non-socket, remove a
     socket nobody listens on (left by a crash)."""

@@ -283,7 +283,7 @@ class Notifier:
         close-write or moved-to said so first)."""
         for w in self.watched:
             paths = w.pending.paths()
-            if not paths or w.config.poll_interval is not None:
+            if not paths:
                 continue
             try:
                 sigs = await self._fs(lstat_all, paths)

@@ -33,6 +33,7 @@ from . import _http_form as form
 from ._checks import CheckThreads, checked
 from ._http_api import openapi
 from ._http_reply import HttpReply, Task, accepted, answer, body, header_text, settings
+from ._ipc import LOOPBACK
 
 if TYPE_CHECKING:
     from . import Intake
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("trollpush.receive")  # the name users' log configs know
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 #: seconds the server waits for handlers at close (the service drained them already)
 CLOSE_GRACE = 2.0
 

@@ -20,7 +20,7 @@ from ..errors import Reason, SetupError
 from ..messages import NO_LIMITS, Limits, decode, refused
 from ..models import Rejection, Request
 from ._checks import CheckThreads, checked
-from ._ipc import SocketFile, clear_stale, owner_only, restrict
+from ._ipc import LOOPBACK, SocketFile, clear_stale, owner_only, restrict
 
 if TYPE_CHECKING:
     from . import Intake, OnFatal, Sink
@@ -127,7 +127,7 @@ class RequestServer:
         if not self.address.startswith("tcp://"):
             return
         host = self.address[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
-        if host not in ("127.0.0.1", "::1", "localhost"):
+        if host not in LOOPBACK:
             logger.warning("requests.address %s is reachable beyond this host and has no "
                            "authentication: anyone who reaches it may submit files; prefer "
                            "ipc:// with requests.mode / requests.group, or loopback",

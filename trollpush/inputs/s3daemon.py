@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from posttroll.message import Message
 
 from ..config import Config, S3DaemonConfig
+from ..config.defaults import DAEMON
 from ..errors import Reason, RouteError, SetupError
 from ..messages import Limits, failures_of, interpret, new_message, parse_destination
 from ..models import Rejection, Replier, Request
@@ -177,7 +178,7 @@ class S3DaemonInput:
         self.address = config.address
         self._intake = intake
         self._limits = intake.limits
-        self._max_bytes = intake.limits.max_bytes or 1 << 20
+        self._max_bytes = intake.limits.max_bytes or DAEMON["max_request_bytes"].default
         self._slots = asyncio.Semaphore(config.max_connections)
         self._sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None

@@ -16,6 +16,8 @@ import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from ..config.defaults import MIN_PART
+from ..config.units import MiB
 from ..errors import TransferError
 from ..models import ObjectOptions, Stat, Upload
 from . import checksum
@@ -25,7 +27,6 @@ from .source import Guard, Source, SourceChanged
 
 logger = logging.getLogger(__name__)
 
-MIN_PART = 5 * 1024 * 1024
 MAX_PARTS = 10_000
 
 #: a part as CompleteMultipartUpload lists it, and its checksum
@@ -36,7 +37,7 @@ def part_size(size: int, chunksize: int) -> int:
     """The part size for ``size`` bytes: >= 5 MiB, and at most 10,000 parts."""
     chunk = max(chunksize, MIN_PART)
     if math.ceil(size / chunk) > MAX_PARTS:
-        chunk = math.ceil(size / MAX_PARTS / (1024 * 1024)) * 1024 * 1024
+        chunk = math.ceil(size / MAX_PARTS / MiB) * MiB
     return chunk
 
 

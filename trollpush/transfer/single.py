@@ -35,8 +35,8 @@ async def put(end: Endpoint, upload: Upload, source: Source, options: ObjectOpti
     async with end.pool.slot():
         # read (small files: once, kept for every attempt) right before sending, so
         # that the check that the file did not change covers the whole attempt
-        small = await files.call(ep, min(size, ep.multipart_chunksize), source.read_all,
-                                 ep.multipart_chunksize, options.checksum)
+        small = (await files.call(ep, size, source.read_all, options.checksum)
+                 if size <= ep.multipart_chunksize else None)
         guard = source.guard()
         if small is not None:  # a snapshot, checked whole as it was read
             body, value = small

@@ -78,12 +78,10 @@ class Source:
         """A check that the file is still as it is now (see :class:`Guard`)."""
         return Guard(self, self.opened)
 
-    def read_all(self, limit: int, algorithm: str) -> tuple[bytes, str | None] | None:
-        """All bytes and their checksum, for a file of at most ``limit`` bytes (else
-        None): a snapshot checked to be whole (the file did not change while read)."""
+    def read_all(self, algorithm: str) -> tuple[bytes, str | None]:
+        """All bytes and their checksum: a snapshot checked to be whole (the file did
+        not change while read)."""
         size = self.size
-        if size > limit:
-            return None
         chunks = []
         left = size
         while left > 0:
