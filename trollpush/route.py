@@ -134,7 +134,7 @@ class Router:
                 uploads.append(Upload(f, *parse_destination(dest, f.path.name)))
             except RouteError as err:
                 return RouteFailure(target.name, err.reason, err.detail, f, target.destination)
-        job_meta = metas[0] if request.type == "file" else dict(request.metadata)
+        job_meta = dict(metas[0]) if request.type == "file" else dict(request.metadata)
         job_meta.pop("uid", None)
         topic = self._default_topic
         if target.publish_topic:
