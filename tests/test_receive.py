@@ -111,8 +111,10 @@ def accepted(raw: bytes, origin: str = "subscribe") -> Request:
                  id="dataset-item-without-uri"),
     pytest.param(frame({"dataset": [{"uri": "ssh://otherhost/x.h5"}]}, kind="dataset"),
                  Reason.REMOTE_FILE, id="dataset-item-remote"),
-    pytest.param(frame({"collection": {"uri": "/x"}}, kind="collection"), Reason.MISSING_URI,
-                 id="collection-not-a-list"),
+    pytest.param(frame({"collection": "/x"}, kind="collection"), Reason.MISSING_URI,
+                 id="collection-not-a-list-or-mapping"),
+    pytest.param(frame({"collection": {"uri": "/x"}}, kind="collection"), Reason.BAD_MESSAGE,
+                 id="collection-mapping-of-a-non-mapping"),
     pytest.param(frame({"collection": [{"dataset": [7]}]}, kind="collection"),
                  Reason.BAD_MESSAGE, id="collection-nested-item-not-mapping"),
 ])

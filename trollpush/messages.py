@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import json
 import logging
 import os
 import posixpath
@@ -20,7 +21,7 @@ import socket
 import stat
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -184,21 +185,68 @@ def _source(item: Mapping[str, Any], *, check: bool, limits: Limits) -> SourceFi
 
 def _items(kind: str, data: Mapping[str, Any], *, check: bool, limits: Limits
            ) -> list[SourceFile]:
+    """The files a message names, in order: a collection's datasets are flattened, and
+    the completion walks ``data`` in the same order to rebuild its shape."""
     if kind == "file":
         return [_source({"uri": data.get("uri"), "uid": data.get("uid")}, check=check,
                         limits=limits)]
-    key = "dataset" if kind == "dataset" else "collection"
-    items = data.get(key)
-    if not isinstance(items, list) or not items:
-        raise MessageError(Reason.MISSING_URI, f"a {kind} message needs a non-empty {key!r} list")
+    if kind == "dataset":
+        return _dataset(data, "dataset", {}, check=check, limits=limits)
+    out: list[SourceFile] = []
+    spread = 0  # bytes of datasets' metadata copied to their files
+    for where, item in _collection_items(data.get("collection")):
+        if "dataset" not in item:
+            out.append(_source(item, check=check, limits=limits))
+            continue
+        # the dataset's own metadata goes with each of its files, for routing
+        group = {k: v for k, v in item.items() if k not in FILE_KEYS}
+        if group and limits.max_bytes is not None and isinstance(item["dataset"], list):
+            # a small frame must not grow into a huge request (in memory, in the journal)
+            spread += len(item["dataset"]) * len(json.dumps(group, default=str))
+            if spread > limits.max_bytes:
+                raise MessageError(Reason.TOO_LARGE, "the datasets' own metadata, copied to "
+                                   "each of their files, comes to more than max_request_bytes "
+                                   f"({limits.max_bytes}) by {where}")
+        out.extend(_dataset(item, f"{where}.dataset", group, check=check, limits=limits,
+                            empty=True))
+    if not out:
+        raise MessageError(Reason.MISSING_URI, "the collection names no file")
+    return out
+
+
+def _collection_items(collection: object) -> list[tuple[str, Mapping[str, Any]]]:
+    """(where, item) of each item of a collection: a list (geographic_gatherer), or a
+    mapping of named datasets (segment_gatherer with several patterns).  Every item is
+    checked to be a mapping before any file is looked at."""
+    if isinstance(collection, list) and collection:
+        items = [(f"collection[{i}]", item) for i, item in enumerate(collection)]
+    elif isinstance(collection, Mapping) and collection:
+        items = [(f"collection[{name!r}]", item) for name, item in collection.items()]
+    else:
+        raise MessageError(Reason.MISSING_URI, "a collection message needs a non-empty "
+                           "'collection' list, or a mapping of named datasets")
+    for where, item in items:
+        if not isinstance(item, Mapping):
+            raise MessageError(Reason.BAD_MESSAGE, f"{where} is not a mapping")
+    return items
+
+
+def _dataset(data: Mapping[str, Any], where: str, group: Mapping[str, Any], *, check: bool,
+             limits: Limits, empty: bool = False) -> list[SourceFile]:
+    """The files of a dataset; ``group``: the metadata of a dataset inside a collection,
+    under each file's own keys.  ``empty``: a dataset of a collection may have no file
+    (segment_gatherer publishes a pattern that got none as an empty one)."""
+    items = data.get("dataset")
+    if not isinstance(items, list) or not (items or empty):
+        got = "an empty list" if isinstance(items, list) else type(items).__name__
+        raise MessageError(Reason.MISSING_URI, f"{where}: got {got}, expected a "
+                           f"{'' if empty else 'non-empty '}list of file items")
     out: list[SourceFile] = []
     for i, item in enumerate(items):
         if not isinstance(item, Mapping):
-            raise MessageError(Reason.BAD_MESSAGE, f"{key}[{i}] is not a mapping")
-        if kind == "collection" and "dataset" in item:
-            out.extend(_items("dataset", item, check=check, limits=limits))
-        else:
-            out.append(_source(item, check=check, limits=limits))
+            raise MessageError(Reason.BAD_MESSAGE, f"{where}[{i}] is not a mapping")
+        source = _source(item, check=check, limits=limits)
+        out.append(replace(source, meta={**group, **source.meta}) if group else source)
     return out
 
 
@@ -357,12 +405,13 @@ def completion(job: Job, results: Sequence[UploadResult]) -> Message:
         data.update(_object_fields(next(produced)))
     elif request.type == "dataset":
         data["dataset"] = _rebuild_items(request.data["dataset"], produced)
-    else:
-        data["collection"] = [
-            {**item, "dataset": _rebuild_items(item["dataset"], produced)}
-            if isinstance(item, Mapping) and "dataset" in item
-            else {**item, **_object_fields(next(produced))}
-            for item in request.data["collection"]]
+    else:  # the shape it came in: a list, or a mapping of named datasets
+        collection = request.data["collection"]
+        if isinstance(collection, Mapping):
+            data["collection"] = {name: _rebuild_entry(item, produced)
+                                  for name, item in collection.items()}
+        else:
+            data["collection"] = [_rebuild_entry(item, produced) for item in collection]
     data["endpoint"] = job.endpoint
     return new_message(job.publish_topic, request.type, data)
 
@@ -378,6 +427,14 @@ def _object_fields(result: UploadResult) -> dict[str, Any]:
 def _rebuild_items(items: Sequence[Mapping[str, Any]],
                    produced: Iterator[UploadResult]) -> list[dict[str, Any]]:
     return [{**item, **_object_fields(next(produced))} for item in items]
+
+
+def _rebuild_entry(item: Mapping[str, Any], produced: Iterator[UploadResult]
+                   ) -> dict[str, Any]:
+    """One item of a collection: a dataset (with its own metadata) or a file item."""
+    if "dataset" in item:
+        return {**item, "dataset": _rebuild_items(item["dataset"], produced)}
+    return {**item, **_object_fields(next(produced))}
 
 
 def failure(topic: str, *, uri: str | None, destination: str | None, error: str, reason: str,
