@@ -202,14 +202,16 @@ def _check_set(conditions: ConditionSet, meta: Mapping[str, Any]) -> str | None:
             return f"condition {key} {_shown(condition)}: got {_short(meta[key])}"
     if not conditions.excepts:
         return None
+    excepted = True  # every key is looked at: a missing one fails the set in any order
     for key, condition in conditions.excepts.items():
         if key not in meta:
             return f"except on {key!r}: the message has no {key!r}"
         held = _holds(meta[key], condition)
         if held is None:
             return f"except {key} {_shown(condition)}: got {_short(meta[key])}, not a number"
-        if not held:
-            return None
+        excepted = excepted and held
+    if not excepted:
+        return None
     shown = {k: _shown(c) for k, c in conditions.excepts.items()}
     return "excepted by {" + ", ".join(f"{k!r}: {v}" for k, v in shown.items()) + "}"
 
