@@ -82,6 +82,7 @@ class Kind(enum.Enum):
     NAMESERVERS = "nameservers"  # false or a list of hosts
     PORT = "port"
     URL = "url"
+    VERIFY = "verify"  # true, false or the path of a CA bundle
     MODE = "mode"  # permission bits as a quoted octal string
     GROUP = "group"  # a group name or gid
     PATH = "path"
@@ -187,6 +188,9 @@ ENDPOINT = _section(
     access_key_id=Key(Kind.STRING, "Explicit key, given together with secret_access_key."),
     secret_access_key=Key(Kind.STRING, "Explicit secret, given together with access_key_id."),
     session_token=Key(Kind.STRING, "Explicit session token."),
+    verify=Key(Kind.VERIFY, "TLS certificates: true checks them against AWS_CA_BUNDLE "
+               "(or the profile's ca_bundle) else the system's CAs; false does not check "
+               "them; a path checks them against that CA bundle (PEM).", default=True),
     addressing_style=Key(Kind.CHOICE, "Bucket addressing; many non-AWS stores need path.",
                          default="auto", choices=("auto", "path", "virtual")),
     max_connections=Key(Kind.INTEGER, "Pool size, at least max_parallel (and follows it "

@@ -361,7 +361,25 @@ def _endpoint(v: Validator, name: str, e: Mapping[str, Any]) -> EndpointConfig:
         v.problem(f"{p}multipart_chunksize", e.get("multipart_chunksize"),
                   "at most 5GiB (S3's largest part)")
     return EndpointConfig(name=name, url=url, max_connections=connections,
-                          max_parallel=parallel, prewarm=prewarm, **rest)
+                          max_parallel=parallel, prewarm=prewarm,
+                          verify=_verify(v, e.get("verify", ENDPOINT["verify"].default),
+                                         f"{p}verify"), **rest)
+
+
+def _verify(v: Validator, value: object, key: str) -> bool | str:
+    """true, false, or a CA bundle that is there now: a typo would otherwise surface as
+    a TLS error on the first upload, long after ``check`` said the config was fine."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        v.problem(key, value, "true, false, or the path of a CA bundle (PEM)")
+        return True
+    path = os.path.expanduser(value)
+    if not os.path.isabs(path):
+        v.problem(key, value, "an absolute path of a CA bundle (PEM)")
+    elif not os.path.isfile(path) or not os.access(path, os.R_OK):
+        v.problem(key, value, "a readable CA bundle file (PEM): there is none")
+    return path
 
 
 def _pool(v: Validator, e: Mapping[str, Any], p: str) -> tuple[int, int, int]:

@@ -173,6 +173,7 @@ class EndpointConfig:
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
     addressing_style: str = ENDPOINT["addressing_style"].default
+    verify: bool | str = ENDPOINT["verify"].default  # or the path of a CA bundle
     # pool: connections opened at start and kept warm through idle gaps
     max_connections: int = ENDPOINT["max_connections"].default
     prewarm: int = ENDPOINT["prewarm"].default
@@ -203,13 +204,15 @@ class EndpointConfig:
         """One line for logs and ``check``: never shows secrets."""
         creds = "explicit keys" if self.access_key_id else (
             f"profile {self.profile}" if self.profile else "default credential chain")
+        tls = "" if self.verify is True else (
+            " verify=false" if self.verify is False else f" verify={self.verify}")
         limit = (f" bandwidth_limit={self.bandwidth_limit / 1e6:g}Mbit/s"
                  if self.bandwidth_limit else "")
         return (f"{self.name}: {self.url or 'AWS'} region={self.region or 'default'} "
                 f"({creds}) max_parallel={self.max_parallel} prewarm={self.prewarm} "
                 f"tries={self.tries} attempt_timeout={self.attempt_timeout:g}s "
                 f"multipart>={human(self.multipart_threshold)} "
-                f"checksum={self.checksum}{limit}")
+                f"checksum={self.checksum}{tls}{limit}")
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,8 @@ def kind_schema(key: Key) -> Schema:
             return {"type": "integer", "minimum": 0, "maximum": 65535}
         case Kind.URL:
             return {"type": "string", "pattern": URL_PATTERN}
+        case Kind.VERIFY:
+            return {"anyOf": [{"type": "boolean"}, {"type": "string", "pattern": "^[/~]"}]}
         case Kind.MODE:
             return {"type": "string", "pattern": rf"^\s*{MODE_PATTERN}\s*$"}
         case Kind.GROUP:

@@ -94,6 +94,9 @@ class EndpointPool:
         session = AioSession(profile=ep.profile) if ep.profile else AioSession()
         self.client = await self._stack.enter_async_context(session.create_client(
             "s3", endpoint_url=ep.url, region_name=ep.region,
+            # true means botocore's own choice: AWS_CA_BUNDLE, the profile's ca_bundle,
+            # else the default CAs (an explicit True would skip the first two)
+            verify=None if ep.verify is True else ep.verify,
             aws_access_key_id=ep.access_key_id, aws_secret_access_key=ep.secret_access_key,
             aws_session_token=ep.session_token, config=client_config(ep, self._socket)))
         self.client.meta.events.unregister("before-call.s3", add_expect_header)
