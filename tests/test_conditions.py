@@ -217,7 +217,7 @@ def test_skip_reasons_name_the_set_and_the_value() -> None:
                                         "platform_name": "NOAA-15"})
     assert result.skipped["t"] == (
         "no condition set holds: conditions[0]: condition sensor in ['viirs']: got 'avhrr'; "
-        "conditions[1]: excepted by {'platform_name': in ['NOAA-15']}")
+        "conditions[1]: excepted by platform_name in ['NOAA-15']")
     result = trollpush_route(CLOUDTYPE, {"daylight": 45, "area": "omerc_bb", "coverage": 60})
     assert result.skipped["t"] == "condition daylight '<30': got 45"
     result = trollpush_route(CLOUDTYPE, {"daylight": "abc", "area": "omerc_bb",

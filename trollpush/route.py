@@ -252,8 +252,7 @@ def _check_set(conditions: ConditionSet, meta: Mapping[str, Any]) -> str | None:
         excepted = excepted and held
     if not excepted:
         return None
-    shown = {k: _shown(c) for k, c in conditions.excepts.items()}
-    return "excepted by {" + ", ".join(f"{k!r}: {v}" for k, v in shown.items()) + "}"
+    return "excepted by " + ", ".join(f"{k} {_shown(c)}" for k, c in conditions.excepts.items())
 
 
 def _holds(actual: Any, condition: Condition) -> bool | None:
