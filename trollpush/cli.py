@@ -124,9 +124,11 @@ def cmd_match(args: argparse.Namespace) -> int:
     say = logsafe.escape  # one line per destination, whatever the file name holds
     targets = {t.name: t for t in config.targets}
     for job in result.jobs:
+        held = result.held.get(job.target or "")
+        by = f", by {held}" if held else ""  # which of several condition sets took it
         for up in job.uploads:
             print(say(f"{job.target}: {up.url} (endpoint {job.endpoint}, announce on "
-                      f"{job.publish_topic})"))
+                      f"{job.publish_topic}{by})"))
         if args.verbose and job.target in targets:
             for f in provenance(targets[job.target], request, request.files[0]):
                 note = "".join([
@@ -177,8 +179,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config.defaults import REQUEST_ADDRESS
-
     parser = argparse.ArgumentParser(
         prog="trollpush", description="Land announced files in S3 and announce them.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -189,29 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.set_defaults(func=cmd_run)
 
-    send = sub.add_parser("send", help="submit one file to a running daemon and wait")
-    send.add_argument("file")
-    send.add_argument("dest", help="s3://BUCKET/KEY or ALIAS/BUCKET/KEY; a trailing / appends "
-                                   "the file name")
-    send.add_argument("--meta", action="append", metavar="KEY=VALUE",
-                      help="metadata to pass on (repeatable)")
-    send.add_argument("--endpoint", help="the daemon's endpoint to use (default: the one "
-                                         "named `default`, or the only one)")
-    send.add_argument("--server", default=REQUEST_ADDRESS,
-                      help="the daemon's request address (default: %(default)s)")
-    send.add_argument("--timeout", type=float, default=10.0,
-                      help="seconds to wait for the daemon to accept the request; exit 2 "
-                           "past it (default: %(default)s)")
-    send.add_argument("--result-timeout", type=float, default=None,
-                      help="seconds to wait for the result once accepted; exit 1 past it "
-                           "(default: as long as the daemon works on it)")
-    send.add_argument("--no-wait", action="store_true",
-                      help="return once the daemon has accepted the request")
-    send.add_argument("--overwrite", action="store_true",
-                      help="upload even if this file already landed at the destination "
-                           "(skips the content and store check)")
-    send.add_argument("--json", action="store_true", help="print the reply as JSON")
-    send.set_defaults(func=cmd_send)
+    _add_send(sub)
 
     check = sub.add_parser("check", help="validate a config and summarise it")
     check.add_argument("config")
@@ -238,6 +216,36 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-v", "--verbose", action="store_true", help="show the daemon's log")
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_send(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``trollpush send``: the client's options, the longest list (kept out of
+    build_parser so that each stays readable)."""
+    from .config.defaults import REQUEST_ADDRESS
+
+    send = sub.add_parser("send", help="submit one file to a running daemon and wait")
+    send.add_argument("file")
+    send.add_argument("dest", help="s3://BUCKET/KEY or ALIAS/BUCKET/KEY; a trailing / appends "
+                                   "the file name")
+    send.add_argument("--meta", action="append", metavar="KEY=VALUE",
+                      help="metadata to pass on (repeatable)")
+    send.add_argument("--endpoint", help="the daemon's endpoint to use (default: the one "
+                                         "named `default`, or the only one)")
+    send.add_argument("--server", default=REQUEST_ADDRESS,
+                      help="the daemon's request address (default: %(default)s)")
+    send.add_argument("--timeout", type=float, default=10.0,
+                      help="seconds to wait for the daemon to accept the request; exit 2 "
+                           "past it (default: %(default)s)")
+    send.add_argument("--result-timeout", type=float, default=None,
+                      help="seconds to wait for the result once accepted; exit 1 past it "
+                           "(default: as long as the daemon works on it)")
+    send.add_argument("--no-wait", action="store_true",
+                      help="return once the daemon has accepted the request")
+    send.add_argument("--overwrite", action="store_true",
+                      help="upload even if this file already landed at the destination "
+                           "(skips the content and store check)")
+    send.add_argument("--json", action="store_true", help="print the reply as JSON")
+    send.set_defaults(func=cmd_send)
 
 
 class _StdoutGuard:
