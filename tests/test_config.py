@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from trollpush.config import Config, load_config, parse_config
+from trollpush.config import ConditionSet, Config, load_config, parse_config
 from trollpush.errors import ConfigError, ConfigProblem
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYSECRETKEY"
@@ -111,8 +111,8 @@ def test_valid_config_loads_into_typed_sections() -> None:
     assert [t.name for t in config.targets] == ["viirs", "archive"]
     viirs = config.targets[0]
     assert viirs.endpoint == "default"  # the endpoint named default is the default
-    assert viirs.conditions == {"sensor": ("viirs",)}
-    assert viirs.excepts == {"platform_name": ("Suomi-NPP",)}
+    assert viirs.conditions == (ConditionSet({"sensor": ("viirs",)},
+                                             {"platform_name": ("Suomi-NPP",)}),)
     assert viirs.aliases == {"platform_name": {"NOAA-20": "j01"}}
     assert config.targets[1].endpoint == "archive"
     assert config.subscribe is not None and config.subscribe.topics == ("/new/file/",)
@@ -137,7 +137,7 @@ def test_valid_config_is_frozen() -> None:
     with pytest.raises(TypeError):
         config.endpoints["new"] = config.endpoints["default"]  # type: ignore[index]
     with pytest.raises(TypeError):
-        config.targets[0].conditions["sensor"] = ("avhrr",)  # type: ignore[index]
+        config.targets[0].conditions[0].conditions["sensor"] = ("avhrr",)  # type: ignore[index]
 
 
 def test_load_config_reads_a_yaml_file(tmp_path: Path) -> None:
@@ -236,16 +236,56 @@ BAD_CONFIGS = [
                  "targets[0].conditions.sensor", "{'is': 'viirs'}", id="condition-dict"),
     pytest.param(edited((("targets", 0, "conditions", "sensor"), [])),
                  "targets[0].conditions.sensor", "[]", id="condition-empty-list"),
-    pytest.param(edited((("targets", 0, "conditions", "sensor"), ["viirs", ["atms"]])),
-                 "targets[0].conditions.sensor[1]", "['atms']", id="condition-nested-list"),
+    pytest.param(edited((("targets", 0, "conditions", "sensor"), ["viirs", [["atms"]]])),
+                 "targets[0].conditions.sensor[1][0]", "['atms']", id="condition-nested-twice"),
+    pytest.param(edited((("targets", 0, "conditions", "sensor"), ["viirs", []])),
+                 "targets[0].conditions.sensor[1]", "[]", id="condition-nested-empty"),
     pytest.param(edited((("targets", 0, "conditions", "except"), {})),
                  "targets[0].conditions.except", "{}", id="except-empty"),
     pytest.param(edited((("targets", 0, "conditions", "except"), ["Suomi-NPP"])),
                  "targets[0].conditions.except", "['Suomi-NPP']", id="except-not-mapping"),
     pytest.param(edited((("targets", 0, "conditions", "except", "orbit"), {"lt": 5})),
                  "targets[0].conditions.except.orbit", "{'lt': 5}", id="except-value-dict"),
+    pytest.param(edited((("targets", 0, "conditions"), "sensor")),
+                 "targets[0].conditions", "'sensor'", id="conditions-not-mapping"),
     pytest.param(edited((("targets", 0, "conditions"), ["sensor"])),
-                 "targets[0].conditions", "['sensor']", id="conditions-not-mapping"),
+                 "targets[0].conditions[0]", "'sensor'", id="condition-set-not-mapping"),
+    pytest.param(edited((("targets", 0, "conditions"), [])),
+                 "targets[0].conditions", "[]", id="condition-sets-empty"),
+    pytest.param(edited((("targets", 0, "conditions"), [{"sensor": "viirs"}, {}])),
+                 "targets[0].conditions[1]", "{}", id="condition-set-empty"),
+    pytest.param(edited((("targets", 0, "conditions"), [{"except": {"orbit": 1}}, None])),
+                 "targets[0].conditions[1]", "None", id="condition-set-none"),
+    pytest.param(edited((("targets", 0, "conditions"),
+                         [{"sensor": "viirs"}, {"area": "euron1", "except": []}])),
+                 "targets[0].conditions[1].except", "[]", id="condition-set-except-list"),
+    pytest.param(edited((("targets", 0, "conditions"),
+                         [{"except": {"orbit": 1, "except": {"orbit": 2}}}])),
+                 "targets[0].conditions[0].except.except", "{'orbit': 2}",
+                 id="except-in-except"),
+    pytest.param(edited((("targets", 0, "conditions"), [{"daylight": "<abc"}])),
+                 "targets[0].conditions[0].daylight", "'<abc'", id="comparison-no-number"),
+    pytest.param(edited((("targets", 0, "conditions"), [{"daylight": "<"}])),
+                 "targets[0].conditions[0].daylight", "'<'", id="comparison-operator-alone"),
+    pytest.param(edited((("targets", 0, "conditions", "daylight"), "=30")),
+                 "targets[0].conditions.daylight", "'=30'", id="comparison-single-equals"),
+    pytest.param(edited((("targets", 0, "conditions", "daylight"), "=<30")),
+                 "targets[0].conditions.daylight", "'=<30'", id="comparison-operator-twisted"),
+    pytest.param(edited((("targets", 0, "conditions", "daylight"), "!30")),
+                 "targets[0].conditions.daylight", "'!30'", id="comparison-bang-alone"),
+    pytest.param(edited((("targets", 0, "conditions", "daylight"), " <30")),
+                 "targets[0].conditions.daylight", "' <30'", id="comparison-leading-blank"),
+    pytest.param(edited((("targets", 0, "conditions", "daylight"), "<30<40")),
+                 "targets[0].conditions.daylight", "'<30<40'", id="comparison-chained"),
+    pytest.param(edited((("targets", 0, "conditions", "daylight"), "<0x1e")),
+                 "targets[0].conditions.daylight", "'<0x1e'", id="comparison-hex"),
+    pytest.param(edited((("targets", 0, "conditions", "daylight"), "<30 and True")),
+                 "targets[0].conditions.daylight", "'<30 and True'", id="comparison-code"),
+    pytest.param(edited((("targets", 0, "conditions", "daylight"), ["<30", ">80"])),
+                 "targets[0].conditions.daylight[0]", "'<30'", id="comparison-in-a-list"),
+    pytest.param(edited((("targets", 0, "conditions", "except", "daylight"), [[">80"]])),
+                 "targets[0].conditions.except.daylight[0][0]", "'>80'",
+                 id="comparison-in-a-nested-list"),
     pytest.param(edited((("targets", 0, "aliases"), ["NOAA-20", "j01"])),
                  "targets[0].aliases", "['NOAA-20', 'j01']", id="aliases-not-mapping"),
     pytest.param(edited((("targets", 0, "aliases", "platform_name"), "j01")),

@@ -177,10 +177,15 @@ def test_except_excludes_only_when_all_its_keys_match(name: str, routed: bool) -
         assert "excepted" in result.skipped["viirs"]
 
 
-def test_except_with_a_missing_key_does_not_exclude() -> None:
-    """An except key the message lacks cannot match, so nothing is excluded."""
+def test_except_with_a_missing_key_fails_the_set() -> None:
+    """An except key the message lacks fails the set, as in trollmoves' dispatcher (its
+    own test: NOAA-15 green_snow without platform_name is not dispatched): whether the
+    file is excepted cannot be told, so it is not uploaded."""
     config = with_conditions({"except": {"quality": "bad"}})
-    assert route(config, granule()).jobs
+    result = route(config, granule())
+    assert result.jobs == ()
+    assert result.skipped["viirs"] == "except on 'quality': the message has no 'quality'"
+    assert route(config, granule(quality="good")).jobs
 
 
 # --- aliases, trailing slash, topics ----------------------------------------------------

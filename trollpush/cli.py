@@ -123,9 +123,11 @@ def cmd_match(args: argparse.Namespace) -> int:
     result = Router(config).route(request)
     say = logsafe.escape  # one line per destination, whatever the file name holds
     for job in result.jobs:
+        held = result.held.get(job.target or "")
+        by = f", by {held}" if held else ""  # which of several condition sets took it
         for up in job.uploads:
             print(say(f"{job.target}: {up.url} (endpoint {job.endpoint}, announce on "
-                      f"{job.publish_topic})"))
+                      f"{job.publish_topic}{by})"))
     for fail in result.failures:
         print(say(f"{fail.target or '-'}: FAILS {fail.reason}: {fail.detail}"))
     if args.verbose or not result.jobs:

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import operator
 import re
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 import trollsift
 
-from .config import Config, Scalar, TargetConfig
+from .config import Choice, Comparison, Condition, ConditionSet, Config, Scalar, TargetConfig
 from .errors import Reason, RouteError
 from .messages import parse_destination
 from .models import Job, Request, SourceFile, Upload
@@ -40,11 +42,14 @@ class RouteFailure:
 
 @dataclass(frozen=True)
 class RouteResult:
-    """Jobs to run, failures to announce, and why the other targets were skipped."""
+    """Jobs to run, failures to announce, and why the other targets were skipped;
+    ``held`` names, for a target with several condition sets, the ones that took its
+    files (``conditions[1]``), for ``trollpush match``."""
 
     jobs: tuple[Job, ...]
     failures: tuple[RouteFailure, ...]
     skipped: Mapping[str, str]
+    held: Mapping[str, str] = MappingProxyType({})
 
 
 class Router:
@@ -61,10 +66,13 @@ class Router:
         jobs: list[Job] = []
         failures: list[RouteFailure] = []
         skipped: dict[str, str] = {}
+        held: dict[str, str] = {}
         for target in self._config.targets:
             outcome = self._apply(target, request)
-            if isinstance(outcome, Job):
-                jobs.append(outcome)
+            if isinstance(outcome, tuple):
+                jobs.append(outcome[0])
+                if len(target.conditions) > 1:
+                    held[target.name] = ", ".join(f"conditions[{i}]" for i in outcome[1])
             elif isinstance(outcome, RouteFailure):
                 failures.append(outcome)
             else:
@@ -73,7 +81,7 @@ class Router:
             why = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no targets configured"
             failures.append(RouteFailure(None, Reason.NO_ROUTE, f"no target matches ({why})",
                                          request.files[0] if request.files else None))
-        return RouteResult(tuple(jobs), tuple(failures), skipped)
+        return RouteResult(tuple(jobs), tuple(failures), skipped, held)
 
     def _direct(self, request: Request) -> RouteResult:
         endpoint = request.endpoint or self._config.default_endpoint()
@@ -99,12 +107,15 @@ class Router:
                   metadata=request.metadata, publish_topic=self._default_topic)
         return RouteResult((job,), (), {})
 
-    def _apply(self, target: TargetConfig, request: Request) -> Job | RouteFailure | str:
-        """A Job, a RouteFailure, or the reason (str) why the target does not apply."""
+    def _apply(self, target: TargetConfig, request: Request
+               ) -> tuple[Job, list[int]] | RouteFailure | str:
+        """A Job (with the condition sets that held), a RouteFailure, or the reason (str)
+        why the target does not apply."""
         if target.topics and not any(request.subject.startswith(t) for t in target.topics):
             return f"subject {request.subject} is not under {list(target.topics)}"
         metas: list[dict[str, Any]] = []
         misses: list[str] = []
+        held: set[int] = set()
         for f in request.files:
             meta = {**request.metadata, **f.meta, "uid": f.uid}
             if target.pattern:
@@ -116,10 +127,12 @@ class Router:
                 except ValueError:
                     misses.append(f"{f.path.name} does not match pattern {target.pattern}")
                     continue
-            why = _check_conditions(target, meta)
-            if why:
-                misses.append(why)
-                continue
+            if target.conditions:
+                which = _held_set(target.conditions, meta)
+                if isinstance(which, str):
+                    misses.append(which)
+                    continue
+                held.add(which)
             metas.append(meta)
         if misses and not metas:
             return misses[0]
@@ -151,25 +164,102 @@ class Router:
                 return RouteFailure(target.name, err.reason, err.detail, request.files[0],
                                     target.destination)
         return Job(request=request, target=target.name, endpoint=target.endpoint,
-                   uploads=tuple(uploads), metadata=job_meta, publish_topic=topic)
+                   uploads=tuple(uploads), metadata=job_meta, publish_topic=topic), sorted(held)
 
 
-def _check_conditions(target: TargetConfig, meta: Mapping[str, Any]) -> str | None:
-    """None if the conditions hold, else the reason they don't."""
-    for key, allowed in target.conditions.items():
+_OPERATORS: Mapping[str, Callable[[float, float], bool]] = MappingProxyType({
+    "<": operator.lt, ">": operator.gt, "<=": operator.le, ">=": operator.ge,
+    "==": operator.eq, "!=": operator.ne})
+
+
+def _held_set(sets: tuple[ConditionSet, ...], meta: Mapping[str, Any]) -> int | str:
+    """The index of the first condition set that holds, else why none does (the sets
+    are ORed, as trollmoves' dispatcher does)."""
+    whys: list[str] = []
+    for i, one in enumerate(sets):
+        why = _check_set(one, meta)
+        if why is None:
+            return i
+        whys.append(why)
+    if len(whys) == 1:
+        return whys[0]
+    return "no condition set holds: " + "; ".join(
+        f"conditions[{i}]: {why}" for i, why in enumerate(whys))
+
+
+def _check_set(conditions: ConditionSet, meta: Mapping[str, Any]) -> str | None:
+    """None if every condition holds and the except block does not, else the reason.
+
+    A key missing from the metadata, or a comparison with a value that is not a number,
+    fails the set, in ``except`` too: the dispatcher does the same (or raises)."""
+    for key, condition in conditions.conditions.items():
         if key not in meta:
             return f"condition on {key!r}: the message has no {key!r}"
-        if not _matches(meta[key], allowed):
-            return f"condition {key} in {list(allowed)}: got {meta[key]!r}"
-    if target.excepts and all(k in meta and _matches(meta[k], allowed)
-                              for k, allowed in target.excepts.items()):
-        return f"excepted by {dict(target.excepts)}"
-    return None
+        held = _holds(meta[key], condition)
+        if held is None:
+            return f"condition {key} {_shown(condition)}: got {_short(meta[key])}, not a number"
+        if not held:
+            return f"condition {key} {_shown(condition)}: got {_short(meta[key])}"
+    if not conditions.excepts:
+        return None
+    excepted = True  # every key is looked at: a missing one fails the set in any order
+    for key, condition in conditions.excepts.items():
+        if key not in meta:
+            return f"except on {key!r}: the message has no {key!r}"
+        held = _holds(meta[key], condition)
+        if held is None:
+            return f"except {key} {_shown(condition)}: got {_short(meta[key])}, not a number"
+        excepted = excepted and held
+    if not excepted:
+        return None
+    shown = {k: _shown(c) for k, c in conditions.excepts.items()}
+    return "excepted by {" + ", ".join(f"{k!r}: {v}" for k, v in shown.items()) + "}"
 
 
-def _matches(actual: Any, allowed: Iterable[Scalar]) -> bool:
+def _holds(actual: Any, condition: Condition) -> bool | None:
+    """Whether the value meets the condition; None: a comparison on a value that is not
+    a number."""
+    if isinstance(condition, Comparison):
+        number = _number(actual)
+        return None if number is None else _OPERATORS[condition.op](number, condition.number)
+    return _matches(actual, condition)
+
+
+def _number(value: Any) -> float | None:
+    """The value as the dispatcher reads it (``float(value)``: numbers and numeric
+    strings such as ``"77.1"``), or None where it would raise: not a number, a boolean,
+    a list, NaN or infinite (its ``eval`` fails on those too)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _matches(actual: Any, allowed: Iterable[Choice]) -> bool:
+    """One of the allowed values; a list-valued field matches an allowed list equal to it,
+    or an allowed value equal to any of its elements."""
     values = actual if isinstance(actual, (list, tuple, set, frozenset)) else (actual,)
-    return any(a == b or str(a) == str(b) for a in values for b in allowed)
+    for b in allowed:
+        if isinstance(b, tuple):
+            if (isinstance(actual, (list, tuple)) and len(actual) == len(b)
+                    and all(_equal(x, y) for x, y in zip(actual, b, strict=True))):
+                return True
+        elif any(_equal(a, b) for a in values):
+            return True
+    return False
+
+
+def _equal(a: Any, b: Scalar) -> bool:
+    return bool(a == b) or str(a) == str(b)
+
+
+def _shown(condition: Condition) -> str:
+    if isinstance(condition, Comparison):
+        return repr(condition.text)
+    return "in " + repr([list(c) if isinstance(c, tuple) else c for c in condition])
 
 
 def _aliased(meta: Mapping[str, Any], aliases: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:

@@ -11,6 +11,10 @@ from __future__ import annotations
 from .defaults import EVENT_LOOPS, RECEIVE_HWM, REQUEST_ADDRESS, default_journal_path
 from .load import load_config, parse_config
 from .model import (
+    Choice,
+    Comparison,
+    Condition,
+    ConditionSet,
     Config,
     DaemonConfig,
     EndpointConfig,
@@ -33,6 +37,8 @@ __all__ = [
     "Config", "SubscribeConfig", "RequestsConfig", "S3DaemonConfig", "HttpConfig",
     "WatchConfig", "PublishConfig", "EndpointConfig", "TargetConfig", "DaemonConfig",
     "JournalConfig", "Scalar", "default_endpoint",
+    # a target's conditions
+    "ConditionSet", "Condition", "Comparison", "Choice",
     # reading it
     "load_config", "parse_config", "config_schema",
     # defaults other modules use

@@ -44,6 +44,13 @@ URL_PATTERN = r"^https?://[^\s/]+"
 MODE_PATTERN = r"(0o?)?0?[0-7]{1,3}"  # octal, at most 0777; surrounding blanks allowed
 #: HOST:PORT, the host a name, an IPv4 address or a bracketed IPv6 address
 HOST_PORT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):\d{1,5}$"
+#: a numeric condition as trollmoves' dispatcher writes it ('<30', '>= 5', '!=-2.5e3'):
+#: the operator first, then a decimal number; blanks (no newline) between and after
+COMPARISON_PATTERN = (r"^(<=|>=|==|!=|<|>)[ \t]*([+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)"
+                      r"([eE][+-]?[0-9]+)?)[ \t]*$")
+#: a condition string that starts (maybe after blanks) like an operator: a comparison,
+#: or a mistake (the dispatcher raises on '<abc', '=2', '<'; compares ' <30' as text)
+OPERATOR_START = r"^\s*[<>=!]"
 
 
 def default_journal_path() -> Path:
@@ -227,8 +234,9 @@ TARGET = _section(
              "(default: target0, target1, ... by position)."),
     topics=Key(Kind.TOPICS, "Subject prefixes this target takes (default: any)."),
     pattern=Key(Kind.PATTERN, "trollsift pattern matched against the file's base name."),
-    conditions=Key(Kind.CONDITIONS, "field: value(s) the metadata must hold, and an "
-                   "optional except: block."),
+    conditions=Key(Kind.CONDITIONS, "field: value(s) or a comparison ('<30') the "
+                   "metadata must hold, with an optional except: block; or a list of such "
+                   "sets, any one of which is enough (trollmoves' dispatcher form)."),
     aliases=Key(Kind.ALIASES, "field: {value: alias}, used only when composing."),
     destination=Key(Kind.DESTINATION, "Where the file goes: an s3://BUCKET/KEY trollsift "
                     "template.", required=True),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import grp
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .defaults import (
     DAEMON,
@@ -30,6 +30,33 @@ from .defaults import (
 from .units import human
 
 Scalar = str | int | float | bool
+#: one allowed value of a condition: a plain value, or a list the field must equal as a
+#: whole (trollmoves' ``sensor: [atms, [atms]]`` takes ``atms`` and ``[atms]``)
+Choice = Scalar | tuple[Scalar, ...]
+Operator = Literal["<", ">", "<=", ">=", "==", "!="]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A numeric condition (``daylight: '<30'``), parsed once at load so that no message
+    re-reads its text; ``text`` is the value as written, for reasons and ``match``."""
+
+    op: Operator
+    number: int | float
+    text: str
+
+
+#: what one key of a condition set asks: one of these values, or a comparison
+Condition = tuple[Choice, ...] | Comparison
+
+
+@dataclass(frozen=True)
+class ConditionSet:
+    """Conditions that must all hold, unless every key of ``excepts`` holds too: one
+    mapping of a target's ``conditions`` (trollmoves' dispatcher ORs a list of them)."""
+
+    conditions: Mapping[str, Condition] = field(default_factory=dict)
+    excepts: Mapping[str, Condition] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -197,8 +224,8 @@ class TargetConfig:
     endpoint: str
     topics: tuple[str, ...] = ()
     pattern: str | None = None
-    conditions: Mapping[str, tuple[Scalar, ...]] = field(default_factory=dict)
-    excepts: Mapping[str, tuple[Scalar, ...]] = field(default_factory=dict)
+    #: any one set holding is enough; none: every file the target's topics and pattern take
+    conditions: tuple[ConditionSet, ...] = ()
     aliases: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     publish_topic: str | None = None
     #: "always": upload even an unchanged file that already landed
@@ -286,8 +313,8 @@ class Config:
                 extra.append(f"topics {list(t.topics)}")
             if t.pattern:
                 extra.append(f"pattern {t.pattern}")
-            if t.conditions or t.excepts:
-                extra.append(f"{len(t.conditions)} condition(s), {len(t.excepts)} except")
+            if t.conditions:
+                extra.append(_conditions_summary(t.conditions))
             lines.append(f"target {t.name}: -> {t.destination} @{t.endpoint}"
                          + (f" ({'; '.join(extra)})" if extra else ""))
         return "\n".join(lines)
@@ -325,6 +352,14 @@ def _publish_line(publish: PublishConfig | None) -> str:
         where = f"a random port, registered with {ns}"
     return (f"output publish: {where} as {s.get('name')!r}, default topic "
             f"{publish.topic}, failures on {publish.failure_topic}")
+
+
+def _conditions_summary(sets: tuple[ConditionSet, ...]) -> str:
+    def one(cs: ConditionSet) -> str:
+        return f"{len(cs.conditions)} condition(s), {len(cs.excepts)} except"
+    if len(sets) == 1:
+        return one(sets[0])
+    return f"any of {len(sets)} condition sets: " + " | ".join(one(cs) for cs in sets)
 
 
 def default_endpoint(endpoints: Mapping[str, EndpointConfig]) -> str | None:

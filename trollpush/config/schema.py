@@ -16,9 +16,11 @@ from typing import Any
 
 from .defaults import (
     ADDRESS_PATTERN,
+    COMPARISON_PATTERN,
     ENDPOINT,
     HOST_PORT_PATTERN,
     MODE_PATTERN,
+    OPERATOR_START,
     SECTION_DOCS,
     SECTIONS,
     TARGET,
@@ -90,8 +92,6 @@ def kind_schema(key: Key) -> Schema:
     """What a key of this kind accepts, as far as JSON Schema can say it."""
     topic = {"type": "string", "pattern": r"^\S+$"}
     names = {"type": "string"}
-    scalar = {"type": ["string", "number", "boolean"]}
-    values = {"anyOf": [scalar, {"type": "array", "items": scalar, "minItems": 1}]}
     match key.kind:
         case Kind.STRING | Kind.PATH | Kind.PATTERN:
             return dict(_NOT_BLANK)
@@ -138,13 +138,27 @@ def kind_schema(key: Key) -> Schema:
         case Kind.DESTINATION:
             return {"type": "string", "pattern": "^s3://[^/]"}
         case Kind.CONDITIONS:
-            return {"type": "object", "additionalProperties": values, "properties": {
-                "except": {"type": "object", "minProperties": 1,
-                           "additionalProperties": values}}}
+            return _conditions()
         case Kind.ALIASES:
             return {"type": "object", "additionalProperties": {
                 "type": "object", "additionalProperties": {"type": ["string", "integer"]}}}
     raise AssertionError(f"no schema for {key.kind}")  # pragma: no cover (a test sees all)
+
+
+def _conditions() -> Schema:
+    """One condition set, or trollmoves' non-empty list of them.  A string that starts
+    like an operator must be a whole comparison, and stands alone (not in a list)."""
+    plain = {"anyOf": [{"type": "string", "not": {"pattern": OPERATOR_START}},
+                       {"type": ["number", "boolean"]}]}
+    item = {"anyOf": [plain, {"type": "array", "items": plain, "minItems": 1}]}
+    value = {"anyOf": [{"type": "string", "pattern": COMPARISON_PATTERN}, plain,
+                       {"type": "array", "items": item, "minItems": 1}]}
+    excepts = {"type": "object", "minProperties": 1, "additionalProperties": value,
+               "properties": {"except": False}}
+    one: Schema = {"type": "object", "additionalProperties": value,
+                   "properties": {"except": excepts}}
+    return {"anyOf": [one, {"type": "array", "minItems": 1,
+                            "items": {**one, "minProperties": 1}}]}
 
 
 def _top_rules() -> Schema:

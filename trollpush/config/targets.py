@@ -1,8 +1,9 @@
 """The ``targets`` section: routing rules, with their patterns and templates checked.
 
 A pattern must compile as trollsift does; a destination or publish_topic must be a
-template trollsift can compose, with named fields only; conditions and aliases hold
-plain values.  Nothing here looks at a message: that is ``trollpush.route``'s work.
+template trollsift can compose, with named fields only; conditions (one set, or
+trollmoves' list of sets) hold plain values or comparisons, parsed here once; aliases
+hold plain values.  Nothing here looks at a message: that is ``trollpush.route``'s work.
 """
 
 from __future__ import annotations
@@ -11,12 +12,22 @@ import re
 import string
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import trollsift
 
-from .defaults import TARGET
-from .model import EndpointConfig, Scalar, TargetConfig, default_endpoint
+from .defaults import COMPARISON_PATTERN, OPERATOR_START, TARGET
+from .model import (
+    Choice,
+    Comparison,
+    Condition,
+    ConditionSet,
+    EndpointConfig,
+    Operator,
+    Scalar,
+    TargetConfig,
+    default_endpoint,
+)
 from .validator import Validator
 
 #: a named field, optionally indexed or with attributes: {sensor[0]}, {start_time.year}
@@ -74,14 +85,14 @@ def _target(v: Validator, i: int, t: Mapping[str, Any],
         publish_topic = v.topic(publish_topic, f"{p}publish_topic")
         if publish_topic is not None:
             _check_template(v, publish_topic, f"{p}publish_topic")
-    conditions, excepts = _conditions(v, t.get("conditions"), f"{p}conditions")
+    conditions = _conditions(v, t.get("conditions"), f"{p}conditions")
     rules = TARGET["overwrite"]
     overwrite = v.choice(t, "overwrite", p, rules.choices, rules.default,
                          f"{rules.default} (the default) or always")
     return TargetConfig(
         name=name, destination=destination or "", endpoint=endpoint or "",
         topics=v.topics(t.get("topics"), f"{p}topics"), pattern=pattern,
-        conditions=conditions, excepts=excepts,
+        conditions=conditions,
         aliases=_aliases(v, t.get("aliases"), f"{p}aliases"), publish_topic=publish_topic,
         overwrite=overwrite)
 
@@ -121,34 +132,103 @@ def _check_template(v: Validator, template: str, key: str) -> None:
             return
 
 
-def _scalars(v: Validator, value: object, key: str) -> tuple[Scalar, ...]:
+_COMPARISON_RE = re.compile(COMPARISON_PATTERN)
+_OPERATOR_START_RE = re.compile(OPERATOR_START)
+_VALUES = "a string, number or boolean, a list of them, or a comparison like '<30'"
+_ITEM = ("a string, number or boolean, or a list of them (a list-valued field must equal "
+         "it as a whole)")
+_INNER = "a string, number or boolean"
+_COMPARISON = ("a comparison: <, >, <=, >=, == or != right at the start, then a number, "
+               "like '<30' or '>= 5' (a string starting with an operator is never text)")
+
+
+def _conditions(v: Validator, raw: object, key: str) -> tuple[ConditionSet, ...]:
+    """``conditions``: one set (a mapping), or trollmoves' list of sets, any of which is
+    enough; a dispatcher's block can be copied as it is."""
+    if raw is None:
+        return ()
+    if isinstance(raw, Mapping):
+        one = _condition_set(v, raw, key)
+        return (one,) if one.conditions or one.excepts else ()
+    if not isinstance(raw, list) or not raw:
+        v.problem(key, raw, "a mapping of field: value(s), or a non-empty list of such "
+                  "mappings (condition sets, any one of which is enough)")
+        return ()
+    sets = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping) or not item:
+            v.problem(f"{key}[{i}]", item, "a non-empty mapping of field: value(s) (an "
+                      "empty set would take every file)")
+            continue
+        sets.append(_condition_set(v, item, f"{key}[{i}]"))
+    return tuple(sets)
+
+
+def _condition_set(v: Validator, data: Mapping[str, Any], key: str) -> ConditionSet:
+    conditions: dict[str, Condition] = {}
+    excepts: dict[str, Condition] = {}
+    for name, value in data.items():
+        if name != "except":
+            conditions[str(name)] = _condition(v, value, f"{key}.{name}")
+            continue
+        block = v.mapping(value, f"{key}.except")
+        if value is None or (block is not None and not block):
+            v.problem(f"{key}.except", value, "a non-empty mapping of field: value(s)")
+        for ename, evalue in (block or {}).items():
+            if ename == "except":
+                v.problem(f"{key}.except.except", evalue, "no except inside except (write "
+                          "another condition set instead)")
+                continue
+            excepts[str(ename)] = _condition(v, evalue, f"{key}.except.{ename}")
+    return ConditionSet(MappingProxyType(conditions), MappingProxyType(excepts))
+
+
+def _condition(v: Validator, value: object, key: str) -> Condition:
+    """One key's condition: a comparison (parsed here, once), or the values one of which
+    the field must equal; a list inside the list is a whole list the field must equal."""
+    if isinstance(value, str) and _OPERATOR_START_RE.match(value):
+        return _comparison(v, value, key)
     items = value if isinstance(value, list) else [value]
     if not items:
         v.problem(key, value, "a value or a non-empty list of values")
+    choices: list[Choice] = []
     for i, item in enumerate(items):
-        if not isinstance(item, (str, int, float, bool)):
-            v.problem(key if len(items) == 1 else f"{key}[{i}]", item,
-                      "a string, number or boolean")
-    return tuple(x for x in items if isinstance(x, (str, int, float, bool)))
+        where = key if item is value else f"{key}[{i}]"
+        if isinstance(item, list) and item is not value:
+            inner = [_plain(v, x, f"{where}[{j}]", _INNER) for j, x in enumerate(item)]
+            if not item:
+                v.problem(where, item, "a non-empty list a list-valued field must equal")
+            elif all(x is not None for x in inner):
+                choices.append(tuple(x for x in inner if x is not None))
+        elif (plain := _plain(v, item, where, _VALUES if item is value else _ITEM)) is not None:
+            choices.append(plain)
+    return tuple(choices)
 
 
-def _conditions(v: Validator, raw: object, key: str
-                ) -> tuple[Mapping[str, tuple[Scalar, ...]], Mapping[str, tuple[Scalar, ...]]]:
-    data = v.mapping(raw, key)
-    if data is None:
-        return {}, {}
-    conditions: dict[str, tuple[Scalar, ...]] = {}
-    excepts: dict[str, tuple[Scalar, ...]] = {}
-    for name, value in data.items():
-        if name == "except":
-            block = v.mapping(value, f"{key}.except")
-            if value is None or (block is not None and not block):
-                v.problem(f"{key}.except", value, "a non-empty mapping of field: value(s)")
-            for ename, evalue in (block or {}).items():
-                excepts[str(ename)] = _scalars(v, evalue, f"{key}.except.{ename}")
-        else:
-            conditions[str(name)] = _scalars(v, value, f"{key}.{name}")
-    return MappingProxyType(conditions), MappingProxyType(excepts)
+def _plain(v: Validator, item: object, key: str, expected: str) -> Scalar | None:
+    """A value to compare for equality; a comparison string in a list is refused (the
+    dispatcher would compare ``'<30'`` as text there, which is never what was meant)."""
+    if isinstance(item, str) and _OPERATOR_START_RE.match(item):
+        v.problem(key, item, "a plain value: a comparison cannot be one of a list (write "
+                  "it alone, or in another condition set)")
+        return None
+    if not isinstance(item, (str, int, float, bool)):
+        v.problem(key, item, expected)
+        return None
+    return item
+
+
+def _comparison(v: Validator, text: str, key: str) -> Comparison | tuple[Choice, ...]:
+    m = _COMPARISON_RE.match(text)
+    if m is None:
+        v.problem(key, text, _COMPARISON)
+        return ()
+    literal = m.group(2)
+    try:
+        number: int | float = int(literal)
+    except ValueError:
+        number = float(literal)
+    return Comparison(cast(Operator, m.group(1)), number, text)
 
 
 def _aliases(v: Validator, raw: object, key: str) -> Mapping[str, Mapping[str, str]]:
