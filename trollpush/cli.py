@@ -201,6 +201,26 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(sub: Any) -> None:
+    demo = sub.add_parser("demo", help="the whole pipeline on an embedded local S3 server")
+    demo.add_argument("--config", help="demo config (default: examples/demo.yaml)")
+    demo.add_argument("--files", type=int, default=8, help="how many files to announce")
+    demo.add_argument("-v", "--verbose", action="store_true", help="show the daemon's log")
+    demo.set_defaults(func=cmd_demo)
+
+
+def _add_convert(sub: Any) -> None:
+    conv = sub.add_parser("convert-dispatch", help="write a trollpush config from a trollmoves "
+                                                   "dispatcher config (docs/migrating.md)")
+    conv.add_argument("dispatch", help="the dispatcher's YAML config")
+    conv.add_argument("-o", "--output", help="write the config here (default: stdout)")
+    conv.add_argument("-p", "--publish-port", type=int, nargs="?", const=0,
+                      help="the dispatcher's own -p/--publish-port, if it is run with one")
+    conv.add_argument("-n", "--publish-nameserver", nargs="*", metavar="NAMESERVER",
+                      help="the dispatcher's own -n/--publish-nameserver")
+    conv.set_defaults(func=cmd_convert)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config.defaults import REQUEST_ADDRESS
 
@@ -255,21 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(draft 2020-12), for editors")
     schema.set_defaults(func=cmd_schema)
 
-    demo = sub.add_parser("demo", help="the whole pipeline on an embedded local S3 server")
-    demo.add_argument("--config", help="demo config (default: examples/demo.yaml)")
-    demo.add_argument("--files", type=int, default=8, help="how many files to announce")
-    demo.add_argument("-v", "--verbose", action="store_true", help="show the daemon's log")
-    demo.set_defaults(func=cmd_demo)
-
-    conv = sub.add_parser("convert-dispatch", help="write a trollpush config from a trollmoves "
-                                                   "dispatcher config (docs/migrating.md)")
-    conv.add_argument("dispatch", help="the dispatcher's YAML config")
-    conv.add_argument("-o", "--output", help="write the config here (default: stdout)")
-    conv.add_argument("-p", "--publish-port", type=int, nargs="?", const=0,
-                      help="the dispatcher's own -p/--publish-port, if it is run with one")
-    conv.add_argument("-n", "--publish-nameserver", nargs="*", metavar="NAMESERVER",
-                      help="the dispatcher's own -n/--publish-nameserver")
-    conv.set_defaults(func=cmd_convert)
+    _add_demo(sub)
+    _add_convert(sub)
     return parser
 
 

@@ -6,6 +6,8 @@ behaviour is also a warning, so that a user reviews the differences instead of m
 them in production.  The rules, and why, are in docs/migrating.md; the keys are checked
 against trollmoves' own ``Dispatcher.get_destinations`` in tests/test_convert.py.
 """
+# shape: one pure step read top to bottom (destinations, aliases, endpoints, sections); the
+# dispatcher's rules stay next to each other rather than in modules nothing else imports
 
 from __future__ import annotations
 
@@ -349,7 +351,7 @@ def _endpoint(out: _Out, where: str, params: object
     settings: dict[str, Any] = {}
     comments: list[str] = [f"from the connection_parameters of {where}"]
     if params is None:
-        return settings, comments + ["none given: AWS, with the default credential chain"]
+        return settings, [*comments, "none given: AWS, with the default credential chain"]
     if not isinstance(params, Mapping):
         out.warn(where, f"connection_parameters: got {params!r}, expected a mapping; "
                  "left out", comments)
@@ -362,6 +364,8 @@ def _endpoint(out: _Out, where: str, params: object
         flat["client_kwargs"] = kwargs
     for key, value in flat.items():
         _endpoint_key(out, where, str(key), value, settings, comments)
+    order = ["url", "region", "verify", "profile", "addressing_style"]
+    settings = {k: settings[k] for k in sorted(settings, key=order.index)}
     secrets = sorted(k for k in flat if str(k).rsplit(".", 1)[-1] in SECRET_KEYS)
     if secrets:
         out.warn(where, f"connection_parameters hold {', '.join(secrets)}: not copied. Put "
@@ -370,7 +374,6 @@ def _endpoint(out: _Out, where: str, params: object
     return settings, comments
 
 
-# shape: one branch per connection parameter, each a line or two: a table in code form
 def _endpoint_key(out: _Out, where: str, key: str, value: Any, settings: dict[str, Any],
                   comments: list[str]) -> None:
     leaf = key.rsplit(".", 1)[-1]
@@ -389,10 +392,10 @@ def _endpoint_key(out: _Out, where: str, key: str, value: Any, settings: dict[st
         settings["profile"] = value
     elif leaf in SECRET_KEYS:
         pass  # said once, after all keys
-    elif key == "use_ssl":
-        if value is not True:
-            out.warn(where, f"use_ssl: {value!r} not carried over: the scheme of url "
-                     "decides", comments)
+    elif key in ("use_ssl", "anon"):
+        if value is not (key == "use_ssl"):  # use_ssl: true and anon: false change nothing
+            out.warn(where, f"{key}: {value!r} not carried over (trollpush signs every "
+                     "request; the scheme of url decides TLS)", comments)
     elif key == "config_kwargs" and _addressing(value) is not None:
         settings["addressing_style"] = _addressing(value)
     elif key in ATOMIC_KEYS:
@@ -515,7 +518,7 @@ def _comment(lines: list[str], indent: str) -> list[str]:
 class _Dumper(yaml.SafeDumper):
     """Block mappings, with lists of plain values on one line (``topics: [/a/, /b/]``)."""
 
-    def represent_list(self, data: Any) -> yaml.Node:
+    def represent_list(self, data: Any) -> yaml.SequenceNode:
         flow = all(not isinstance(x, (dict, list)) for x in data)
         return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
 
