@@ -13,6 +13,9 @@ trollpush differs from the dispatcher").
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -214,7 +217,7 @@ def test_skip_reasons_name_the_set_and_the_value() -> None:
                                         "platform_name": "NOAA-15"})
     assert result.skipped["t"] == (
         "no condition set holds: conditions[0]: condition sensor in ['viirs']: got 'avhrr'; "
-        "conditions[1]: excepted by {'platform_name': in ['NOAA-15']}")
+        "conditions[1]: excepted by platform_name in ['NOAA-15']")
     result = trollpush_route(CLOUDTYPE, {"daylight": 45, "area": "omerc_bb", "coverage": 60})
     assert result.skipped["t"] == "condition daylight '<30': got 45"
     result = trollpush_route(CLOUDTYPE, {"daylight": "abc", "area": "omerc_bb",
@@ -351,3 +354,51 @@ async def test_a_file_the_condition_skips_is_not_uploaded(daylight: object,
         assert [(m.type, m.data["reason"]) for m in announcer.out] == [
             ("failure", Reason.NO_ROUTE)]
         assert p.stats.count(stats.REQUESTS, outcome="failed") == 1
+
+
+# --- trollpush match and check ----------------------------------------------------------
+
+
+def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "trollpush.yaml"
+    path.write_text(yaml.safe_dump({
+        "requests": None, "endpoints": {"default": {}},
+        "targets": [{"name": "products", "topics": ["/level2/"], "destination": "s3://l2/{uid}",
+                     "conditions": PRODUCTS},
+                    {"name": "cloudtype", "topics": ["/level3/"],
+                     "destination": "s3://l3/{uid}", "conditions": CLOUDTYPE}]}),
+        encoding="utf-8")
+    return subprocess.run([sys.executable, "-m", "trollpush", *args[:1], str(path), *args[1:]],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def test_match_names_the_set_that_took_the_file(tmp_path: Path) -> None:
+    proc = run(tmp_path, "match", "/data/x.tif", "--topic", "/level2/avhrr",
+               "--meta", "sensor=avhrr", "--meta", "product=overview",
+               "--meta", "platform_name=NOAA-19")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "products: s3://l2/x.tif (endpoint default, announce on /trollpush/uploaded/, " \
+           "by conditions[1])" in proc.stdout
+
+
+def test_match_says_why_no_set_took_the_file(tmp_path: Path) -> None:
+    proc = run(tmp_path, "match", "/data/ct.nc", "--topic", "/level3/cloudtype",
+               "--meta", "area=omerc_bb", "--meta", "daylight=45", "--meta", "coverage=77.1")
+    assert proc.returncode == 1
+    assert "cloudtype: no match: condition daylight '<30': got 45" in proc.stdout
+    proc = run(tmp_path, "match", "/data/x.tif", "--topic", "/level2/avhrr",
+               "--meta", "sensor=avhrr", "--meta", "product=green_snow",
+               "--meta", "platform_name=NOAA-15")
+    assert proc.returncode == 1
+    assert ("products: no match: no condition set holds: conditions[0]: condition sensor "
+            "in ['viirs']: got 'avhrr'; conditions[1]: excepted by ") in proc.stdout
+
+
+def test_check_shows_the_condition_sets(tmp_path: Path) -> None:
+    proc = run(tmp_path, "check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ("target products: -> s3://l2/{uid} @default (topics ['/level2/']; any of 2 "
+            "condition sets: 2 condition(s), 0 except | 2 condition(s), 1 except)") in proc.stdout
+    assert "target cloudtype: -> s3://l3/{uid} @default (topics ['/level3/']; 3 condition(s), " \
+           "0 except)" in proc.stdout

@@ -223,6 +223,14 @@ def test_publish_topic_is_composed_from_metadata() -> None:
     assert job.publish_topic == "/uploaded/viirs/NOAA-20/012345/"
 
 
+def test_publish_topic_may_use_the_uid() -> None:
+    """The uid is a field like the others (it is only left out of the job's metadata)."""
+    target = {**VIIRS, "publish_topic": "/uploaded/{uid}"}
+    [job] = route(make_config(target), granule()).jobs
+    assert job.publish_topic == f"/uploaded/{GRANULE}"
+    assert "uid" not in job.metadata
+
+
 def test_publish_topic_defaults_to_the_publish_section() -> None:
     """Without publish_topic, completions go to the publish section's topic."""
     publish = {"name": "tp", "topic": "/done/"}

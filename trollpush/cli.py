@@ -112,7 +112,7 @@ def cmd_match(args: argparse.Namespace) -> int:
     from .client import parse_meta
     from .config import load_config
     from .messages import build_request, decode_message
-    from .route import Router
+    from .route import Router, provenance
 
     config = load_config(args.config)
     path = str(Path(args.file).absolute())
@@ -122,12 +122,19 @@ def cmd_match(args: argparse.Namespace) -> int:
     request = build_request(message, origin="cli", check=False)
     result = Router(config).route(request)
     say = logsafe.escape  # one line per destination, whatever the file name holds
+    targets = {t.name: t for t in config.targets}
     for job in result.jobs:
         held = result.held.get(job.target or "")
         by = f", by {held}" if held else ""  # which of several condition sets took it
         for up in job.uploads:
             print(say(f"{job.target}: {up.url} (endpoint {job.endpoint}, announce on "
                       f"{job.publish_topic}{by})"))
+        if args.verbose and job.target in targets:
+            for f in provenance(targets[job.target], request, request.files[0]):
+                note = "".join([
+                    f"; the pattern read {f.overruled[0]!r}" if f.overruled else "",
+                    f"; composes as {f.aliased[0]!r} (alias)" if f.aliased else ""])
+                print(say(f"    {f.name} = {f.value!r}  from the {f.source}{note}"))
     for fail in result.failures:
         print(say(f"{fail.target or '-'}: FAILS {fail.reason}: {fail.detail}"))
     if args.verbose or not result.jobs:
@@ -268,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("--topic", default="/", help="the message subject to assume")
     match.add_argument("--meta", action="append", metavar="KEY=VALUE")
     match.add_argument("-v", "--verbose", action="store_true",
-                       help="also say why the other targets do not match")
+                       help="also show where each field came from (the message, the "
+                       "pattern, the file name; aliases) and why the other targets do "
+                       "not match")
     match.set_defaults(func=cmd_match)
 
     schema = sub.add_parser("schema", help="print the config file's JSON Schema "

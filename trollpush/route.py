@@ -118,15 +118,13 @@ class Router:
         held: set[int] = set()
         for f in request.files:
             meta = {**request.metadata, **f.meta, "uid": f.uid}
-            if target.pattern:
-                try:
-                    # the producer's metadata wins (it may have normalised what the name
-                    # says: trollstalker's aliases); parsed fields fill in what it lacks
-                    for key, value in trollsift.parse(target.pattern, f.path.name).items():
-                        meta.setdefault(key, value)
-                except ValueError:
-                    misses.append(f"{f.path.name} does not match pattern {target.pattern}")
-                    continue
+            parsed = _parsed(target, f)
+            if parsed is None:
+                misses.append(f"{f.path.name} does not match pattern {target.pattern}")
+                continue
+            # the producer's metadata wins (it may have normalised what the name says:
+            # trollstalker's aliases); parsed fields fill in what it lacks
+            meta = {**parsed, **meta}
             if target.conditions:
                 which = _held_set(target.conditions, meta)
                 if isinstance(which, str):
@@ -149,7 +147,7 @@ class Router:
                 uploads.append(Upload(f, *parse_destination(dest, f.path.name)))
             except RouteError as err:
                 return RouteFailure(target.name, err.reason, err.detail, f, target.destination)
-        job_meta = metas[0] if request.type == "file" else dict(request.metadata)
+        job_meta = dict(metas[0]) if request.type == "file" else dict(request.metadata)
         job_meta.pop("uid", None)
         topic = self._default_topic
         if target.publish_topic:
@@ -165,6 +163,48 @@ class Router:
                                     target.destination)
         return Job(request=request, target=target.name, endpoint=target.endpoint,
                    uploads=tuple(uploads), metadata=job_meta, publish_topic=topic), sorted(held)
+
+
+def _parsed(target: TargetConfig, f: SourceFile) -> dict[str, Any] | None:
+    """The fields the target's pattern reads from the file's base name ({} without a
+    pattern), or None when the name does not match it."""
+    if not target.pattern:
+        return {}
+    try:
+        return dict(trollsift.parse(target.pattern, f.path.name))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Field:
+    """Where one metadata field of a routed file came from, for ``trollpush match -v``."""
+
+    name: str
+    value: Any
+    source: str  # "message", "pattern" or "file name" (uid)
+    overruled: tuple[Any, ...] = ()  # what the pattern read, when the message won over it
+    aliased: tuple[Any, ...] = ()  # what the target's aliases turn the value into
+
+
+def provenance(target: TargetConfig, request: Request, f: SourceFile) -> tuple[Field, ...]:
+    """Every field a target sees for one file, with its source, in the order the daemon
+    merges them: the message, then what the pattern fills in; aliases on the result."""
+    parsed = _parsed(target, f) or {}
+    given = {**request.metadata, **f.meta}
+    meta = {**parsed, **given, "uid": f.uid}
+    named = _aliased(meta, target.aliases)
+    out = []
+    for key in sorted(meta):
+        if key == "uid":
+            source = "message" if given.get("uid") == f.uid else "file name"
+        else:
+            source = "message" if key in given else "pattern"
+        overruled = ((parsed[key],) if key in parsed and key in given
+                     and parsed[key] != given[key] else ())
+        aliased = (named[key],) if named[key] != meta[key] else ()
+        out.append(Field(key, meta[key], source, overruled, aliased))
+    return tuple(out)
 
 
 _OPERATORS: Mapping[str, Callable[[float, float], bool]] = MappingProxyType({
@@ -212,8 +252,7 @@ def _check_set(conditions: ConditionSet, meta: Mapping[str, Any]) -> str | None:
         excepted = excepted and held
     if not excepted:
         return None
-    shown = {k: _shown(c) for k, c in conditions.excepts.items()}
-    return "excepted by {" + ", ".join(f"{k!r}: {v}" for k, v in shown.items()) + "}"
+    return "excepted by " + ", ".join(f"{k} {_shown(c)}" for k, c in conditions.excepts.items())
 
 
 def _holds(actual: Any, condition: Condition) -> bool | None:
