@@ -46,6 +46,7 @@ l1b:
     config_kwargs: {s3: {addressing_style: path}}
     use_tmp_on_transfer: true
     anon: true
+    s3_additional_kwargs: {SSECustomerKey: sse-c-key-in-clear}
   filepattern: '{platform_name}_{start_time:%Y%m%d_%H%M}_{orbit_number:05d}.{format}'
   directory: /{sensor}/{start_time:%Y/%m/%d}
   publish_topic: /uploaded/l1b/{platform_name}/
@@ -87,7 +88,7 @@ ctime:
   dispatch_configs:
     - topics: [/level2/]
 elsewhere:
-  host: scp://user@server.example.org
+  host: scp://user:pa55word@server.example.org
   directory: /data
   dispatch_configs:
     - topics: [/level2/]
@@ -243,6 +244,8 @@ def test_what_cannot_be_converted_is_a_comment_and_a_warning(features: str) -> N
                      "{product_dir}",
                      "ctime.dispatch_configs[0]: not converted: {file_creation_time}"]:
         assert expected in said
+    assert "connection_parameters.s3_additional_kwargs (a dict) has no trollpush" in said
+    assert "sse-c-key-in-clear" not in conversion.text + said
     assert "use_tmp_on_transfer not needed" in comments  # same behaviour: a comment only
     assert "use_tmp_on_transfer" not in said
 
@@ -250,11 +253,12 @@ def test_what_cannot_be_converted_is_a_comment_and_a_warning(features: str) -> N
 def test_destinations_trollpush_does_not_serve_are_listed_and_skipped(features: str) -> None:
     conversion = convert_dispatch_text(features)
     skipped = "\n".join(conversion.skipped)
-    assert "elsewhere.dispatch_configs[0]: scp://user@server.example.org" in skipped
+    assert "elsewhere.dispatch_configs[0]: scp://user:***@server.example.org" in skipped
+    assert "pa55word" not in conversion.text + skipped  # a password in a host is hidden
     assert "elsewhere.dispatch_configs[1]: sftp://server.example.org" in skipped
     assert "local.dispatch_configs[0]: (empty host): a local copy" in skipped
     head = conversion.text.split("subscribe:", 1)[0]
-    assert "Destinations not converted:" in head and "scp://user@server.example.org" in head
+    assert "Destinations not converted:" in head and "scp://user:***@server.example.org" in head
     assert set(conversion.origins) == {"l1b-0", "l1b-1", "renamed"}
     assert "elsewhere" not in conversion.text.split("targets:", 1)[1]
 

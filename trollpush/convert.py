@@ -117,16 +117,21 @@ def convert_dispatch(raw: object, *, source: str = "dispatch.yaml",
     clients = _clients(raw, source)
     out = _Out()
     drafts: list[_Draft] = []
+    names: set[str] = set()
     for client, conf in clients.items():
         items = conf["dispatch_configs"]
         for j, item in enumerate(items):
             name = client if len(items) == 1 else f"{client}-{j}"
+            base, n = name, 2
+            while name in names:  # a client named like another's item: "a-0"
+                name, n = f"{base}-{n}", n + 1
+            names.add(name)
             draft = _target(out, client, j, name, conf, item)
             if draft is not None:
                 drafts.append(draft)
     if not drafts:
         raise ConfigError([ConfigProblem(
-            "<destinations>", [str(c.get("host")) for c in clients.values()],
+            "<destinations>", [_shown(str(c.get("host"))) for c in clients.values()],
             "at least one s3:// destination trollpush can serve (not converted: "
             + "; ".join(out.skipped) + ")")], source)
     assert isinstance(raw, Mapping)
@@ -186,6 +191,15 @@ def _item_problems(client: str, conf: Mapping[str, Any], items: list[Any]
     return problems
 
 
+def _shown(url: str) -> str:
+    """A host URL as it may be printed: a password in it (``ftp://user:pw@host``) hidden."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url or "(empty host)"
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
 def _target(out: _Out, client: str, j: int, name: str, conf: Mapping[str, Any],
             item: Mapping[str, Any]) -> _Draft | None:
     """The target for one dispatch item, or None (then ``out.skipped`` says why)."""
@@ -194,18 +208,18 @@ def _target(out: _Out, client: str, j: int, name: str, conf: Mapping[str, Any],
     host = urlsplit(eff["host"])
     if host.scheme != "s3":
         reason = UNSERVED.get(host.scheme, f"scheme {host.scheme}: trollpush uploads to S3 only")
-        out.skipped.append(f"{where}: {eff['host'] or '(empty host)'}: {reason}")
+        out.skipped.append(f"{where}: {_shown(eff['host'])}: {reason}")
         return None
     draft = _Draft(name, client, j, {"name": name, "topics": list(item["topics"])},
                    eff.get("connection_parameters"))
     pattern = eff.get("filepattern")
-    draft.comments.append(f"from {where}: host {eff['host']}, directory "
+    draft.comments.append(f"from {where}: host {_shown(eff['host'])}, directory "
                           f"{eff.get('directory')!r}, filepattern "
                           + ("none (the file's base name)" if pattern is None else repr(pattern)))
     _ignored_keys(out, client, j, conf, item, draft.comments)
     skip = _destination(out, where, host.netloc, host.path, eff, draft)
     if skip is not None:
-        out.skipped.append(f"{where}: {eff['host']}: {skip}")
+        out.skipped.append(f"{where}: {_shown(eff['host'])}: {skip}")
         out.warnings.append(f"{where}: not converted: {skip}")
         return None
     _publish_topic(out, where, conf.get("publish_topic"), draft)
@@ -353,8 +367,8 @@ def _endpoint(out: _Out, where: str, params: object
     if params is None:
         return settings, [*comments, "none given: AWS, with the default credential chain"]
     if not isinstance(params, Mapping):
-        out.warn(where, f"connection_parameters: got {params!r}, expected a mapping; "
-                 "left out", comments)
+        out.warn(where, f"connection_parameters: got a {type(params).__name__}, expected a "
+                 "mapping; left out", comments)
         return settings, comments
     flat = dict(params)
     kwargs = flat.pop("client_kwargs", None)
@@ -394,7 +408,7 @@ def _endpoint_key(out: _Out, where: str, key: str, value: Any, settings: dict[st
         pass  # said once, after all keys
     elif key in ("use_ssl", "anon"):
         if value is not (key == "use_ssl"):  # use_ssl: true and anon: false change nothing
-            out.warn(where, f"{key}: {value!r} not carried over (trollpush signs every "
+            out.warn(where, f"{key}: {_plain(value)} not carried over (trollpush signs every "
                      "request; the scheme of url decides TLS)", comments)
     elif key == "config_kwargs" and _addressing(value) is not None:
         settings["addressing_style"] = _addressing(value)
@@ -402,11 +416,19 @@ def _endpoint_key(out: _Out, where: str, key: str, value: Any, settings: dict[st
         comments.append(f"{key} not needed: a trollpush object appears only once whole "
                         "(multipart_threshold and multipart_chunksize set how it is sent)")
     elif key in S3_KEYS or key.startswith("client_kwargs."):
-        out.warn(where, f"connection_parameters.{key} ({value!r}) has no trollpush "
+        out.warn(where, f"connection_parameters.{key} ({_plain(value)}) has no trollpush "
                  "equivalent: left out", comments)
     else:
         comments.append(f"connection_parameters.{key} is not an S3 setting (trollmoves' S3 "
                         "mover drops it too): left out")
+
+
+def _plain(value: object) -> str:
+    """A left-out setting's value, if it is a plain flag or number; anything else may hold
+    a secret (an SSE-C key in s3_additional_kwargs), so only its type is shown."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    return f"a {type(value).__name__}"
 
 
 def _addressing(value: object) -> str | None:
