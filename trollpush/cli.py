@@ -229,8 +229,6 @@ def _add_convert(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config.defaults import REQUEST_ADDRESS
-
     parser = argparse.ArgumentParser(
         prog="trollpush", description="Land announced files in S3 and announce them.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -240,6 +238,37 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--log-config", help="YAML logging dictConfig file")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.set_defaults(func=cmd_run)
+
+    _add_send(sub)
+
+    check = sub.add_parser("check", help="validate a config and summarise it")
+    check.add_argument("config")
+    check.set_defaults(func=cmd_check)
+
+    match = sub.add_parser("match", help="dry run: where would this file go?")
+    match.add_argument("config")
+    match.add_argument("file")
+    match.add_argument("--topic", default="/", help="the message subject to assume")
+    match.add_argument("--meta", action="append", metavar="KEY=VALUE")
+    match.add_argument("-v", "--verbose", action="store_true",
+                       help="also show where each field came from (the message, the "
+                       "pattern, the file name; aliases) and why the other targets do "
+                       "not match")
+    match.set_defaults(func=cmd_match)
+
+    schema = sub.add_parser("schema", help="print the config file's JSON Schema "
+                                           "(draft 2020-12), for editors")
+    schema.set_defaults(func=cmd_schema)
+
+    _add_demo(sub)
+    _add_convert(sub)
+    return parser
+
+
+def _add_send(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``trollpush send``: the client's options, the longest list (kept out of
+    build_parser so that each stays readable)."""
+    from .config.defaults import REQUEST_ADDRESS
 
     send = sub.add_parser("send", help="submit one file to a running daemon and wait")
     send.add_argument("file")
@@ -264,29 +293,6 @@ def build_parser() -> argparse.ArgumentParser:
                            "(skips the content and store check)")
     send.add_argument("--json", action="store_true", help="print the reply as JSON")
     send.set_defaults(func=cmd_send)
-
-    check = sub.add_parser("check", help="validate a config and summarise it")
-    check.add_argument("config")
-    check.set_defaults(func=cmd_check)
-
-    match = sub.add_parser("match", help="dry run: where would this file go?")
-    match.add_argument("config")
-    match.add_argument("file")
-    match.add_argument("--topic", default="/", help="the message subject to assume")
-    match.add_argument("--meta", action="append", metavar="KEY=VALUE")
-    match.add_argument("-v", "--verbose", action="store_true",
-                       help="also show where each field came from (the message, the "
-                       "pattern, the file name; aliases) and why the other targets do "
-                       "not match")
-    match.set_defaults(func=cmd_match)
-
-    schema = sub.add_parser("schema", help="print the config file's JSON Schema "
-                                           "(draft 2020-12), for editors")
-    schema.set_defaults(func=cmd_schema)
-
-    _add_demo(sub)
-    _add_convert(sub)
-    return parser
 
 
 class _StdoutGuard:
