@@ -208,7 +208,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_demo(sub: Any) -> None:
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser("demo", help="the whole pipeline on an embedded local S3 server")
     demo.add_argument("--config", help="demo config (default: examples/demo.yaml)")
     demo.add_argument("--files", type=int, default=8, help="how many files to announce")
@@ -216,7 +216,7 @@ def _add_demo(sub: Any) -> None:
     demo.set_defaults(func=cmd_demo)
 
 
-def _add_convert(sub: Any) -> None:
+def _add_convert(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     conv = sub.add_parser("convert-dispatch", help="write a trollpush config from a trollmoves "
                                                    "dispatcher config (docs/migrating.md)")
     conv.add_argument("dispatch", help="the dispatcher's YAML config")
