@@ -1,4 +1,4 @@
-"""Console script ``trollpush``: run, send, check, match, schema, demo."""
+"""Console script ``trollpush``: run, send, check, match, schema, demo, convert-dispatch."""
 
 from __future__ import annotations
 
@@ -178,6 +178,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(config_path=args.config, files=args.files, verbose=args.verbose)
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert_dispatch_text
+    from .errors import ConfigProblem
+
+    try:
+        text = Path(args.dispatch).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError([ConfigProblem("<file>", args.dispatch,
+                                         f"a readable UTF-8 file ({err})")],
+                          args.dispatch) from err
+    result = convert_dispatch_text(text, source=args.dispatch, publish_port=args.publish_port,
+                                   publish_nameservers=args.publish_nameserver)
+    for line in result.skipped:
+        print(logsafe.escape(f"trollpush convert-dispatch: not converted: {line}"),
+              file=sys.stderr)
+    for line in result.warnings:
+        print(logsafe.escape(f"trollpush convert-dispatch: warning: {line}"), file=sys.stderr)
+    if args.output:
+        try:
+            Path(args.output).write_text(result.text, encoding="utf-8")
+        except OSError as err:
+            raise UsageError(f"-o {args.output}: {err.strerror}") from err
+        print(f"wrote {args.output}: {len(result.origins)} target(s), "
+              f"{len(result.warnings)} warning(s); next: trollpush check {args.output}",
+              file=sys.stderr)
+    else:
+        print(result.text, end="")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = sub.add_parser("demo", help="the whole pipeline on an embedded local S3 server")
+    demo.add_argument("--config", help="demo config (default: examples/demo.yaml)")
+    demo.add_argument("--files", type=int, default=8, help="how many files to announce")
+    demo.add_argument("-v", "--verbose", action="store_true", help="show the daemon's log")
+    demo.set_defaults(func=cmd_demo)
+
+
+def _add_convert(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    conv = sub.add_parser("convert-dispatch", help="write a trollpush config from a trollmoves "
+                                                   "dispatcher config (docs/migrating.md)")
+    conv.add_argument("dispatch", help="the dispatcher's YAML config")
+    conv.add_argument("-o", "--output", help="write the config here (default: stdout)")
+    conv.add_argument("-p", "--publish-port", type=int, nargs="?", const=0,
+                      help="the dispatcher's own -p/--publish-port, if it is run with one")
+    conv.add_argument("-n", "--publish-nameserver", nargs="*", metavar="NAMESERVER",
+                      help="the dispatcher's own -n/--publish-nameserver")
+    conv.set_defaults(func=cmd_convert)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trollpush", description="Land announced files in S3 and announce them.")
@@ -210,11 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(draft 2020-12), for editors")
     schema.set_defaults(func=cmd_schema)
 
-    demo = sub.add_parser("demo", help="the whole pipeline on an embedded local S3 server")
-    demo.add_argument("--config", help="demo config (default: examples/demo.yaml)")
-    demo.add_argument("--files", type=int, default=8, help="how many files to announce")
-    demo.add_argument("-v", "--verbose", action="store_true", help="show the daemon's log")
-    demo.set_defaults(func=cmd_demo)
+    _add_demo(sub)
+    _add_convert(sub)
     return parser
 
 
