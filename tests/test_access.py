@@ -95,28 +95,29 @@ ACCESS = endpoint_access(EndpointConfig(name="store", url="http://127.0.0.1:9000
 
 
 def test_every_file_item_says_how_to_open_it() -> None:
-    """A file at the top level, each item of a dataset, each file of a collection (loose
-    or inside a dataset); the endpoint by name and by URL at the top."""
+    """A file at the top level, each item of a dataset, each file of a collection (a list
+    with a loose file and a dataset, or a mapping of named datasets); the endpoint by
+    name and by URL at the top."""
     a, b, c = _source("a.h5"), _source("b.h5"), _source("c.h5")
-    cases: dict[str, tuple[dict[str, Any], list[SourceFile]]] = {
-        "file": ({"uri": a.uri}, [a]),
-        "dataset": ({"dataset": [{"uri": a.uri}, {"uri": b.uri}]}, [a, b]),
-        "collection": ({"collection": [{"dataset": [{"uri": a.uri}, {"uri": b.uri}]},
-                                       {"uri": c.uri}]}, [a, b, c]),
-    }
+    cases: list[tuple[str, dict[str, Any], list[SourceFile], Any]] = [
+        ("file", {"uri": a.uri}, [a], lambda d: [d]),
+        ("dataset", {"dataset": [{"uri": a.uri}, {"uri": b.uri}]}, [a, b],
+         lambda d: d["dataset"]),
+        ("collection", {"collection": [{"dataset": [{"uri": a.uri}, {"uri": b.uri}]},
+                                       {"uri": c.uri}]}, [a, b, c],
+         lambda d: [*d["collection"][0]["dataset"], d["collection"][1]]),
+        ("collection", {"collection": {"ir": {"dataset": [{"uri": a.uri}, {"uri": b.uri}]},
+                                       "vs": {"dataset": [{"uri": c.uri}]}}}, [a, b, c],
+         lambda d: [*d["collection"]["ir"]["dataset"], *d["collection"]["vs"]["dataset"]]),
+    ]
     fs = filesystem(EndpointConfig(name="store", url="http://127.0.0.1:9000",
                                    region="eu-north-1"))
-    for kind, (data, sources) in cases.items():
+    for kind, data, sources, items_of in cases:
         job, results = _job(kind, data, sources)
         sent = Message.decode(messages.completion(job, results, ACCESS).encode()).data
         assert sent["endpoint"] == "store"
         assert sent["endpoint_url"] == "http://127.0.0.1:9000"
-        if kind == "file":
-            items = [sent]
-        elif kind == "dataset":
-            items = sent["dataset"]
-        else:
-            items = [*sent["collection"][0]["dataset"], sent["collection"][1]]
+        items = items_of(sent)
         assert [i["path"] for i in items] == [f"s3://bucket/out/{s.uid}" for s in sources]
         assert [i["uri"] for i in items] == [i["path"] for i in items]
         assert [i["uid"] for i in items] == [s.uid for s in sources]  # the base name
