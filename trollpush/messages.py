@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 from posttroll.message import Message
 
+from .access import Access
 from .errors import MessageError, Reason, RouteError
 from .models import (
     FILE_KEYS,
@@ -396,45 +397,53 @@ def new_message(subject: str, atype: str, data: dict[str, Any]) -> Message:
     return message
 
 
-def completion(job: Job, results: Sequence[UploadResult]) -> Message:
-    """The message announcing that every file of a job landed."""
+def completion(job: Job, results: Sequence[UploadResult], access: Access | None = None
+               ) -> Message:
+    """The message announcing that every file of a job landed; ``access``: how consumers
+    reach the job's endpoint (None: nothing is said about it)."""
     request = job.request
     data: dict[str, Any] = dict(job.metadata)
     produced = iter(results)
     if request.type == "file":
-        data.update(_object_fields(next(produced)))
+        data.update(_object_fields(next(produced), access))
     elif request.type == "dataset":
-        data["dataset"] = _rebuild_items(request.data["dataset"], produced)
+        data["dataset"] = _rebuild_items(request.data["dataset"], produced, access)
     else:  # the shape it came in: a list, or a mapping of named datasets
         collection = request.data["collection"]
         if isinstance(collection, Mapping):
-            data["collection"] = {name: _rebuild_entry(item, produced)
+            data["collection"] = {name: _rebuild_entry(item, produced, access)
                                   for name, item in collection.items()}
         else:
-            data["collection"] = [_rebuild_entry(item, produced) for item in collection]
+            data["collection"] = [_rebuild_entry(item, produced, access)
+                                  for item in collection]
     data["endpoint"] = job.endpoint
+    if access is not None and access.endpoint_url:
+        data["endpoint_url"] = access.endpoint_url
     return new_message(job.publish_topic, request.type, data)
 
 
-def _object_fields(result: UploadResult) -> dict[str, Any]:
+def _object_fields(result: UploadResult, access: Access | None) -> dict[str, Any]:
+    """The keys of one file item: where it landed, and how a consumer opens it."""
     fields: dict[str, Any] = {"uri": result.upload.url,
                               "uid": posixpath.basename(result.upload.key), "size": result.size}
     if result.checksum:
         fields["checksum"] = f"{result.checksum_algorithm}:{result.checksum}"
+    if access is not None:
+        fields.update(access.item_fields(result.upload.url))
     return fields
 
 
-def _rebuild_items(items: Sequence[Mapping[str, Any]],
-                   produced: Iterator[UploadResult]) -> list[dict[str, Any]]:
-    return [{**item, **_object_fields(next(produced))} for item in items]
+def _rebuild_items(items: Sequence[Mapping[str, Any]], produced: Iterator[UploadResult],
+                   access: Access | None) -> list[dict[str, Any]]:
+    return [{**item, **_object_fields(next(produced), access)} for item in items]
 
 
-def _rebuild_entry(item: Mapping[str, Any], produced: Iterator[UploadResult]
-                   ) -> dict[str, Any]:
+def _rebuild_entry(item: Mapping[str, Any], produced: Iterator[UploadResult],
+                   access: Access | None) -> dict[str, Any]:
     """One item of a collection: a dataset (with its own metadata) or a file item."""
     if "dataset" in item:
-        return {**item, "dataset": _rebuild_items(item["dataset"], produced)}
-    return {**item, **_object_fields(next(produced))}
+        return {**item, "dataset": _rebuild_items(item["dataset"], produced, access)}
+    return {**item, **_object_fields(next(produced), access)}
 
 
 def failure(topic: str, *, uri: str | None, destination: str | None, error: str, reason: str,

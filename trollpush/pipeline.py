@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from posttroll.message import Message
 
 from . import messages, stats
+from .access import Access
 from .errors import Reason
 from .journal import JobRecord, Journal, State
 from .models import Job, Rejection, Request, ResultReader, Stat, Upload, UploadResult
@@ -149,7 +150,8 @@ class Pipeline:
     """What every request's run shares: collaborators, the routing snapshot, object locks."""
 
     def __init__(self, *, journal: Journal, engine: Engine, announcer: Announcer,
-                 routing: Routing, registry: Stats, durable: bool) -> None:
+                 routing: Routing, registry: Stats, durable: bool,
+                 access: Mapping[str, Access] | None = None) -> None:
         self.journal = journal
         self.engine = engine
         self.announcer = announcer
@@ -158,6 +160,8 @@ class Pipeline:
         self.stats = registry
         #: a durable journal keeps what a stop cuts off, to finish at the next start
         self.durable = durable
+        #: how consumers reach each endpoint's objects (told in completions)
+        self.access: Mapping[str, Access] = access or {}
         self.record = Recorder(registry)
         self.resuming: set[str] = set()  # ids of requests recovered from the journal
         self.running: dict[str, RequestRun] = {}  # by request id
@@ -441,7 +445,7 @@ class JobRunner:
             landed = time.time() - job.request.accepted_at
             for _ in results:
                 p.stats.observe(stats.TOTAL_SECONDS, landed, endpoint=job.endpoint)
-            out = [messages.completion(job, results)]
+            out = [messages.completion(job, results, p.access.get(job.endpoint))]
             await p.announcer.sent(out[0])
             await p.record(p.journal.concluded(job, results, finish=finish), job.describe())
             logger.debug("announced %s on %s", job.describe(), job.publish_topic)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import logsafe, stats
 from ._startup import StartupSignals
+from .access import accesses
 from .announce import Announcer
 from .config import Config
 from .errors import Reason, SetupError, UnrecordableError
@@ -70,7 +71,8 @@ class Service:
                              config.daemon.file_timeout)
         self.pipeline = Pipeline(journal=journal, engine=engine, announcer=announcer,
                                  routing=Routing.from_config(config), registry=self.stats,
-                                 durable=not isinstance(journal, MemoryJournal))
+                                 durable=not isinstance(journal, MemoryJournal),
+                                 access=accesses(config.endpoints))
         self._factories = tuple(inputs)
         self.inputs: list[Input] = []
         self.ready = threading.Event()

@@ -193,6 +193,12 @@ ENDPOINT = _section(
                "them; a path checks them against that CA bundle (PEM).", default=True),
     addressing_style=Key(Kind.CHOICE, "Bucket addressing; many non-AWS stores need path.",
                          default="auto", choices=("auto", "path", "virtual")),
+    announce_filesystem=Key(Kind.BOOLEAN, "Completions give each file `filesystem` (the "
+                            "fsspec JSON of an s3fs S3FileSystem for this endpoint, no "
+                            "credentials) and `path`, so that consumers can open it.",
+                            default=True),
+    public_url=Key(Kind.URL, "The endpoint URL announced to consumers, when theirs differs "
+                   "from `url` (default: `url`)."),
     max_connections=Key(Kind.INTEGER, "Pool size, at least max_parallel (and follows it "
                         "when that is larger).", default=32, minimum=1),
     prewarm=Key(Kind.INTEGER, "Connections opened at start and kept warm, at most "

@@ -349,9 +349,7 @@ def _endpoints(v: Validator, raw: object) -> dict[str, EndpointConfig]:
 def _endpoint(v: Validator, name: str, e: Mapping[str, Any]) -> EndpointConfig:
     p = f"endpoints.{name}."
     v.no_unknown(e, p, ENDPOINT)
-    url = v.string(e, "url", p)
-    if url and not _URL_RE.match(url):
-        v.problem(f"{p}url", url, "an http:// or https:// URL")
+    url, public_url = (_url(v, e, p, key) for key in ("url", "public_url"))
     if (e.get("access_key_id") is None) != (e.get("secret_access_key") is None):
         v.problem(f"{p}secret_access_key", e.get("secret_access_key"),
                   "access_key_id and secret_access_key given together, or neither")
@@ -360,10 +358,19 @@ def _endpoint(v: Validator, name: str, e: Mapping[str, Any]) -> EndpointConfig:
     if rest["multipart_chunksize"] > MAX_PART:
         v.problem(f"{p}multipart_chunksize", e.get("multipart_chunksize"),
                   "at most 5GiB (S3's largest part)")
-    return EndpointConfig(name=name, url=url, max_connections=connections,
+    return EndpointConfig(name=name, url=url, public_url=public_url,
+                          max_connections=connections,
                           max_parallel=parallel, prewarm=prewarm,
                           verify=_verify(v, e.get("verify", ENDPOINT["verify"].default),
                                          f"{p}verify"), **rest)
+
+
+def _url(v: Validator, e: Mapping[str, Any], p: str, key: str) -> str | None:
+    """An endpoint URL key: a typo is caught at load, not at the first upload."""
+    url: str | None = v.string(e, key, p)
+    if url and not _URL_RE.match(url):
+        v.problem(f"{p}{key}", url, "an http:// or https:// URL")
+    return url
 
 
 def _verify(v: Validator, value: object, key: str) -> bool | str:

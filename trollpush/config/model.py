@@ -174,6 +174,9 @@ class EndpointConfig:
     session_token: str | None = field(default=None, repr=False)
     addressing_style: str = ENDPOINT["addressing_style"].default
     verify: bool | str = ENDPOINT["verify"].default  # or the path of a CA bundle
+    # what completions tell consumers (trollpush.access)
+    announce_filesystem: bool = ENDPOINT["announce_filesystem"].default
+    public_url: str | None = None  # None: url
     # pool: connections opened at start and kept warm through idle gaps
     max_connections: int = ENDPOINT["max_connections"].default
     prewarm: int = ENDPOINT["prewarm"].default
@@ -208,11 +211,13 @@ class EndpointConfig:
             " verify=false" if self.verify is False else f" verify={self.verify}")
         limit = (f" bandwidth_limit={self.bandwidth_limit / 1e6:g}Mbit/s"
                  if self.bandwidth_limit else "")
+        told = (f" public_url={self.public_url}" if self.public_url else "") + (
+            "" if self.announce_filesystem else " announce_filesystem=false")
         return (f"{self.name}: {self.url or 'AWS'} region={self.region or 'default'} "
                 f"({creds}) max_parallel={self.max_parallel} prewarm={self.prewarm} "
                 f"tries={self.tries} attempt_timeout={self.attempt_timeout:g}s "
                 f"multipart>={human(self.multipart_threshold)} "
-                f"checksum={self.checksum}{tls}{limit}")
+                f"checksum={self.checksum}{tls}{limit}{told}")
 
 
 @dataclass(frozen=True)
