@@ -73,9 +73,10 @@ def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str,
             return err.code, err.read().decode(), err.headers.get("Content-Type", "")
 
 
-def post(url: str, fields: dict[str, str]) -> tuple[int, str]:
+def post(url: str, fields: dict[str, str], headers: dict[str, str] | None = None
+         ) -> tuple[int, str]:
     req = urllib.request.Request(url, data=urllib.parse.urlencode(fields).encode(),
-                                 method="POST")
+                                 method="POST", headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, resp.read().decode()
@@ -304,15 +305,9 @@ def test_a_scrape_never_shows_a_secret(base_config: dict[str, Any], tmp_path: Pa
     config["endpoints"]["default"].update(secrets)
     with running_daemon(config) as daemon:
         auth = {"Authorization": "Bearer metrics-bearer-token-0001"}
-        code, body = post(base_url(daemon) + "/upload", {"file": str(granule),
-                                                          "uri": f"s3://{bucket}/s.h5"})
-        assert code == 401
-        req = urllib.request.Request(
-            base_url(daemon) + "/upload", method="POST", headers=auth,
-            data=urllib.parse.urlencode({"file": str(granule),
-                                         "uri": f"s3://{bucket}/s.h5"}).encode())
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            assert resp.status == 200
+        fields = {"file": str(granule), "uri": f"s3://{bucket}/s.h5"}
+        assert post(base_url(daemon) + "/upload", fields)[0] == 401
+        assert post(base_url(daemon) + "/upload", fields, auth)[0] == 200
         denied = http_get(base_url(daemon) + "/metrics")
         assert denied[0] == 401
         code, text, _ = http_get(base_url(daemon) + "/metrics", auth)

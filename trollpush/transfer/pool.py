@@ -178,7 +178,12 @@ class EndpointPool:
     async def _read_tcp(self) -> None:
         while True:
             await asyncio.sleep(TCP_INFO_INTERVAL)
-            self.read_tcp()
+            try:
+                self.read_tcp()
+            except Exception:  # a metric must never cost an upload: stop reading, loudly
+                logger.exception("endpoint %s: reading TCP_INFO failed; no more TCP "
+                                 "figures until a restart", self.config.name)
+                return
 
     def _pace(self, sock: socket.socket) -> None:
         if not self.config.bandwidth_limit:
