@@ -28,6 +28,7 @@ class OneFile:
         self.intake = intake
         self.task: asyncio.Task[None] | None = None
         self.closed = False
+        self.received = 0
 
     def describe(self) -> str:
         return f"one file ({self.path.name})"

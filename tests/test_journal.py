@@ -278,6 +278,24 @@ async def test_the_state_machine(journal: AnyJournal) -> None:
     assert journal.state(r.id) == {} and journal.jobs(r) == []
 
 
+async def test_the_backlog_is_what_is_accepted_and_not_finished(journal: AnyJournal) -> None:
+    """What the metrics read: the backlog, and the bytes on disk (none in memory)."""
+    assert journal.backlog == 0
+    first, second = make_request(1), make_request(2)
+    for r in (first, second, first):  # accepting again is no second request
+        await journal.accepted(r)
+    assert journal.backlog == 2
+    await journal.failed(first, None, "no_route")  # failed, not finished yet
+    assert journal.backlog == 2
+    await journal.finished(first)
+    await journal.finished(first)
+    assert journal.backlog == 1
+    if isinstance(journal, MemoryJournal):
+        assert journal.size_bytes is None
+    else:
+        assert journal.size_bytes is not None and journal.size_bytes > 0
+
+
 async def test_a_request_level_failure_is_recorded(journal: AnyJournal) -> None:
     r = make_request(1)
     await journal.accepted(r)

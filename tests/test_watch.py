@@ -30,6 +30,7 @@ from trollpush.inputs._dirs import Pending, matcher
 from trollpush.messages import Limits
 from trollpush.models import Rejection, Request
 from trollpush.service import Service
+from trollpush.stats import Stats
 
 from .helpers import Listener, daemon_process, running_daemon, wait_until
 from .test_config_schema import errors
@@ -483,6 +484,7 @@ class Intake:
 
     def __init__(self) -> None:
         self.limits = Limits()
+        self.stats = Stats()
         self.items: list[Request | Rejection] = []
         self.open = asyncio.Event()
         self.fatal_errors: list[BaseException] = []

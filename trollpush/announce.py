@@ -50,11 +50,13 @@ class Announcer:
         self._publisher: Any = None
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self.published = 0
+        self.published = 0  # messages sent, and sends that failed (the stats follow both)
+        self.failed = 0
 
     def __repr__(self) -> str:
         where = self.config.settings.get("address") if self.config else None
-        return f"<Announcer {where or 'disabled'} published={self.published}>"
+        return (f"<Announcer {where or 'disabled'} published={self.published} "
+                f"failed={self.failed}>")
 
     @property
     def failure_topic(self) -> str:
@@ -122,6 +124,7 @@ class Announcer:
             self._publisher.send(message.encode())
             self.published += 1
         except Exception:
+            self.failed += 1
             logger.exception("publish failed for %s %s", message.type, message.subject)
 
     # --- the messages of the pipeline's outcomes --------------------------------------

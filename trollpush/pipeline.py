@@ -288,9 +288,9 @@ class RequestRun:
             return await self._client_gone()
         except Exception as err:
             self.messages.append(p.internal(request, None, err))
-        failed = _failed(self.messages)
+        reason = _failure(self.messages)
         p.stats.inc(stats.REQUESTS, input=request.origin,
-                    outcome="failed" if failed else "completed")
+                    outcome="completed" if reason is None else "failed", reason=reason)
         await self._end(started=bool(self.jobs), journaled=journaled)
 
     async def _route_and_run(self) -> bool:
@@ -455,6 +455,14 @@ class JobRunner:
 
 def _failed(sent: Sequence[Message]) -> bool:
     return any(m.type == messages.FAILURE_TYPE for m in sent)
+
+
+def _failure(sent: Sequence[Message]) -> str | None:
+    """The reason of the first failure announced (None: none was)."""
+    for m in sent:
+        if m.type == messages.FAILURE_TYPE:
+            return str(m.data.get("reason") or Reason.UPLOAD_FAILED)
+    return None
 
 
 __all__ = ["JobProgress", "JobRunner", "Pipeline", "Recorder", "RequestRun", "shutdown"]

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import platform
 import signal
 import threading
 from collections import Counter
@@ -81,13 +82,26 @@ class Service:
         self._feeders: set[asyncio.Task[None]] = set()
         self._fatal: BaseException | None = None
         self._on: _Bound | None = None  # what the current run bound to its loop
-        self.stats.set(stats.QUEUED, lambda: self._on.queue.qsize() if self._on else 0)
-        self.stats.set(stats.IN_FLIGHT, lambda: len(self._tasks))
+        self._follow()
 
     def __repr__(self) -> str:
         queued = self._on.queue.qsize() if self._on is not None else 0
         return (f"<Service queued={queued} in_flight={len(self._tasks)} "
                 f"{dict(self.counts)} {self.transfer!r}>")
+
+    def _follow(self) -> None:
+        """What the service and its collaborators keep themselves, read when the
+        registry is (nothing per request); the series of what comes later, at 0."""
+        s, journal, announcer = self.stats, self.journal, self.announcer
+        s.set(stats.QUEUED, lambda: self._on.queue.qsize() if self._on else 0)
+        s.set(stats.IN_FLIGHT, lambda: len(self._tasks))
+        s.set(stats.JOURNAL_BACKLOG, lambda: journal.backlog)
+        s.set(stats.JOURNAL_SIZE, lambda: journal.size_bytes)
+        s.follow(stats.ANNOUNCEMENTS, lambda: announcer.published, outcome="published")
+        s.follow(stats.ANNOUNCEMENTS, lambda: announcer.failed, outcome="failed")
+        for outcome in ("applied", "refused"):  # (SIGHUP reloads come with issue 13)
+            s.inc(stats.RELOADS, 0, outcome=outcome)
+        s.set(stats.BUILD_INFO, 1, **_versions())
 
     @property
     def journal_down(self) -> bool:
@@ -184,6 +198,9 @@ class Service:
         await asyncio.to_thread(self.announcer.start)
         self.inputs = build_inputs(self.config, self, self._factories)
         for each in self.inputs:
+            # (labelled as its requests are: by their origin, the input's name but for one)
+            self.stats.follow(stats.RECEIVED, _received(each),
+                              input=getattr(each, "origin", each.name))
             await each.start()
 
     async def _stop_intake(self) -> None:
@@ -312,6 +329,24 @@ class Service:
         slots.release()
         if not task.cancelled() and task.exception() is not None:
             logger.error("request task crashed", exc_info=task.exception())
+
+
+def _received(each: Input) -> Callable[[], float]:
+    return lambda: each.received
+
+
+def _versions() -> dict[str, str]:
+    """What runs: trollpush, Python and aiobotocore (for the build_info series)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    try:
+        aiobotocore = version("aiobotocore")
+    except PackageNotFoundError:  # pragma: no cover (a dependency)
+        aiobotocore = "unknown"
+    return {"version": __version__, "python": platform.python_version(),
+            "aiobotocore": aiobotocore}
 
 
 def build_service(config: Config, *, journal: Journal | None = None,

@@ -161,6 +161,9 @@ HTTP = _section(
     read_timeout=Key(Kind.NUMBER, "Seconds a client has to send its request, head and "
                      "body; a slower one is answered 408 and disconnected.", default=10.0,
                      minimum=0.1),
+    upload=Key(Kind.BOOLEAN, "Serve the upload API (POST /upload); false: only GET "
+               "/metrics and /version (then another input takes the requests).",
+               default=True),
 )
 
 #: posttroll's publisher keys, passed on as they are, plus trollpush's two topics

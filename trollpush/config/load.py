@@ -107,10 +107,11 @@ def parse_config(data: object, *, source: str = "<config>") -> Config:
     daemon = _daemon(v, data.get("daemon"))
     journal = _journal(v, data.get("journal"))
     watch = read_watch(v, data.get("watch"), daemon.allowed_roots)
-    if (subscribe is None and requests is None and s3daemon is None and http is None
-            and not watch):
+    if (subscribe is None and requests is None and s3daemon is None
+            and (http is None or not http.upload) and not watch):
         v.problem("subscribe/requests", None,
-                  "at least one input section (subscribe, requests, s3daemon, http or watch)")
+                  "at least one input section (subscribe, requests, s3daemon, http or watch)"
+                  + ("; http with upload: false takes no requests" if http else ""))
     _check_loop(v, subscribe, publish, targets)
     if subscribe is not None and not targets:
         v.problem("targets", data.get("targets"),
@@ -268,9 +269,10 @@ def _http(v: Validator, raw: object, endpoints: Mapping[str, EndpointConfig], *,
                   "65535; an IPv6 address in brackets)")
         address = HTTP_ADDRESS
     endpoint = v.string(data, "endpoint", "http.")
+    plain = v.read_all(data, "http.", HTTP, skip=("endpoint",))
     if endpoint is None:
         endpoint = default_endpoint(endpoints)
-        if endpoint is None and endpoints:
+        if endpoint is None and endpoints and plain["upload"]:
             v.problem("http.endpoint", None, f"the endpoint for requests that give a uri: "
                       f"one of {', '.join(endpoints)} (none is called default)")
     elif endpoints and endpoint not in endpoints:
@@ -279,8 +281,7 @@ def _http(v: Validator, raw: object, endpoints: Mapping[str, EndpointConfig], *,
     if token_file is not None:
         token_file = os.path.expanduser(token_file)
         _check_token_file(v, token_file)
-    return HttpConfig(address=address, endpoint=endpoint, token_file=token_file,
-                      **v.read_all(data, "http.", HTTP, skip=("endpoint",)))
+    return HttpConfig(address=address, endpoint=endpoint, token_file=token_file, **plain)
 
 
 def _check_token_file(v: Validator, path: str) -> None:

@@ -119,14 +119,16 @@ class S3DaemonConfig(_Listens):
 
 @dataclass(frozen=True)
 class HttpConfig(_Listens):
-    """The HTTP submission API (s3nd-compatible); ``endpoint`` is resolved at load (the
-    one named, else ``default``, else the only one).  The token itself is never kept
-    here: the input reads ``token_file`` once when it starts."""
+    """The HTTP submission API (s3nd-compatible) and the read-only views (``/metrics``,
+    ``/version``; only these with ``upload`` false); ``endpoint`` is resolved at load
+    (the one named, else ``default``, else the only one).  The token itself is never
+    kept here: the input reads ``token_file`` once when it starts."""
 
     address: str = HTTP_ADDRESS
     endpoint: str | None = None
     token_file: str | None = None
     read_timeout: float = HTTP["read_timeout"].default
+    upload: bool = HTTP["upload"].default
 
 
 @dataclass(frozen=True)
@@ -307,7 +309,9 @@ class Config:
         if self.http:
             auth = "bearer token" if self.http.token_file else "no authentication"
             lines.append(f"input  http: POST /upload on {self.http.address} ({auth}; uri "
-                         f"uploads through endpoint {self.http.endpoint})")
+                         f"uploads through endpoint {self.http.endpoint})"
+                         if self.http.upload else f"views  http: GET /metrics and /version "
+                         f"on {self.http.address} ({auth}; no upload API)")
         lines += [f"input  watch: {w.summary()}" for w in self.watch]
         lines.append(_publish_line(self.publish))
         for ep in self.endpoints.values():

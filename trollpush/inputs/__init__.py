@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from ..config import Config
 from ..messages import Limits
 from ..models import Rejection, Request
+from ..stats import Stats
 from . import http, requests, s3daemon, subscribe, watch
 
 __all__ = ["REGISTRY", "Input", "InputFactory", "Intake", "OnFatal", "Sink", "build_inputs"]
@@ -39,6 +40,10 @@ class Intake(Protocol):
     @property
     def limits(self) -> Limits:
         """What a request may ask for, and how long its file checks may take."""
+
+    @property
+    def stats(self) -> Stats:
+        """The registry every stage reports to (``GET /metrics`` shows it)."""
 
     async def submit(self, item: Request | Rejection) -> bool:
         """Journal and queue one item (from here on it is accepted); waits while full.
@@ -61,6 +66,11 @@ class Input(Protocol):
 
     def describe(self) -> str:
         """What it listens on, for the ``trollpush ready: ...`` line."""
+
+    @property
+    def received(self) -> int:
+        """What it took in so far, before any check (messages, connections, files): a
+        plain number the stats registry reads when it is read."""
 
     async def start(self) -> None:
         """Begin taking requests (a SetupError says why it cannot)."""

@@ -147,6 +147,11 @@ def _document() -> Schema:
                 "responses": {"200": {"description": "OK", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/Version"}}}},
                               **_errors(401)}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics, text format (docs/metrics.md lists them)",
+                "operationId": "metrics",
+                "responses": {"200": {"description": "OK", "content": {"text/plain": {
+                    "schema": {"type": "string"}}}}, **_errors(401)}}},
             "/openapi.json": {"get": {
                 "summary": "This document", "operationId": "openapi", "security": [{}],
                 "responses": {"200": {"description": "OK", "content": {

@@ -5,7 +5,9 @@ as a form or a JSON object, checks the file as every input does (``messages``), 
 the request (``Intake.submit``) before any answer, and holds the connection until the
 outcome (``wait=false``: 202 once journaled).  A client that hangs up first abandons its
 request (``Intake.abandon``): aiohttp cancels the handler when the connection is lost
-(``handler_cancellation``).  ``GET /version`` and ``GET /openapi.json`` describe it.
+(``handler_cancellation``).  ``GET /version`` and ``GET /openapi.json`` describe it;
+``GET /metrics`` is the stats registry in Prometheus' text format (:mod:`..metrics`).
+With ``upload: false`` only the read-only views are served (``/metrics``, ``/version``).
 Every error reply is JSON with an ``X-Error`` header; nothing a client sends stops the
 server.
 """
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .. import __version__
+from .. import __version__, metrics
 from ..config import Config, HttpConfig
 from ..config.defaults import DAEMON
 from ..errors import MessageError, SetupError
@@ -67,6 +69,7 @@ class HttpServer:
         self._token: bytes | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.SockSite | None = None
+        self._scrape: metrics.CollectorRegistry | None = None
         self._checks = CheckThreads("trollpush-http-check")
         self.stopping = False
         self.received = 0
@@ -77,9 +80,14 @@ class HttpServer:
     async def start(self) -> None:
         self._token = _read_token(self.config.token_file)
         app = web.Application(client_max_size=self._max_bytes, middlewares=[self._errors])
-        app.router.add_post("/upload", self._upload)
+        if self.config.upload:
+            app.router.add_post("/upload", self._upload)
+            app.router.add_get("/openapi.json", self._openapi)
+        # the read-only views, served with or without the upload API (a GET /status
+        # reading the same registry belongs here too)
         app.router.add_get("/version", self._version)
-        app.router.add_get("/openapi.json", self._openapi)
+        app.router.add_get("/metrics", self._metrics)
+        self._scrape = metrics.collector_registry(self._intake.stats)
         # handler_cancellation: a client that hangs up cancels its handler (measured: the
         # cancellation arrives within milliseconds of the close, without polling);
         # keepalive_timeout also bounds how long a connection may take to send its head
@@ -96,7 +104,7 @@ class HttpServer:
         except BaseException:
             sock.close()
             raise
-        if self.config.host not in LOOPBACK and self._token is None:
+        if self.config.host not in LOOPBACK and self._token is None and self.config.upload:
             logger.warning("http.address %s is reachable beyond this host and has no "
                            "token_file: anyone who reaches it may submit files", self.address)
 
@@ -150,6 +158,15 @@ class HttpServer:
         if (denied := self._denied(request)) is not None:
             return denied
         return web.json_response({"version": __version__, "config": self._settings})
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        """The registry now, read on the loop (a few milliseconds; the counters are
+        read consistently with what the loop does)."""
+        if (denied := self._denied(request)) is not None:
+            return denied
+        assert self._scrape is not None
+        return web.Response(body=metrics.scrape(self._scrape),
+                            headers={"Content-Type": metrics.CONTENT_TYPE})
 
     async def _openapi(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(openapi())
@@ -297,7 +314,12 @@ class HttpInput:
         return f"<HttpInput {self.server!r}>"
 
     def describe(self) -> str:
-        return f"http on http://{self.server.address}"
+        views = "" if self.server.config.upload else " (metrics and version only)"
+        return f"http on http://{self.server.address}{views}"
+
+    @property
+    def received(self) -> int:
+        return self.server.received
 
     async def start(self) -> None:
         await self.server.start()

@@ -210,6 +210,9 @@ class RequestsInput:
     """The ``requests`` input: a RequestServer (a task on the loop) on the seam."""
 
     name = "requests"
+    #: what its requests carry as their origin (journaled with them): the ``input``
+    #: label of their series, and of what it received
+    origin = "request"
 
     def __init__(self, config: RequestsConfig, intake: Intake) -> None:
         self.server = RequestServer(config.address, intake.submit, on_fatal=intake.fatal,
@@ -221,6 +224,10 @@ class RequestsInput:
 
     def describe(self) -> str:
         return f"requests on {self.server.address}"
+
+    @property
+    def received(self) -> int:
+        return self.server.received
 
     async def start(self) -> None:
         self.server.start()

@@ -314,6 +314,10 @@ class SubscribeInput:
     def describe(self) -> str:
         return f"subscribed to {self.topics}"
 
+    @property
+    def received(self) -> int:
+        return self.receiver.received
+
     async def start(self) -> None:
         await asyncio.to_thread(self.receiver.start)  # builds posttroll's sockets: may block
 

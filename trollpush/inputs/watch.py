@@ -80,6 +80,11 @@ class WatchInput:
                 f"ready={len(self._ready)} pending={pending} {self.notifier!r}>")
 
     @property
+    def received(self) -> int:
+        """Ready files handed over (as requests, or refused)."""
+        return self.taken
+
+    @property
     def held(self) -> int:
         """Paths held in memory now: ready, pending and scans waiting (all bounded)."""
         scans = self.notifier.scans if self.notifier is not None else 0

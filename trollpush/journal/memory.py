@@ -162,6 +162,14 @@ class MemoryJournal:
             self._landed.pop(k, None)
         return len(set(drop))
 
+    @property
+    def backlog(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int | None:
+        return None
+
     def unfinished(self) -> list[Request]:
         entries = sorted(self._entries.values(), key=lambda e: (e.request.accepted_at, e.seq))
         return [replace(e.request, reply=None) for e in entries]

@@ -134,6 +134,14 @@ class Journal(Protocol):
     def unfinished(self) -> list[Request]:
         """Requests accepted but not finished, oldest first, for recovery (reply=None)."""
 
+    @property
+    def backlog(self) -> int:
+        """How many requests are accepted and not finished now (cheap: a metric)."""
+
+    @property
+    def size_bytes(self) -> int | None:
+        """Bytes the journal takes on disk now (None: it keeps nothing on disk)."""
+
     def jobs(self, request: Request) -> list[JobRecord]:
         """The jobs recorded for the request, rebuilt with it, in the order first seen."""
 

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -181,6 +182,19 @@ class SQLiteJournal:
         return await self._writer.run(fn)
 
     # --- reading (any thread; a second, query-only connection) ----------------------------
+
+    @property
+    def backlog(self) -> int:
+        return self._open_requests
+
+    @property
+    def size_bytes(self) -> int | None:
+        """The database file and its WAL (the lock file is empty)."""
+        total = 0
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+        return total
 
     def unfinished(self) -> list[Request]:
         with self._cache:  # once after open, before any write: what opening read back

@@ -13,14 +13,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from .. import stats as series
 from ..config import EndpointConfig
 from ..errors import PermanentTransferError, Reason, TransferError
 from ..models import ObjectOptions, Upload, UploadResult
-from ..stats import ACTIVE, ATTEMPTS, BYTES, RETRIES, TRANSFER_SECONDS, UPLOADS, Stats
+from ..stats import (
+    ATTEMPTS,
+    BYTES,
+    RATE,
+    RATE_BUCKETS,
+    RETRIES,
+    TRANSFER_SECONDS,
+    UPLOADS,
+    Reader,
+    Stats,
+)
 from . import checksum, multipart, policy, single
 from .files import Files
 from .multipart import Progress
@@ -36,7 +47,9 @@ class TransferEngine:
 
     ``stats``: the registry it reports to (a fresh one if None): uploads by endpoint,
     outcome (``completed``, ``failed``, ``reused``: answered from the journal) and
-    reason; bytes landed, attempts and retries; store calls active; seconds per upload.
+    reason; bytes landed, attempts and retries; seconds and rate per upload; and, read
+    from each endpoint's pool when the registry is: files and store calls in progress,
+    connections open and idle, keep-warm requests, the last landing, TCP_INFO.
     """
 
     def __init__(self, endpoints: Mapping[str, EndpointConfig],
@@ -79,7 +92,7 @@ class TransferEngine:
             pool = EndpointPool(ep, self._warm.get(name))
             await pool.start()
             self._endpoints[name] = Endpoint(name, pool, self._files, self.stats)
-            self.stats.set(ACTIVE, _active(pool), endpoint=name)
+            _follow(self.stats, name, pool)
             logger.info("endpoint %s ready", ep.summary())
 
     async def close(self) -> None:
@@ -133,6 +146,7 @@ class TransferEngine:
         start = time.monotonic()
         counter = AttemptCounter()
         source: Source | None = None
+        end.pool.uploading += 1
         try:
             source = await end.files.call(end.config, 0, open_source, upload.source.path,
                                           upload.source.uri, self._roots, discard=Source.close)
@@ -146,9 +160,11 @@ class TransferEngine:
             return self._failed(endpoint, upload, exc, source.size if source else -1,
                                 counter.attempts, time.monotonic() - start)
         finally:
+            end.pool.uploading -= 1
             if source is not None:
                 source.close()
         seconds = time.monotonic() - start
+        end.pool.last_success = time.time()
         self._count(endpoint, "completed", None, counter.attempts, source.size, seconds)
         logger.info("upload complete %s -> %s (%d bytes, %.3f s, %d attempt(s)%s)",
                     upload.source.uri, upload.url, source.size, seconds, counter.attempts,
@@ -219,6 +235,8 @@ class TransferEngine:
         if seconds is not None:
             stats.inc(BYTES, size, endpoint=endpoint)
             stats.observe(TRANSFER_SECONDS, seconds, endpoint=endpoint)
+            if seconds > 0 and attempts:
+                stats.observe(RATE, size / seconds, buckets=RATE_BUCKETS, endpoint=endpoint)
 
     async def _reuse(self, end: Endpoint, upload: Upload, source: Source,
                      options: ObjectOptions, landed: UploadResult) -> UploadResult | None:
@@ -286,6 +304,21 @@ class TransferEngine:
                          upload.url, err.detail)
 
 
-def _active(pool: EndpointPool) -> Callable[[], float]:
-    """The gauge of a pool's store calls in progress, read when the registry is."""
-    return lambda: pool.active
+def _follow(stats: Stats, name: str, pool: EndpointPool) -> None:
+    """The pool's own numbers, read when the registry is (nothing per request)."""
+    tcp = pool.tcp
+    gauges: tuple[tuple[str, Reader], ...] = (
+        (series.UPLOADS_IN_FLIGHT, lambda: pool.uploading),
+        (series.ACTIVE, lambda: pool.active),
+        (series.POOL_OPEN, lambda: pool.connections_open),
+        (series.POOL_IDLE, lambda: pool.connections_idle),
+        (series.LAST_SUCCESS, lambda: pool.last_success),
+        (series.TCP_RTT, lambda: tcp.rtt))
+    counters: tuple[tuple[str, Reader], ...] = (
+        (series.KEEPWARM, lambda: pool.warm_requests),
+        (series.TCP_RETRANS_SEGMENTS, lambda: tcp.retrans_segments),
+        (series.TCP_RETRANS_BYTES, lambda: tcp.retrans_bytes))
+    for gauge, read in gauges:
+        stats.set(gauge, read, endpoint=name)
+    for counter, read in counters:
+        stats.follow(counter, read, endpoint=name)

@@ -8,6 +8,8 @@ An aggregate ``bandwidth_limit`` is enforced with SO_MAX_PACING_RATE on the pool
 sockets, shared by the uploads in progress and recomputed as they start and end.
 ``max_parallel`` slots bound the requests in flight: a single PUT takes one, a multipart
 upload one per part in flight; a request waits for one at most ``queue_timeout``.
+What the pool's sockets say (``TCP_INFO``: RTT, retransmissions) is read every
+:data:`TCP_INFO_INTERVAL` seconds into ``tcp``, for the stats registry.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ from botocore.handlers import add_expect_header
 
 from ..config import EndpointConfig
 from ..errors import Reason, TransferError
+from .tcpinfo import TCP_INFO, TcpStats
 
 logger = logging.getLogger(__name__)
 
 SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)  # Linux; missing in Python
 TCP_KEEPALIVE = ((socket.TCP_KEEPIDLE, 15), (socket.TCP_KEEPINTVL, 5), (socket.TCP_KEEPCNT, 4))
+#: seconds between readings of the sockets' TCP_INFO
+TCP_INFO_INTERVAL = 5.0
 
 
 class NoResendSession(AIOHTTPSession):  # type: ignore[misc]
@@ -77,10 +82,16 @@ class EndpointPool:
         self.warm_bucket = warm_bucket
         self.client: Any = None
         self.active = 0  # requests (PUTs, parts) in progress
+        self.uploading = 0  # files being uploaded (the engine counts them)
         self.last_used = time.monotonic()
+        self.last_success = 0.0  # Unix time an upload last landed (the engine sets it)
+        self.warm_requests = 0  # cheap requests sent to open or keep connections
+        self._warming = 0  # of which in progress
+        self.tcp = TcpStats()
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         self._stack = contextlib.AsyncExitStack()
         self._keeper: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None  # of TCP_INFO
         self._warmed = asyncio.Event()
         self.opened = 0  # sockets ever created: a warm pool stops creating them
         self._slots = asyncio.Semaphore(config.max_parallel)
@@ -100,6 +111,8 @@ class EndpointPool:
             aws_access_key_id=ep.access_key_id, aws_secret_access_key=ep.secret_access_key,
             aws_session_token=ep.session_token, config=client_config(ep, self._socket)))
         self.client.meta.events.unregister("before-call.s3", add_expect_header)
+        if TCP_INFO is not None:
+            self._reader = asyncio.create_task(self._read_tcp(), name=f"tcpinfo-{ep.name}")
         if ep.prewarm:
             # a slow or dead store must not hold up the daemon: wait for warmth at most
             # connect_timeout, then let it finish in the background
@@ -109,10 +122,11 @@ class EndpointPool:
                     await self._warmed.wait()
 
     async def close(self) -> None:
-        if self._keeper is not None:
-            self._keeper.cancel()
-            await asyncio.gather(self._keeper, return_exceptions=True)
-            self._keeper = None
+        for task in (self._keeper, self._reader):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._keeper = self._reader = None
         await self._stack.aclose()
         self.client = None
 
@@ -146,6 +160,30 @@ class EndpointPool:
         self.opened += 1
         self._pace(sock)
         return sock
+
+    @property
+    def connections_open(self) -> int:
+        """Sockets of the pool that are open (a closed one has no descriptor)."""
+        return sum(1 for sock in list(self._sockets) if sock.fileno() >= 0)
+
+    @property
+    def connections_idle(self) -> int:
+        """Open sockets not carrying a request now (open minus requests in progress)."""
+        return max(self.connections_open - self.active - self._warming, 0)
+
+    def read_tcp(self) -> None:
+        """Read TCP_INFO of the open sockets into ``tcp`` (see ``tcpinfo``)."""
+        self.tcp.sample(list(self._sockets))
+
+    async def _read_tcp(self) -> None:
+        while True:
+            await asyncio.sleep(TCP_INFO_INTERVAL)
+            try:
+                self.read_tcp()
+            except Exception:  # a metric must never cost an upload: stop reading, loudly
+                logger.exception("endpoint %s: reading TCP_INFO failed; no more TCP "
+                                 "figures until a restart", self.config.name)
+                return
 
     def _pace(self, sock: socket.socket) -> None:
         if not self.config.bandwidth_limit:
@@ -191,16 +229,20 @@ class EndpointPool:
 
     async def _cheap_request(self) -> None:
         ep = self.config
-        async with asyncio.timeout(ep.connect_timeout + ep.attempt_timeout):
-            try:
+        self.warm_requests += 1
+        self._warming += 1
+        try:
+            async with asyncio.timeout(ep.connect_timeout + ep.attempt_timeout):
                 if self.warm_bucket:
                     await self.client.head_bucket(Bucket=self.warm_bucket)
                 else:
                     await self.client.list_buckets()
-            except Exception as err:
-                # an HTTP error still proves (and keeps) a connection; a network one does not
-                if getattr(err, "response", None) is None:
-                    raise
+        except Exception as err:
+            # an HTTP error still proves (and keeps) a connection; a network one does not
+            if getattr(err, "response", None) is None:
+                raise
+        finally:
+            self._warming -= 1
 
     async def _keep_warm(self) -> None:
         await self.warm()
