@@ -21,7 +21,7 @@ import pytest
 import yaml
 from aiobotocore.session import AioSession
 
-from trollpush.cli import main
+from trollpush.cli import build_parser, main
 from trollpush.config import EndpointConfig, JournalConfig, default_journal_path, parse_config
 from trollpush.doctor import Check, Status, diagnose, exit_code, render
 from trollpush.doctor.checks import in_thread
@@ -375,6 +375,15 @@ def test_doctor_help_stays_light() -> None:
     modules, out = _imports("-m", "trollpush", "doctor", "--help")
     assert "usage: trollpush doctor" in out
     assert _heavy(modules) == [] and "trollpush.doctor" not in modules
+
+
+def test_rate_is_read_as_a_bit_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["doctor", "c.yaml", "--rate", "10Gbit"])
+    assert args.rate == 10e9 and args.timeout == 5.0 and not args.no_write
+    with pytest.raises(SystemExit) as end:
+        main(["doctor", "c.yaml", "--rate", "fast"])
+    assert end.value.code == 2
+    assert "expected a rate like 1Gbit" in capsys.readouterr().err
 
 
 def test_render_counts_and_fixes() -> None:

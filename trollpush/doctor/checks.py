@@ -42,8 +42,8 @@ class Check:
 
     def scrubbed(self, secrets: Iterable[str]) -> Check:
         """The same check with every secret value replaced by ``<hidden>``."""
-        return Check(self.check, self.subject, self.status, scrub(self.detail, secrets),
-                     scrub(self.fix, secrets))
+        return Check(self.check, scrub(self.subject, secrets), self.status,
+                     scrub(self.detail, secrets), scrub(self.fix, secrets))
 
 
 def ok(check: str, subject: str, detail: str) -> Check:

@@ -78,7 +78,7 @@ async def network_checks(ep: EndpointConfig, url: str, session: AioSession, limi
     host = parts.hostname or ""
     https = parts.scheme == "https"
     port = parts.port or (443 if https else 80)
-    found, addr = await resolve(ep.name, host, port, limit)
+    found, addr = await resolve(ep.name, host, port, limit, aws=ep.url is None)
     report.checks.append(found)
     if addr is None:
         return False
@@ -104,7 +104,7 @@ async def network_checks(ep: EndpointConfig, url: str, session: AioSession, limi
     return answered
 
 
-async def resolve(name: str, host: str, port: int, limit: float
+async def resolve(name: str, host: str, port: int, limit: float, *, aws: bool = False
                   ) -> tuple[Check, str | None]:
     try:
         return ok("dns", name, f"{host}: an IP address, nothing to look up"), str(
@@ -121,8 +121,9 @@ async def resolve(name: str, host: str, port: int, limit: float
                     "this host"), None
     except OSError as err:
         return fail("dns", name, f"{host}: {why(err)}",
-                    f"correct the host in endpoints.{name}.url, or add it to DNS or "
-                    "/etc/hosts"), None
+                    f"give this host DNS and access to AWS, or endpoints.{name} a url"
+                    if aws else f"correct the host in endpoints.{name}.url, or add it to "
+                    "DNS or /etc/hosts"), None
     addrs = list(dict.fromkeys(str(info[4][0]) for info in infos))
     return ok("dns", name, f"{host} is {', '.join(addrs[:4])} ({ms(time.monotonic() - start)})"
               ), addrs[0]

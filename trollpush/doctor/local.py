@@ -285,16 +285,23 @@ def nameservers(config: Config) -> Iterator[tuple[str, str]]:
 
 
 async def nameserver_check(key: str, host: str, *, limit: float) -> Check:
-    """A TCP connect to the nameserver's request port (posttroll's, 5557 by default)."""
+    """A TCP connect to the port of the nameserver that the daemon uses: a subscriber
+    asks on its request port (5557 by default), a publisher registers its address on
+    the address port (21200 by default; the nameserver listens there with
+    ``--no-multicast``)."""
+    from posttroll.bbmcast import get_configured_broadcast_port
     from posttroll.ns import get_configured_unsecure_zmq_nameserver_port
 
     if "://" in host:
         host, _, port_text = host.split("://", 1)[1].rpartition(":")
         port = int(port_text) if port_text.isdigit() else 0
+    elif key.startswith("publish"):
+        port = int(get_configured_broadcast_port())
     else:
         port = get_configured_unsecure_zmq_nameserver_port()
     subject = f"{host}:{port}"
-    fix = (f"start posttroll's nameserver on {host}, or correct {key}"
+    fix = (f"start posttroll's nameserver on {host}"
+           + (" with --no-multicast" if key.startswith("publish") else "") + f", or correct {key}"
            + (" (or nameserver: false with addresses)" if key.startswith("subscribe") else ""))
     start = time.monotonic()
     try:
