@@ -1,4 +1,5 @@
-"""Console script ``trollpush``: run, send, check, match, schema, demo, convert-dispatch."""
+"""Console script ``trollpush``: run, send, check, match, schema, demo, convert-dispatch,
+doctor."""
 
 from __future__ import annotations
 
@@ -228,6 +229,36 @@ def _add_convert(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     conv.set_defaults(func=cmd_convert)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import command
+
+    return command(args)
+
+
+def _bit_rate(text: str) -> float:
+    from .config.units import BIT_UNITS, parse_quantity
+
+    value = parse_quantity(text, BIT_UNITS)
+    if value is None or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a rate like 1Gbit or 100Mbit")
+    return value
+
+
+def _add_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    doc = sub.add_parser("doctor", help="check this host, the endpoints and the config's "
+                                        "paths and addresses (docs/tuning.md)")
+    doc.add_argument("config")
+    doc.add_argument("--no-write", action="store_true",
+                     help="do not write (and delete) a probe object in each bucket")
+    doc.add_argument("--rate", type=_bit_rate, default=1e9,
+                     help="the link's rate, to size socket buffers against (default: 1Gbit)")
+    doc.add_argument("--timeout", type=float, default=5.0,
+                     help="seconds allowed for each network step (default: %(default)s)")
+    doc.add_argument("--json", action="store_true",
+                     help="a JSON list of {check, subject, status, detail, fix}")
+    doc.set_defaults(func=cmd_doctor)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trollpush", description="Land announced files in S3 and announce them.")
@@ -262,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_demo(sub)
     _add_convert(sub)
+    _add_doctor(sub)
     return parser
 
 
