@@ -46,8 +46,8 @@ class FakeEngine:
 
     async def upload_all(self, uploads: Sequence[Upload], endpoint: str, *, deadline: float,
                          what: str, progress: Any = None,
-                         landed: Mapping[int, UploadResult] | None = None
-                         ) -> tuple[UploadResult, ...]:
+                         landed: Mapping[int, UploadResult] | None = None,
+                         meter: Any = None) -> tuple[UploadResult, ...]:
         self.calls.append((endpoint, [u.url for u in uploads], deadline))
         self.called.set()
         if self.gate is not None:

@@ -145,17 +145,27 @@ def cmd_match(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    from . import _send_output as show
     from .client import Unreachable, parse_meta, send
 
+    # on a terminal: a bar for a large file, then a summary line; else silent on success
+    shown = not (args.quiet or args.json or args.no_wait) and sys.stdout.isatty()
+    bar = (show.Bar(os.path.basename(args.file), sys.stderr)
+           if shown and sys.stderr.isatty() and show.wants_bar(args.file) else None)
     try:
         meta = parse_meta(args.meta or [])
         result = send(args.file, args.dest, meta=meta, endpoint=args.endpoint,
                       server=args.server, timeout=args.timeout,
                       result_timeout=args.result_timeout, wait=not args.no_wait,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, progress=bar)
     except Unreachable as err:
         print(f"trollpush send: {err}", file=sys.stderr)
         return 2
+    finally:
+        if bar is not None:
+            bar.close()
+    if shown and result.ok:
+        print(show.summary(result))
     if args.json:
         print(json.dumps({"subject": result.message.subject, "type": result.message.type,
                           "data": result.message.data}, default=_json_default))
@@ -324,6 +334,9 @@ def _add_send(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                       help="upload even if this file already landed at the destination "
                            "(skips the content and store check)")
     send.add_argument("--json", action="store_true", help="print the reply as JSON")
+    send.add_argument("-q", "--quiet", action="store_true",
+                      help="print nothing on success, even on a terminal (no progress bar, "
+                           "no summary line; errors still go to stderr)")
     send.set_defaults(func=cmd_send)
 
 

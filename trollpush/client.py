@@ -2,14 +2,16 @@
 
 It talks to the daemon's ROUTER socket through a DEALER socket using the REQ envelope,
 asking for two replies (``reply: both``): the acknowledgement tells that the daemon is
-reachable and has accepted the request, the second one is the result.
+reachable and has accepted the request, the second one is the result.  A DEALER may take
+more frames than one per request, so a caller that watches the upload asks for progress
+frames too (``progress: true``), which come between the two.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,14 @@ from zmq.utils.monitor import recv_monitor_message
 
 from .config.defaults import REQUEST_ADDRESS
 from .errors import Reason, TrollpushError, UsageError
-from .messages import ACK_TYPE, FAILURE_TYPE, decode_message, failures_of, parse_destination
+from .messages import (
+    ACK_TYPE,
+    FAILURE_TYPE,
+    PROGRESS_TYPE,
+    decode_message,
+    failures_of,
+    parse_destination,
+)
 
 DEFAULT_SERVER = REQUEST_ADDRESS
 SEND_SUBJECT = "/trollpush/send/"
@@ -36,6 +45,7 @@ class SendResult:
 
     ok: bool
     message: Message  # the ack (no-wait), the completion, or the failure
+    seconds: float = 0.0  # from sending the request to this answer
 
     @property
     def error(self) -> str | None:
@@ -64,8 +74,9 @@ def parse_meta(pairs: list[str]) -> dict[str, Any]:
 
 def request_message(path: str, destination: str, *, meta: Mapping[str, Any] | None = None,
                     endpoint: str | None = None, wait: bool = True, overwrite: bool = False,
-                    subject: str = SEND_SUBJECT) -> Message:
-    """The request for one file; raises RouteError for a bad destination."""
+                    subject: str = SEND_SUBJECT, progress: bool = False) -> Message:
+    """The request for one file; raises RouteError for a bad destination.  ``progress``:
+    ask for progress frames (for a DEALER peer: a REQ socket takes one reply)."""
     abspath = os.path.abspath(path)
     name = os.path.basename(abspath)
     bucket, key = parse_destination(destination, name)
@@ -76,13 +87,16 @@ def request_message(path: str, destination: str, *, meta: Mapping[str, Any] | No
         data["endpoint"] = endpoint
     if overwrite:
         data["overwrite"] = True
+    if progress:
+        data["progress"] = True
     return Message(subject, "file", data)
 
 
 def send(path: str, destination: str, *, meta: Mapping[str, Any] | None = None,
          endpoint: str | None = None, server: str = DEFAULT_SERVER, timeout: float = 10.0,
          result_timeout: float | None = None, wait: bool = True,
-         overwrite: bool = False) -> SendResult:
+         overwrite: bool = False,
+         progress: Callable[[int, int], None] | None = None) -> SendResult:
     """Submit one file and return the daemon's answer.
 
     ``timeout`` bounds the wait for the daemon to accept (else Unreachable);
@@ -90,9 +104,11 @@ def send(path: str, destination: str, *, meta: Mapping[str, Any] | None = None,
     daemon works on it; a daemon that goes away ends the wait with ``daemon_gone``).
     A bad destination raises RouteError (reason ``bad_destination``) before anything is sent.
     ``overwrite`` uploads the file even if it already landed at its object.
+    ``progress``: called with (bytes sent, size) from the daemon's progress frames while
+    it uploads (a few a second; a daemon older than these frames sends none).
     """
     message = request_message(path, destination, meta=meta, endpoint=endpoint, wait=wait,
-                              overwrite=overwrite)
+                              overwrite=overwrite, progress=progress is not None and wait)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -105,16 +121,21 @@ def send(path: str, destination: str, *, meta: Mapping[str, Any] | None = None,
             sock.connect(server)
         except zmq.ZMQError as err:
             raise UsageError(f"--server {server!r}: {err}") from err
+        start = time.monotonic()
         sock.send_multipart([b"", message.encode().encode()])
-        first = _receive(sock, None, time.monotonic() + timeout)
+        first = _receive(sock, None, start + timeout)
         if not isinstance(first, Message):
             raise Unreachable(f"no answer from the daemon at {server} within {timeout:g} s")
         if first.type != ACK_TYPE or not wait:
-            return SendResult(not failures_of(first), first)
+            return SendResult(not failures_of(first), first, time.monotonic() - start)
         deadline = None if result_timeout is None else time.monotonic() + result_timeout
         final = _receive(sock, monitor, deadline)
+        while isinstance(final, Message) and final.type == PROGRESS_TYPE:
+            if progress is not None:
+                progress(int(final.data.get("bytes", 0)), int(final.data.get("size", 0)))
+            final = _receive(sock, monitor, deadline)
         if isinstance(final, Message):
-            return SendResult(not failures_of(final), final)
+            return SendResult(not failures_of(final), final, time.monotonic() - start)
         if final is None:
             reason, error = Reason.TIMEOUT, (f"accepted, but no result within "
                                              f"{result_timeout:g} s (the daemon carries on)")

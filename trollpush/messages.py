@@ -53,6 +53,8 @@ DIRECT_ORIGINS = frozenset({"request", "s3daemon"})
 FAILURE_TYPE = "failure"
 ACK_TYPE = "ack"
 MULTIPLE_TYPE = "multiple"
+#: a frame sent to a REQ/REP requester that asked to watch its request (never published)
+PROGRESS_TYPE = "progress"
 
 
 # --- frames in -------------------------------------------------------------------------
@@ -464,6 +466,13 @@ def ack(request: Request, destinations: Sequence[str]) -> Message:
     return new_message(request.subject or "/trollpush/ack", ACK_TYPE,
                    {"id": request.id, "uri": request.files[0].uri, "files": len(request.files),
                     "destinations": list(destinations)})
+
+
+def progress(request: Request, done: int, total: int) -> Message:
+    """A progress frame (REQ/REP ``progress: true``): bytes read to be sent so far."""
+    return new_message(request.subject or "/trollpush/progress", PROGRESS_TYPE,
+                       {"id": request.id, "uri": request.files[0].uri, "bytes": done,
+                        "size": total})
 
 
 def combine(messages: Sequence[Message], subject: str) -> Message:

@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 Stat = tuple[int, int, int]
 
 #: keys of a request's data that steer trollpush and are not passed on as metadata
-RESERVED_KEYS = frozenset({"destination", "reply", "endpoint", "overwrite"})
+RESERVED_KEYS = frozenset({"destination", "reply", "endpoint", "overwrite", "progress"})
 #: keys that describe the files themselves rather than the product
 FILE_KEYS = frozenset({"uri", "uid", "dataset", "collection"})
 
@@ -43,6 +43,19 @@ class ResultReader(Protocol):
 
     def results(self, job: Job, results: Sequence[UploadResult]) -> None:
         """What the uploads of ``job`` did (landed or failed)."""
+
+
+@runtime_checkable
+class ProgressReader(Protocol):
+    """A Replier whose peer may ask (``progress: true``) for progress frames while its
+    request runs, before the final reply (a DEALER peer: a REQ socket takes one reply)."""
+
+    @property
+    def wants_progress(self) -> bool:
+        """Whether the peer asked for progress frames."""
+
+    async def progress(self, message: Any) -> None:
+        """Send one progress frame (never after the final reply)."""
 
 
 @dataclass(frozen=True)

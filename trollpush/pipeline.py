@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from posttroll.message import Message
 
-from . import messages, stats
+from . import messages, progress, stats
 from .access import Access
 from .errors import Reason
 from .journal import JobRecord, Journal, State
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 #: and trollpush's own announcements (refusing those loudly would feed a loop when a
 #: daemon hears its own publisher)
 QUIET_TYPES = frozenset({"beat", messages.FAILURE_TYPE, messages.ACK_TYPE,
-                         messages.MULTIPLE_TYPE})
+                         messages.MULTIPLE_TYPE, messages.PROGRESS_TYPE})
 
 
 class Announcer(Protocol):
@@ -55,9 +55,10 @@ class Engine(Protocol):
 
     async def upload_all(self, uploads: Sequence[Upload], endpoint: str, *, deadline: float,
                          what: str, progress: Any = None,
-                         landed: Mapping[int, UploadResult] | None = None
-                         ) -> tuple[UploadResult, ...]:
-        """Land the files, retrying what may succeed later until ``deadline``."""
+                         landed: Mapping[int, UploadResult] | None = None,
+                         meter: Any = None) -> tuple[UploadResult, ...]:
+        """Land the files, retrying what may succeed later until ``deadline``; bytes read
+        to be sent are counted in ``meter`` (``progress.Meter``) when one is given."""
 
 
 def shutdown(request: Request, detail: str) -> Rejection:
@@ -245,6 +246,8 @@ class RequestRun:
         self.messages: list[Message] = []
         #: why the requester gave up, if it did (the run is then cancelled)
         self.gone: str | None = None
+        #: counts the bytes sent, when the requester watches the progress
+        self.meter: progress.Meter | None = None
         self._task: asyncio.Task[Any] | None = None
 
     def abandon(self, detail: str) -> None:
@@ -310,8 +313,11 @@ class RequestRun:
             await p.record(p.journal.failed(request, None, fail.reason), request.describe())
         # a lone job finishes its request in the journal step that records it
         lone = len(self.jobs) == 1 and not result.failures
-        await self._run_jobs([JobRunner(self, i, job).run(finish=lone)
-                              for i, job in enumerate(self.jobs)])
+        async with progress.watch(request, self.jobs) as self.meter:
+            await self._run_jobs([JobRunner(self, i, job).run(finish=lone)
+                                  for i, job in enumerate(self.jobs)])
+            if self.meter is not None and not _failed(self.messages):
+                self.meter.finish()
         return lone and not _failed(self.messages)
 
     async def _run_jobs(self, runs: list[Coroutine[Any, Any, list[Message]]]) -> None:
@@ -424,7 +430,7 @@ class JobRunner:
         deadline = job.request.accepted_at + self.request_run.routing.max_age
         return await p.engine.upload_all(job.uploads, job.endpoint, deadline=deadline,
                                          what=job.describe(), progress=progress,
-                                         landed=landed)
+                                         landed=landed, meter=self.request_run.meter)
 
     async def _announce(self, results: tuple[UploadResult, ...], *, finish: bool = False
                         ) -> list[Message]:

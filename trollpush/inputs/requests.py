@@ -38,6 +38,8 @@ class _RouterReply:
         self._envelope = envelope
         self.mode = mode
         self.sent = 0
+        #: the peer asked for progress frames (``progress: true``; a DEALER peer)
+        self.wants_progress = False
 
     @property
     def wants_ack(self) -> bool:
@@ -56,6 +58,15 @@ class _RouterReply:
             await self._sock.send_multipart([*self._envelope, b"", message.encode().encode()])
         except zmq.ZMQError as err:
             logger.warning("reply to a request failed: %s", err)
+
+    async def progress(self, message: Any) -> None:
+        """A progress frame: only if asked for, and never after the final reply."""
+        if not self.wants_progress or self.sent >= (2 if self.mode == "both" else 1):
+            return
+        try:
+            await self._sock.send_multipart([*self._envelope, b"", message.encode().encode()])
+        except zmq.ZMQError as err:
+            logger.debug("progress frame to a request failed: %s", err)
 
 
 class RequestServer:
@@ -203,6 +214,7 @@ class RequestServer:
             return refused(item, Reason.BAD_MESSAGE,
                             f"reply {mode!r} is not one of {', '.join(REPLY_MODES)}")
         reply.mode = mode
+        reply.wants_progress = data is not None and data.get("progress") is True
         return item
 
 

@@ -80,7 +80,8 @@ class RangeReader(io.RawIOBase):
     the event loop), so memory stays small whatever the part size."""
 
     def __init__(self, fd: int, offset: int, length: int,
-                 check: Callable[[], None] | None = None) -> None:
+                 check: Callable[[], None] | None = None,
+                 tally: Callable[[int], None] | None = None) -> None:
         super().__init__()
         self._fd = fd
         self._offset = offset
@@ -89,6 +90,8 @@ class RangeReader(io.RawIOBase):
         #: called before the last bytes are handed out: raising there keeps them from
         #: being sent, so the store discards the incomplete body (a file that changed)
         self._check = check
+        #: told the position after each read (``progress.Meter``: a watched request)
+        self._tally = tally
 
     def readinto(self, buffer: Any) -> int:
         data = self.read(len(buffer))
@@ -107,6 +110,8 @@ class RangeReader(io.RawIOBase):
         if self._check is not None and self._pos + len(data) >= self._length:
             self._check()
         self._pos += len(data)
+        if self._tally is not None:
+            self._tally(self._pos)
         return data
 
     def seek(self, pos: int, whence: int = os.SEEK_SET, /) -> int:

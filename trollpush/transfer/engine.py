@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import stats as series
 from ..config import EndpointConfig
@@ -38,6 +38,9 @@ from .multipart import Progress
 from .policy import AttemptCounter, Endpoint
 from .pool import EndpointPool
 from .source import Source, SourceChanged, open_source
+
+if TYPE_CHECKING:
+    from ..progress import Meter
 
 logger = logging.getLogger(__name__)
 
@@ -112,17 +115,18 @@ class TransferEngine:
 
     async def upload_all(self, uploads: Sequence[Upload], endpoint: str, *, deadline: float,
                          what: str, progress: Progress | None = None,
-                         landed: Mapping[int, UploadResult] | None = None
-                         ) -> tuple[UploadResult, ...]:
+                         landed: Mapping[int, UploadResult] | None = None,
+                         meter: Meter | None = None) -> tuple[UploadResult, ...]:
         """Upload every file (at once), in rounds until ``deadline`` (wall clock) for
         those that failed in a way worth waiting out (see ``policy.rounds``); never
         raises.  ``landed``: by index, what landed at an object earlier (first round
-        only, see :meth:`upload`); ``what``: the job, for logs."""
+        only, see :meth:`upload`); ``what``: the job, for logs; ``meter``: where the
+        bytes read to be sent are counted (a requester watches the progress)."""
         earlier = dict(landed or {})
 
         async def run(todo: list[int]) -> Sequence[UploadResult]:
             calls = [self.upload(uploads[i], endpoint, progress=progress,
-                                 landed=earlier.pop(i, None)) for i in todo]
+                                 landed=earlier.pop(i, None), meter=meter) for i in todo]
             return [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
 
         return await policy.rounds(len(uploads), run, deadline=deadline, what=what)
@@ -131,7 +135,8 @@ class TransferEngine:
 
     async def upload(self, upload: Upload, endpoint: str, *,
                      progress: Progress | None = None,
-                     landed: UploadResult | None = None) -> UploadResult:
+                     landed: UploadResult | None = None,
+                     meter: Meter | None = None) -> UploadResult:
         """Upload one file; never raises (the result says what happened).
 
         The file is opened once and every byte is read from that descriptor.  An attempt
@@ -155,7 +160,7 @@ class TransferEngine:
                 if reused is not None:
                     self.stats.inc(UPLOADS, endpoint=endpoint, outcome="reused")
                     return reused
-            out = await self._send(end, upload, source, options, counter, progress)
+            out = await self._send(end, upload, source, options, counter, progress, meter)
         except Exception as exc:
             return self._failed(endpoint, upload, exc, source.size if source else -1,
                                 counter.attempts, time.monotonic() - start)
@@ -177,7 +182,8 @@ class TransferEngine:
 
     async def _send(self, end: Endpoint, upload: Upload, source: Source,
                     options: ObjectOptions, counter: AttemptCounter,
-                    progress: Progress | None) -> single.Outcome:
+                    progress: Progress | None, meter: Meter | None = None
+                    ) -> single.Outcome:
         """Send the opened file, up to ``tries`` times while it keeps changing; a copy
         of a changed file that reached the store is withdrawn when this fails."""
         ep = end.config
@@ -189,9 +195,9 @@ class TransferEngine:
                 try:
                     if source.size >= ep.multipart_threshold:
                         out = await multipart.send(end, upload, source, options, counter,
-                                                   progress)
+                                                   progress, meter)
                     else:
-                        out = await single.put(end, upload, source, options, counter)
+                        out = await single.put(end, upload, source, options, counter, meter)
                 except SourceChanged as err:
                     logger.warning("%s (upload %d of %d)", err.detail, turn, ep.tries)
                     continue

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config.defaults import MIN_PART
 from ..config.units import MiB
@@ -24,6 +24,9 @@ from . import checksum
 from .policy import AttemptCounter, Endpoint, classify
 from .single import Outcome
 from .source import Guard, Source, SourceChanged
+
+if TYPE_CHECKING:
+    from ..progress import Meter
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +68,10 @@ class Progress(Protocol):
 
 
 async def send(end: Endpoint, upload: Upload, source: Source, options: ObjectOptions,
-               counter: AttemptCounter, progress: Progress | None) -> Outcome:
-    """Upload the file in parts (resuming a recorded upload of it where one is left)."""
+               counter: AttemptCounter, progress: Progress | None,
+               meter: Meter | None = None) -> Outcome:
+    """Upload the file in parts (resuming a recorded upload of it where one is left);
+    ``meter``: where the bytes read to be sent are counted (a watched request)."""
     chunk = part_size(source.size, end.config.multipart_chunksize)
     count = math.ceil(source.size / chunk)
     guard = source.guard()
@@ -82,7 +87,7 @@ async def send(end: Endpoint, upload: Upload, source: Source, options: ObjectOpt
         async with asyncio.TaskGroup() as group:
             tasks = {number: group.create_task(_part(
                 end, upload, options, upload_id, source, number, chunk, in_flight, counter,
-                progress, guard)) for number in range(1, count + 1)
+                progress, guard, meter)) for number in range(1, count + 1)
                 if number not in done_parts}
         parts = [done_parts[n] if n in done_parts else tasks[n].result()
                  for n in range(1, count + 1)]
@@ -169,17 +174,19 @@ async def _resumable(end: Endpoint, upload: Upload, options: ObjectOptions, chun
 
 async def _part(end: Endpoint, upload: Upload, options: ObjectOptions, upload_id: str,
                 source: Source, number: int, chunk: int, in_flight: asyncio.Semaphore,
-                counter: AttemptCounter, progress: Progress | None, guard: Guard) -> Part:
+                counter: AttemptCounter, progress: Progress | None, guard: Guard,
+                meter: Meter | None) -> Part:
     ep = end.config
     offset = (number - 1) * chunk
     length = min(chunk, source.size - offset)
     fd = source.fd
+    tally = None if meter is None else meter.tally((end.name, upload.url, number))
     async with in_flight, end.pool.slot():
         value = await end.files.call(ep, length, checksum.of_range, fd, offset, length,
                                      options.checksum, long=True)
         response = await end.tries(length, counter, lambda: end.client.upload_part(
             Bucket=upload.bucket, Key=upload.key, UploadId=upload_id, PartNumber=number,
-            Body=checksum.RangeReader(fd, offset, length), ContentLength=length,
+            Body=checksum.RangeReader(fd, offset, length, tally=tally), ContentLength=length,
             **options.part(value)), f"part {number} of {upload.url}", guard)
     if progress is not None:
         await progress.part_done(upload, number, response["ETag"], value)

@@ -8,12 +8,15 @@ descriptor as it is sent, the last bytes held back unless the file is unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..models import ObjectOptions, Upload
 from . import checksum
 from .policy import AttemptCounter, Endpoint
 from .source import Source
+
+if TYPE_CHECKING:
+    from ..progress import Meter
 
 
 @dataclass
@@ -27,7 +30,8 @@ class Outcome:
 
 
 async def put(end: Endpoint, upload: Upload, source: Source, options: ObjectOptions,
-              counter: AttemptCounter) -> Outcome:
+              counter: AttemptCounter, meter: Meter | None = None) -> Outcome:
+    """``meter``: where the bytes read to be sent are counted (a watched request)."""
     ep = end.config
     client = end.client
     files = end.files
@@ -53,12 +57,16 @@ async def put(end: Endpoint, upload: Upload, source: Source, options: ObjectOpti
         else:  # larger: checksum first, then stream from the descriptor
             value = await files.call(ep, size, checksum.of_range, source.fd, 0, size,
                                      options.checksum, long=True)
+            tally = None if meter is None else meter.tally((end.name, upload.url, 0))
 
             async def attempt() -> Any:
                 return await client.put_object(
                     Bucket=upload.bucket, Key=upload.key, ContentLength=size,
-                    Body=checksum.RangeReader(source.fd, 0, size, check=guard.check),
+                    Body=checksum.RangeReader(source.fd, 0, size, check=guard.check,
+                                              tally=tally),
                     **options.put(value))
 
         response = await end.tries(size, counter, attempt, f"PUT {upload.url}", guard)
+        if small is not None and meter is not None:
+            meter.sent((end.name, upload.url, 0), size)
     return Outcome(response.get("ETag"), value, 0)
