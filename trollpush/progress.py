@@ -64,9 +64,12 @@ class Meter:
         return min(sum(self._seen.values()), self.total)
 
 
-@contextlib.asynccontextmanager
-async def watch(request: Request, jobs: Sequence[Job], *, interval: float = INTERVAL
-                ) -> AsyncIterator[Meter | None]:
+#: what an unwatched request runs in (nearly every one): nothing
+_UNWATCHED: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
+
+
+def watch(request: Request, jobs: Sequence[Job], *, interval: float = INTERVAL
+          ) -> contextlib.AbstractAsyncContextManager[Meter | None]:
     """While the body runs the request's jobs: a Meter for the engine, and progress
     frames to the requester, if it asked for them (else None, and nothing runs).
 
@@ -75,8 +78,13 @@ async def watch(request: Request, jobs: Sequence[Job], *, interval: float = INTE
     reply = request.reply
     if not (jobs and getattr(reply, "wants_progress", False)
             and isinstance(reply, ProgressReader)):
-        yield None
-        return
+        return _UNWATCHED
+    return _watched(request, reply, jobs, interval)
+
+
+@contextlib.asynccontextmanager
+async def _watched(request: Request, reply: ProgressReader, jobs: Sequence[Job],
+                   interval: float) -> AsyncIterator[Meter]:
     meter = Meter(sum(u.source.stat[0] for job in jobs for u in job.uploads
                       if u.source.stat is not None))
     last = -1
