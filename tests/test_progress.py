@@ -62,6 +62,7 @@ def test_progress_frames_come_before_the_result(daemon_server: str, big: Path, s
                   progress=lambda done, total: seen.append((time.monotonic(), done, total)))
     assert result.ok, result.error
     assert result.message.data["size"] == SIZE
+    assert "progress" not in result.message.data  # a reserved key, not metadata
     done = [d for _, d, _ in seen]
     assert len(seen) > 1, seen
     assert all(a < b for a, b in itertools.pairwise(done)), done  # growing
