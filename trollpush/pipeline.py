@@ -18,11 +18,12 @@ from typing import Any, Protocol
 
 from posttroll.message import Message
 
-from . import messages, progress, stats
+from . import messages, stats
 from .access import Access
 from .errors import Reason
 from .journal import JobRecord, Journal, State
 from .models import Job, Rejection, Request, ResultReader, Stat, Upload, UploadResult
+from .progress import Meter, watch
 from .route import Routing
 from .stats import Stats
 
@@ -247,7 +248,7 @@ class RequestRun:
         #: why the requester gave up, if it did (the run is then cancelled)
         self.gone: str | None = None
         #: counts the bytes sent, when the requester watches the progress
-        self.meter: progress.Meter | None = None
+        self.meter: Meter | None = None
         self._task: asyncio.Task[Any] | None = None
 
     def abandon(self, detail: str) -> None:
@@ -313,7 +314,7 @@ class RequestRun:
             await p.record(p.journal.failed(request, None, fail.reason), request.describe())
         # a lone job finishes its request in the journal step that records it
         lone = len(self.jobs) == 1 and not result.failures
-        async with progress.watch(request, self.jobs) as self.meter:
+        async with watch(request, self.jobs) as self.meter:
             await self._run_jobs([JobRunner(self, i, job).run(finish=lone)
                                   for i, job in enumerate(self.jobs)])
             if self.meter is not None and not _failed(self.messages):
