@@ -18,7 +18,7 @@ import platform
 import signal
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from .journal import Journal, MemoryJournal
 from .messages import Limits
 from .models import Rejection, Request
 from .pipeline import Pipeline, shutdown
+from .reload import Reloader
 from .route import Routing
 from .stats import Stats
 
@@ -68,9 +69,8 @@ class Service:
         self.journal = journal
         self.transfer = engine
         self.announcer = announcer
-        self.limits = Limits(config.daemon.max_request_bytes, config.daemon.allowed_roots,
-                             config.daemon.file_timeout)
-        self.pipeline = Pipeline(journal=journal, engine=engine, announcer=announcer,
+        self.limits = _limits(config)
+        self.pipeline = Pipeline(journal=journal, engine=engine.view(), announcer=announcer,
                                  routing=Routing.from_config(config), registry=self.stats,
                                  durable=not isinstance(journal, MemoryJournal),
                                  access=accesses(config.endpoints))
@@ -82,26 +82,14 @@ class Service:
         self._feeders: set[asyncio.Task[None]] = set()
         self._fatal: BaseException | None = None
         self._on: _Bound | None = None  # what the current run bound to its loop
-        self._follow()
+        #: SIGHUP and daemon.watch_config re-read the config (see reload.py)
+        self.reloader = Reloader(self)
+        _follow(self)
 
     def __repr__(self) -> str:
         queued = self._on.queue.qsize() if self._on is not None else 0
         return (f"<Service queued={queued} in_flight={len(self._tasks)} "
                 f"{dict(self.counts)} {self.transfer!r}>")
-
-    def _follow(self) -> None:
-        """What the service and its collaborators keep themselves, read when the
-        registry is (nothing per request); the series of what comes later, at 0."""
-        s, journal, announcer = self.stats, self.journal, self.announcer
-        s.set(stats.QUEUED, lambda: self._on.queue.qsize() if self._on else 0)
-        s.set(stats.IN_FLIGHT, lambda: len(self._tasks))
-        s.set(stats.JOURNAL_BACKLOG, lambda: journal.backlog)
-        s.set(stats.JOURNAL_SIZE, lambda: journal.size_bytes)
-        s.follow(stats.ANNOUNCEMENTS, lambda: announcer.published, outcome="published")
-        s.follow(stats.ANNOUNCEMENTS, lambda: announcer.failed, outcome="failed")
-        for outcome in ("applied", "refused"):  # (SIGHUP reloads come with issue 13)
-            s.inc(stats.RELOADS, 0, outcome=outcome)
-        s.set(stats.BUILD_INFO, 1, **_versions())
 
     @property
     def journal_down(self) -> bool:
@@ -160,7 +148,9 @@ class Service:
             logger.info("trollpush ready: %s",
                         ", ".join(i.describe() for i in self.inputs) or "no inputs")
             self.ready.set()
+            self.reloader.start()
             await on.stopping.wait()
+            await self.reloader.close()
             logger.info("shutting down: intake stopped, %d request(s) queued, %d in flight",
                         on.queue.qsize(), len(self._tasks))
             await self._stop_intake()
@@ -180,14 +170,12 @@ class Service:
             raise RuntimeError("the service is not running")
         return self._on
 
-    @staticmethod
-    def _install_signals(on: _Bound) -> None:
+    def _install_signals(self, on: _Bound) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
             on.loop.add_signal_handler(sig, on.stopping.set)
-        # SIGHUP is reserved for a config reload; until then it must not kill the daemon.
-        on.loop.add_signal_handler(signal.SIGHUP, lambda: logger.info("SIGHUP ignored"))
+        on.loop.add_signal_handler(signal.SIGHUP, self.reloader.request, "SIGHUP")
 
     async def _start(self) -> None:
         try:
@@ -196,12 +184,50 @@ class Service:
             raise SetupError(f"journal: {err}") from err
         await self.transfer.start()
         await asyncio.to_thread(self.announcer.start)
-        self.inputs = build_inputs(self.config, self, self._factories)
-        for each in self.inputs:
-            # (labelled as its requests are: by their origin, the input's name but for one)
-            self.stats.follow(stats.RECEIVED, _received(each),
-                              input=getattr(each, "origin", each.name))
+        for each in build_inputs(self.config, self, self._factories):
+            self.add_input(each, carry=False)
             await each.start()
+
+    # --- a reload's seams (the steps: reload.py) -------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the config file and apply it, as SIGHUP does (on the service's loop);
+        whether it was applied (False: refused, the running config kept)."""
+        return await self.reloader.reload("requested")
+
+    def swap(self, config: Config) -> set[asyncio.Task[None]]:
+        """Make ``config`` the one requests run under from now on: routing, limits (of
+        inputs started from now on), what completions say of each endpoint, and the
+        engine's endpoints as they are now.  Synchronous: between two requests.  The
+        requests running now keep what they started with; they are returned."""
+        self.config = config
+        self.limits = _limits(config)
+        self.pipeline.routing = Routing.from_config(config)
+        self.pipeline.access = accesses(config.endpoints)
+        self.pipeline.engine = self.transfer.view()
+        return set(self._tasks)
+
+    async def build_inputs(self, config: Config, names: Collection[str]) -> list[Input]:
+        """The inputs called ``names`` that ``config`` has, not started."""
+        built = build_inputs(config, self, self._factories)
+        for each in built:
+            if each.name not in names:  # never started: closing costs nothing
+                await each.close()
+        return [each for each in built if each.name in names]
+
+    def add_input(self, each: Input, *, carry: bool = True) -> None:
+        """A started input joins those the service runs (``carry``: it replaces one
+        whose count of messages received its own goes on from)."""
+        # (labelled as its requests are: by their origin, the input's name but for one)
+        self.stats.follow(stats.RECEIVED, _received(each), carry=carry,
+                          input=getattr(each, "origin", each.name))
+        self.inputs.append(each)
+
+    async def requeue(self, items: Iterable[Request | Rejection]) -> None:
+        """What an input stopped by a reload took but never handed over: queued as it
+        is (a Request was journaled when it was taken, a Rejection is answered)."""
+        for item in items:
+            await self._running().queue.put(item)
 
     async def _stop_intake(self) -> None:
         for each in self.inputs:
@@ -329,6 +355,26 @@ class Service:
         slots.release()
         if not task.cancelled() and task.exception() is not None:
             logger.error("request task crashed", exc_info=task.exception())
+
+
+def _follow(service: Service) -> None:
+    """What the service and its collaborators keep themselves, read when the
+    registry is (nothing per request); the series of what comes later, at 0."""
+    s, journal, announcer = service.stats, service.journal, service.announcer
+    s.set(stats.QUEUED, lambda: service._on.queue.qsize() if service._on else 0)
+    s.set(stats.IN_FLIGHT, lambda: len(service._tasks))
+    s.set(stats.JOURNAL_BACKLOG, lambda: journal.backlog)
+    s.set(stats.JOURNAL_SIZE, lambda: journal.size_bytes)
+    s.follow(stats.ANNOUNCEMENTS, lambda: announcer.published, outcome="published")
+    s.follow(stats.ANNOUNCEMENTS, lambda: announcer.failed, outcome="failed")
+    for outcome in ("applied", "refused"):  # see reload.py
+        s.inc(stats.RELOADS, 0, outcome=outcome)
+    s.set(stats.BUILD_INFO, 1, **_versions())
+
+
+def _limits(config: Config) -> Limits:
+    d = config.daemon
+    return Limits(d.max_request_bytes, d.allowed_roots, d.file_timeout)
 
 
 def _received(each: Input) -> Callable[[], float]:
