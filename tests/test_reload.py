@@ -10,6 +10,7 @@ import logging
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from .helpers import (
     free_port,
     link,
     running_daemon,
+    started_engine,
+    upload_of,
     wait_until,
 )
 
@@ -270,3 +273,30 @@ def test_watch_config_picks_up_a_change_of_the_file(
         wait_until(lambda: daemon.stats.count(stats.RELOADS, outcome="refused") == 1, 15,
                    "the broken file refused")
         assert [t.name for t in daemon.config.targets] == ["viirs", "extra"]
+
+
+async def test_a_request_keeps_the_pool_it_started_with(s3_url: str, bucket: str,
+                                                        tmp_path: Path) -> None:
+    """An engine view taken before a reload uploads through the pools it had; the
+    replaced pool is closed only when retired."""
+    engine = await started_engine(s3_url)
+    try:
+        before = engine.view()
+        old = engine.pool("default")
+        changed = {"default": replace(old.config, tries=4)}
+        opened = await engine.endpoints.open(changed, ["default"], {})
+        retired = engine.reconfigure(changed, opened, warm_buckets={}, roots=(),
+                                     file_timeout=30.0)
+        assert [r.pool for r in retired] == [old] and engine.pool("default") is not old
+        (path,) = _files(tmp_path, 1)
+        (result,) = await before.upload_all([upload_of(path, bucket, "old-pool")], "default",
+                                            deadline=time.time() + 30, what="test")
+        assert result.ok and old.client is not None
+        (result,) = await engine.view().upload_all(
+            [upload_of(path, bucket, "new-pool")], "default", deadline=time.time() + 30,
+            what="test")
+        assert result.ok
+        await engine.endpoints.retire(retired)
+        assert old.client is None and engine.pool("default").client is not None
+    finally:
+        await engine.close()

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import stats
 from .config import Config, load_config
-from .errors import ConfigError
+from .errors import ConfigError, ConfigProblem
 
 if TYPE_CHECKING:
     from .service import Service
@@ -177,7 +177,11 @@ class Reloader:
         self._watch(self.service.config.daemon.watch_config)
 
     def request(self, why: str) -> None:
-        """Reload soon (a signal handler, on the loop); one waiting is enough."""
+        """Reload soon (a signal handler, on the loop); one waiting is enough.  Before
+        the daemon is ready it is ignored: the file is being read then anyway."""
+        if not self.service.ready.is_set():
+            logger.info("%s before the daemon is ready: ignored", why)
+            return
         if self._pending is None or self._pending.done():
             self._pending = self._spawn(self.reload(why))
 
@@ -192,7 +196,7 @@ class Reloader:
         """Read the file and apply it; whether it was (False: refused, old one kept)."""
         async with self._lock:
             try:
-                new = await asyncio.to_thread(load_config, self.path)
+                new = await asyncio.to_thread(_read, self.path)
             except ConfigError as err:
                 return self._refused(why, err)
             change = diff(self.service.config, new)
@@ -297,6 +301,14 @@ class Reloader:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _read(path: str) -> Config:
+    """The config in the file; a FIFO (say) is refused, it would hold a thread for ever."""
+    if not os.path.isfile(path):
+        raise ConfigError([ConfigProblem("<file>", path, "a regular file to read again")],
+                          path)
+    return load_config(path)
 
 
 def signature(path: str) -> tuple[int, int, int] | None:

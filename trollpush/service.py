@@ -270,8 +270,8 @@ class Service:
     async def _close(self) -> None:
         """Release everything; one failing step must not skip the others."""
         steps: list[tuple[str, Callable[[], Awaitable[None] | None]]] = [
-            ("intake", self._stop_intake), ("transfer", self.transfer.close),
-            ("publisher", self.announcer.stop)]
+            ("reloader", self.reloader.close), ("intake", self._stop_intake),
+            ("transfer", self.transfer.close), ("publisher", self.announcer.stop)]
         steps += [(f"{each.name} input", each.close) for each in self.inputs]
         steps.append(("journal", self.journal.close))
         for name, step in steps:
