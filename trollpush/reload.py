@@ -195,25 +195,33 @@ class Reloader:
     async def reload(self, why: str = "requested") -> bool:
         """Read the file and apply it; whether it was (False: refused, old one kept)."""
         async with self._lock:
+            self.service.tell("reloading")
             try:
-                new = await asyncio.to_thread(_read, self.path)
-            except ConfigError as err:
-                return self._refused(why, err)
-            change = diff(self.service.config, new)
-            warm = change.config.warm_buckets()
-            try:  # before anything changes: a pool that cannot start refuses the reload
-                opened = await self.service.transfer.endpoints.open(
-                    change.config.endpoints,
-                    (*change.endpoints.added, *change.endpoints.changed), warm)
-            except Exception as err:
-                return self._refused(why, f"an endpoint's pool cannot start: {err}")
-            await self._apply(change, opened, warm)
-            for key in change.restart:
-                logger.warning("config reload: %s changed, but needs a restart to apply "
-                               "(it keeps its value until then)", key)
-            logger.info("config reloaded (%s): %s", why, change.summary())
-            self.service.stats.inc(stats.RELOADS, outcome="applied")
-            return True
+                return await self._reload(why)
+            finally:
+                self.service.tell("reloaded")
+
+    async def _reload(self, why: str) -> bool:
+        try:
+            new = await asyncio.to_thread(_read, self.path)
+        except ConfigError as err:
+            return self._refused(why, err)
+        change = diff(self.service.config, new)
+        warm = change.config.warm_buckets()
+        try:  # before anything changes: a pool that cannot start refuses the reload
+            opened = await self.service.transfer.endpoints.open(
+                change.config.endpoints,
+                (*change.endpoints.added, *change.endpoints.changed), warm)
+        except Exception as err:
+            return self._refused(why, f"an endpoint's pool cannot start: {err}")
+        await self._apply(change, opened, warm)
+        for key in change.restart:
+            logger.warning("config reload: %s changed, but needs a restart to apply "
+                           "(it keeps its value until then)", key)
+        logger.info("config reloaded (%s): %s", why, change.summary())
+        self.service.stats.inc(stats.RELOADS, outcome="applied")
+        return True
+
 
     def _refused(self, why: str, err: Exception | str) -> bool:
         logger.error("config reload (%s) refused, the running config is kept: %s", why, err)

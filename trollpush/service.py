@@ -20,7 +20,7 @@ import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import logsafe, stats
 from ._startup import StartupSignals
@@ -35,6 +35,7 @@ from .models import Rejection, Request
 from .pipeline import Pipeline, shutdown
 from .reload import Reloader
 from .route import Routing
+from .sdnotify import SystemdNotify
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -58,12 +59,25 @@ class _Bound:
     slots: asyncio.Semaphore
 
 
+class Observer(Protocol):
+    """Told of a run's lifecycle, on the event loop (``sdnotify.SystemdNotify``): before
+    start-up, once ready (inputs bound, pools warm), when the drain begins, and at the
+    end (also after a failed start).  What it raises is logged, never propagated."""
+
+    def starting(self, service: Service) -> None: ...
+    def started(self, service: Service) -> None: ...
+    def stopping(self, service: Service) -> None: ...
+    def stopped(self, service: Service) -> None: ...
+
+
+# shape: the lifecycle, plus the few seams a reload applies through (swap, build_inputs,
+# add_input, requeue); the reload's steps themselves are in reload.py
 class Service:
     """One trollpush daemon; ``await run()`` until ``stop()`` or a signal."""
 
     def __init__(self, config: Config, *, journal: Journal, engine: TransferEngine,
                  announcer: Announcer, inputs: Sequence[InputFactory] = REGISTRY,
-                 registry: Stats | None = None) -> None:
+                 registry: Stats | None = None, observers: Sequence[Observer] = ()) -> None:
         self.config = config
         self.stats = registry if registry is not None else Stats()
         self.journal = journal
@@ -75,6 +89,7 @@ class Service:
                                  durable=not isinstance(journal, MemoryJournal),
                                  access=accesses(config.endpoints))
         self._factories = tuple(inputs)
+        self._observers = tuple(observers)
         self.inputs: list[Input] = []
         self.ready = threading.Event()
         self._stop_requested = threading.Event()
@@ -142,14 +157,17 @@ class Service:
             return
         self._install_signals(on)
         try:
+            self._tell(lambda o: o.starting(self))
             await self._start()
             dispatcher = asyncio.create_task(self._dispatch(on), name="dispatch")
             self._recover(on)
             logger.info("trollpush ready: %s",
                         ", ".join(i.describe() for i in self.inputs) or "no inputs")
             self.ready.set()
+            self._tell(lambda o: o.started(self))
             self.reloader.start()
             await on.stopping.wait()
+            self._tell(lambda o: o.stopping(self))
             await self.reloader.close()
             logger.info("shutting down: intake stopped, %d request(s) queued, %d in flight",
                         on.queue.qsize(), len(self._tasks))
@@ -158,12 +176,25 @@ class Service:
         finally:
             await self._close()
             self.ready.clear()
+            self._tell(lambda o: o.stopped(self))
             t = self.transfer
             logger.info("stopped: %s; uploads: %d completed, %d failed, %d retried",
                         ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()) if v)
                         or "no requests", t.completed, t.failed, t.retried)
         if self._fatal is not None:
             raise SetupError(f"intake failed: {self._fatal}") from self._fatal
+
+    def tell(self, event: str) -> None:
+        """An optional lifecycle event (``reloading``, ``reloaded``): observers that
+        have no method of that name are skipped."""
+        self._tell(lambda o: getattr(o, event, lambda service: None)(self))
+
+    def _tell(self, event: Callable[[Observer], None]) -> None:
+        for each in self._observers:
+            try:
+                event(each)
+            except Exception:
+                logger.exception("lifecycle observer %r failed", each)
 
     def _running(self) -> _Bound:
         if self._on is None:
@@ -397,9 +428,11 @@ def _versions() -> dict[str, str]:
 
 def build_service(config: Config, *, journal: Journal | None = None,
                   inputs: Sequence[InputFactory] = REGISTRY,
-                  registry: Stats | None = None) -> Service:
+                  registry: Stats | None = None, observers: Sequence[Observer] = ()
+                  ) -> Service:
     """The service with its real collaborators (``journal``: one to use instead of the
-    configured one; ``inputs``: other input factories; for tests and tools)."""
+    configured one; ``inputs``: other input factories; ``observers``: of its lifecycle;
+    for tests and tools)."""
     from .journal import make_journal
     from .transfer import TransferEngine
 
@@ -409,13 +442,14 @@ def build_service(config: Config, *, journal: Journal | None = None,
                             file_timeout=config.daemon.file_timeout, stats=registry)
     return Service(config, journal=journal if journal is not None else make_journal(config.journal),
                    engine=engine, announcer=Announcer(config.publish),
-                   inputs=inputs, registry=registry)
+                   inputs=inputs, registry=registry, observers=observers)
 
 
 async def run_daemon(config: Config, *, startup: StartupSignals | None = None) -> None:
     """Run a daemon for ``config`` until SIGINT/SIGTERM (``startup``: the signal handlers
-    that stood in while it started)."""
-    service = build_service(config)
+    that stood in while it started).  systemd is notified when it runs the daemon
+    (``$NOTIFY_SOCKET``; :mod:`trollpush.sdnotify`)."""
+    service = build_service(config, observers=(SystemdNotify.from_environment(),))
     if startup is not None:
         startup.attach(service.stop)
     await service.run()
