@@ -20,7 +20,7 @@ from posttroll.message import Message
 from posttroll.publisher import create_publisher_from_dict_config
 from posttroll.subscriber import create_subscriber_from_dict_config
 
-from trollpush.config import EndpointConfig, parse_config
+from trollpush.config import EndpointConfig, load_config, parse_config
 from trollpush.inputs import REGISTRY, InputFactory
 from trollpush.journal import Journal
 from trollpush.models import SourceFile, Upload
@@ -129,10 +129,12 @@ def link(producer: Producer, listener: Listener, subject: str, timeout: float = 
 
 
 @contextmanager
-def running_daemon(config: dict[str, Any], journal: Journal | None = None, *,
+def running_daemon(config: dict[str, Any] | Path, journal: Journal | None = None, *,
                    registry: Sequence[InputFactory] = REGISTRY) -> Iterator[Service]:
-    """A daemon in a background thread with its own event loop; stopped on exit."""
-    daemon = build_service(parse_config(config), journal=journal, inputs=registry)
+    """A daemon in a background thread with its own event loop; stopped on exit
+    (``config``: a mapping, or a file, which a reload reads again)."""
+    cfg = load_config(config) if isinstance(config, Path) else parse_config(config)
+    daemon = build_service(cfg, journal=journal, inputs=registry)
     errors: list[BaseException] = []
 
     def run() -> None:

@@ -44,6 +44,9 @@ class FakeEngine:
         self.gate: asyncio.Event | None = None  # set: uploads wait for it
         self.called = asyncio.Event()
 
+    def view(self) -> FakeEngine:
+        return self
+
     async def upload_all(self, uploads: Sequence[Upload], endpoint: str, *, deadline: float,
                          what: str, progress: Any = None,
                          landed: Mapping[int, UploadResult] | None = None,

@@ -5,7 +5,8 @@ enough for a service manager's SIGTERM (or a SIGHUP) to arrive first.  Python's 
 would then kill the process (SIGTERM, SIGHUP) or raise a traceback out of an import
 (SIGINT).  So ``trollpush run`` installs these handlers before anything else: a stop is
 remembered and handed to the daemon as soon as it exists (a clean stop, exit 0, nothing
-lost: the journal keeps what was accepted), and SIGHUP is ignored as it is later.
+lost: the journal keeps what was accepted), and SIGHUP is ignored (the daemon reloads its
+config on SIGHUP once it is ready; until then it is reading the file anyway).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class StartupSignals:
             return
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_stop)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reserved for a reload, as later
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload once the daemon is ready
 
     def attach(self, stop: Callable[[], None]) -> None:
         """The daemon exists: a stop asked for earlier (or from now on) goes to it."""

@@ -155,6 +155,8 @@ class Pipeline:
                  routing: Routing, registry: Stats, durable: bool,
                  access: Mapping[str, Access] | None = None) -> None:
         self.journal = journal
+        #: like the routing, swapped between requests (a reload's endpoints: an engine
+        #: view); a running request keeps the one it started with
         self.engine = engine
         self.announcer = announcer
         #: swapped whole between requests (a reload); a running request keeps its own
@@ -241,6 +243,7 @@ class RequestRun:
         self.pipeline = pipeline
         self.request = request
         self.routing = pipeline.routing  # one snapshot for the whole request
+        self.engine = pipeline.engine  # and the endpoints (pools) it started with
         self.jobs: tuple[Job, ...] = ()
         #: what each finished job announced, by its index in ``jobs``
         self.done: dict[int, list[Message]] = {}
@@ -429,9 +432,9 @@ class JobRunner:
         progress = (JobProgress(p.journal, job, p.record, recovered=recovered,
                                 run=self.request_run) if p.durable else None)
         deadline = job.request.accepted_at + self.request_run.routing.max_age
-        return await p.engine.upload_all(job.uploads, job.endpoint, deadline=deadline,
-                                         what=job.describe(), progress=progress,
-                                         landed=landed, meter=self.request_run.meter)
+        return await self.request_run.engine.upload_all(
+            job.uploads, job.endpoint, deadline=deadline, what=job.describe(),
+            progress=progress, landed=landed, meter=self.request_run.meter)
 
     async def _announce(self, results: tuple[UploadResult, ...], *, finish: bool = False
                         ) -> list[Message]:

@@ -18,9 +18,9 @@ import platform
 import signal
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import logsafe, stats
 from ._startup import StartupSignals
@@ -33,7 +33,9 @@ from .journal import Journal, MemoryJournal
 from .messages import Limits
 from .models import Rejection, Request
 from .pipeline import Pipeline, shutdown
+from .reload import Reloader
 from .route import Routing
+from .sdnotify import SystemdNotify
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -57,24 +59,37 @@ class _Bound:
     slots: asyncio.Semaphore
 
 
+class Observer(Protocol):
+    """Told of a run's lifecycle, on the event loop (``sdnotify.SystemdNotify``): before
+    start-up, once ready (inputs bound, pools warm), when the drain begins, and at the
+    end (also after a failed start).  What it raises is logged, never propagated."""
+
+    def starting(self, service: Service) -> None: ...
+    def started(self, service: Service) -> None: ...
+    def stopping(self, service: Service) -> None: ...
+    def stopped(self, service: Service) -> None: ...
+
+
+# shape: the lifecycle, plus the few seams a reload applies through (swap, build_inputs,
+# add_input, requeue); the reload's steps themselves are in reload.py
 class Service:
     """One trollpush daemon; ``await run()`` until ``stop()`` or a signal."""
 
     def __init__(self, config: Config, *, journal: Journal, engine: TransferEngine,
                  announcer: Announcer, inputs: Sequence[InputFactory] = REGISTRY,
-                 registry: Stats | None = None) -> None:
+                 registry: Stats | None = None, observers: Sequence[Observer] = ()) -> None:
         self.config = config
         self.stats = registry if registry is not None else Stats()
         self.journal = journal
         self.transfer = engine
         self.announcer = announcer
-        self.limits = Limits(config.daemon.max_request_bytes, config.daemon.allowed_roots,
-                             config.daemon.file_timeout)
-        self.pipeline = Pipeline(journal=journal, engine=engine, announcer=announcer,
+        self.limits = _limits(config)
+        self.pipeline = Pipeline(journal=journal, engine=engine.view(), announcer=announcer,
                                  routing=Routing.from_config(config), registry=self.stats,
                                  durable=not isinstance(journal, MemoryJournal),
                                  access=accesses(config.endpoints))
         self._factories = tuple(inputs)
+        self._observers = tuple(observers)
         self.inputs: list[Input] = []
         self.ready = threading.Event()
         self._stop_requested = threading.Event()
@@ -82,26 +97,14 @@ class Service:
         self._feeders: set[asyncio.Task[None]] = set()
         self._fatal: BaseException | None = None
         self._on: _Bound | None = None  # what the current run bound to its loop
-        self._follow()
+        #: SIGHUP and daemon.watch_config re-read the config (see reload.py)
+        self.reloader = Reloader(self)
+        _follow(self)
 
     def __repr__(self) -> str:
         queued = self._on.queue.qsize() if self._on is not None else 0
         return (f"<Service queued={queued} in_flight={len(self._tasks)} "
                 f"{dict(self.counts)} {self.transfer!r}>")
-
-    def _follow(self) -> None:
-        """What the service and its collaborators keep themselves, read when the
-        registry is (nothing per request); the series of what comes later, at 0."""
-        s, journal, announcer = self.stats, self.journal, self.announcer
-        s.set(stats.QUEUED, lambda: self._on.queue.qsize() if self._on else 0)
-        s.set(stats.IN_FLIGHT, lambda: len(self._tasks))
-        s.set(stats.JOURNAL_BACKLOG, lambda: journal.backlog)
-        s.set(stats.JOURNAL_SIZE, lambda: journal.size_bytes)
-        s.follow(stats.ANNOUNCEMENTS, lambda: announcer.published, outcome="published")
-        s.follow(stats.ANNOUNCEMENTS, lambda: announcer.failed, outcome="failed")
-        for outcome in ("applied", "refused"):  # (SIGHUP reloads come with issue 13)
-            s.inc(stats.RELOADS, 0, outcome=outcome)
-        s.set(stats.BUILD_INFO, 1, **_versions())
 
     @property
     def journal_down(self) -> bool:
@@ -154,13 +157,18 @@ class Service:
             return
         self._install_signals(on)
         try:
+            self._tell(lambda o: o.starting(self))
             await self._start()
             dispatcher = asyncio.create_task(self._dispatch(on), name="dispatch")
             self._recover(on)
             logger.info("trollpush ready: %s",
                         ", ".join(i.describe() for i in self.inputs) or "no inputs")
             self.ready.set()
+            self._tell(lambda o: o.started(self))
+            self.reloader.start()
             await on.stopping.wait()
+            self._tell(lambda o: o.stopping(self))
+            await self.reloader.close()
             logger.info("shutting down: intake stopped, %d request(s) queued, %d in flight",
                         on.queue.qsize(), len(self._tasks))
             await self._stop_intake()
@@ -168,6 +176,7 @@ class Service:
         finally:
             await self._close()
             self.ready.clear()
+            self._tell(lambda o: o.stopped(self))
             t = self.transfer
             logger.info("stopped: %s; uploads: %d completed, %d failed, %d retried",
                         ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()) if v)
@@ -175,19 +184,29 @@ class Service:
         if self._fatal is not None:
             raise SetupError(f"intake failed: {self._fatal}") from self._fatal
 
+    def tell(self, event: str) -> None:
+        """An optional lifecycle event (``reloading``, ``reloaded``): observers that
+        have no method of that name are skipped."""
+        self._tell(lambda o: getattr(o, event, lambda service: None)(self))
+
+    def _tell(self, event: Callable[[Observer], None]) -> None:
+        for each in self._observers:
+            try:
+                event(each)
+            except Exception:
+                logger.exception("lifecycle observer %r failed", each)
+
     def _running(self) -> _Bound:
         if self._on is None:
             raise RuntimeError("the service is not running")
         return self._on
 
-    @staticmethod
-    def _install_signals(on: _Bound) -> None:
+    def _install_signals(self, on: _Bound) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
             on.loop.add_signal_handler(sig, on.stopping.set)
-        # SIGHUP is reserved for a config reload; until then it must not kill the daemon.
-        on.loop.add_signal_handler(signal.SIGHUP, lambda: logger.info("SIGHUP ignored"))
+        on.loop.add_signal_handler(signal.SIGHUP, self.reloader.request, "SIGHUP")
 
     async def _start(self) -> None:
         try:
@@ -196,12 +215,50 @@ class Service:
             raise SetupError(f"journal: {err}") from err
         await self.transfer.start()
         await asyncio.to_thread(self.announcer.start)
-        self.inputs = build_inputs(self.config, self, self._factories)
-        for each in self.inputs:
-            # (labelled as its requests are: by their origin, the input's name but for one)
-            self.stats.follow(stats.RECEIVED, _received(each),
-                              input=getattr(each, "origin", each.name))
+        for each in build_inputs(self.config, self, self._factories):
+            self.add_input(each, carry=False)
             await each.start()
+
+    # --- a reload's seams (the steps: reload.py) -------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the config file and apply it, as SIGHUP does (on the service's loop);
+        whether it was applied (False: refused, the running config kept)."""
+        return await self.reloader.reload("requested")
+
+    def swap(self, config: Config) -> set[asyncio.Task[None]]:
+        """Make ``config`` the one requests run under from now on: routing, limits (of
+        inputs started from now on), what completions say of each endpoint, and the
+        engine's endpoints as they are now.  Synchronous: between two requests.  The
+        requests running now keep what they started with; they are returned."""
+        self.config = config
+        self.limits = _limits(config)
+        self.pipeline.routing = Routing.from_config(config)
+        self.pipeline.access = accesses(config.endpoints)
+        self.pipeline.engine = self.transfer.view()
+        return set(self._tasks)
+
+    async def build_inputs(self, config: Config, names: Collection[str]) -> list[Input]:
+        """The inputs called ``names`` that ``config`` has, not started."""
+        built = build_inputs(config, self, self._factories)
+        for each in built:
+            if each.name not in names:  # never started: closing costs nothing
+                await each.close()
+        return [each for each in built if each.name in names]
+
+    def add_input(self, each: Input, *, carry: bool = True) -> None:
+        """A started input joins those the service runs (``carry``: it replaces one
+        whose count of messages received its own goes on from)."""
+        # (labelled as its requests are: by their origin, the input's name but for one)
+        self.stats.follow(stats.RECEIVED, _received(each), carry=carry,
+                          input=getattr(each, "origin", each.name))
+        self.inputs.append(each)
+
+    async def requeue(self, items: Iterable[Request | Rejection]) -> None:
+        """What an input stopped by a reload took but never handed over: queued as it
+        is (a Request was journaled when it was taken, a Rejection is answered)."""
+        for item in items:
+            await self._running().queue.put(item)
 
     async def _stop_intake(self) -> None:
         for each in self.inputs:
@@ -244,8 +301,8 @@ class Service:
     async def _close(self) -> None:
         """Release everything; one failing step must not skip the others."""
         steps: list[tuple[str, Callable[[], Awaitable[None] | None]]] = [
-            ("intake", self._stop_intake), ("transfer", self.transfer.close),
-            ("publisher", self.announcer.stop)]
+            ("reloader", self.reloader.close), ("intake", self._stop_intake),
+            ("transfer", self.transfer.close), ("publisher", self.announcer.stop)]
         steps += [(f"{each.name} input", each.close) for each in self.inputs]
         steps.append(("journal", self.journal.close))
         for name, step in steps:
@@ -331,6 +388,26 @@ class Service:
             logger.error("request task crashed", exc_info=task.exception())
 
 
+def _follow(service: Service) -> None:
+    """What the service and its collaborators keep themselves, read when the
+    registry is (nothing per request); the series of what comes later, at 0."""
+    s, journal, announcer = service.stats, service.journal, service.announcer
+    s.set(stats.QUEUED, lambda: service._on.queue.qsize() if service._on else 0)
+    s.set(stats.IN_FLIGHT, lambda: len(service._tasks))
+    s.set(stats.JOURNAL_BACKLOG, lambda: journal.backlog)
+    s.set(stats.JOURNAL_SIZE, lambda: journal.size_bytes)
+    s.follow(stats.ANNOUNCEMENTS, lambda: announcer.published, outcome="published")
+    s.follow(stats.ANNOUNCEMENTS, lambda: announcer.failed, outcome="failed")
+    for outcome in ("applied", "refused"):  # see reload.py
+        s.inc(stats.RELOADS, 0, outcome=outcome)
+    s.set(stats.BUILD_INFO, 1, **_versions())
+
+
+def _limits(config: Config) -> Limits:
+    d = config.daemon
+    return Limits(d.max_request_bytes, d.allowed_roots, d.file_timeout)
+
+
 def _received(each: Input) -> Callable[[], float]:
     return lambda: each.received
 
@@ -351,9 +428,11 @@ def _versions() -> dict[str, str]:
 
 def build_service(config: Config, *, journal: Journal | None = None,
                   inputs: Sequence[InputFactory] = REGISTRY,
-                  registry: Stats | None = None) -> Service:
+                  registry: Stats | None = None, observers: Sequence[Observer] = ()
+                  ) -> Service:
     """The service with its real collaborators (``journal``: one to use instead of the
-    configured one; ``inputs``: other input factories; for tests and tools)."""
+    configured one; ``inputs``: other input factories; ``observers``: of its lifecycle;
+    for tests and tools)."""
     from .journal import make_journal
     from .transfer import TransferEngine
 
@@ -363,13 +442,14 @@ def build_service(config: Config, *, journal: Journal | None = None,
                             file_timeout=config.daemon.file_timeout, stats=registry)
     return Service(config, journal=journal if journal is not None else make_journal(config.journal),
                    engine=engine, announcer=Announcer(config.publish),
-                   inputs=inputs, registry=registry)
+                   inputs=inputs, registry=registry, observers=observers)
 
 
 async def run_daemon(config: Config, *, startup: StartupSignals | None = None) -> None:
     """Run a daemon for ``config`` until SIGINT/SIGTERM (``startup``: the signal handlers
-    that stood in while it started)."""
-    service = build_service(config)
+    that stood in while it started).  systemd is notified when it runs the daemon
+    (``$NOTIFY_SOCKET``; :mod:`trollpush.sdnotify`)."""
+    service = build_service(config, observers=(SystemdNotify.from_environment(),))
     if startup is not None:
         startup.attach(service.stop)
     await service.run()

@@ -184,6 +184,12 @@ class Histogram:
         return out
 
 
+def _plus(base: float, read: Reader) -> Reader:
+    def total() -> float:
+        return base + (read() or 0.0)
+    return total
+
+
 class Stats:
     """The registry; ``inc``/``set``/``follow``/``observe`` report, the rest read."""
 
@@ -210,12 +216,21 @@ class Stats:
         with self._lock:
             self._gauges[(name, _labels(labels))] = value
 
-    def follow(self, name: str, read: Reader, **labels: object) -> None:
+    def follow(self, name: str, read: Reader, *, carry: bool = False,
+               **labels: object) -> None:
         """A counter that a stage keeps itself (a plain number that only grows), read
         when the registry is: the stage's hot path pays nothing.  Added to what ``inc``
-        counted under the same name and labels, if anything."""
+        counted under the same name and labels, if anything.  ``carry``: the stage
+        replaces one followed under these labels (a reload's new input or pool), whose
+        count so far the counter keeps: it never goes back."""
+        key = (name, _labels(labels))
         with self._lock:
-            self._followed[(name, _labels(labels))] = read
+            old = self._followed.get(key) if carry else None
+        if old is not None:
+            base = old() or 0.0
+            read = _plus(base, read)
+        with self._lock:
+            self._followed[key] = read
 
     def observe(self, name: str, value: float, *,
                 buckets: tuple[float, ...] = SECONDS_BUCKETS, **labels: object) -> None:

@@ -275,6 +275,8 @@ DAEMON = _section(
                      "file.", default=30.0, minimum=0.1),
     event_loop=Key(Kind.CHOICE, "The event loop `trollpush run` uses.",
                    default=EVENT_LOOPS[0], choices=EVENT_LOOPS),
+    watch_config=Key(Kind.BOOLEAN, "Reload the config when its file changes (as on "
+                     "SIGHUP); the file is looked at every second.", default=False),
 )
 
 JOURNAL = _section(

@@ -255,6 +255,8 @@ class DaemonConfig:
     file_timeout: float = DAEMON["file_timeout"].default
     #: see defaults.EVENT_LOOPS for why uvloop is the default
     event_loop: str = DAEMON["event_loop"].default
+    #: reload when the config file changes (SIGHUP always reloads)
+    watch_config: bool = DAEMON["watch_config"].default
 
 
 @dataclass(frozen=True)

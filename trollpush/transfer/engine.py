@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .. import stats as series
 from ..config import EndpointConfig
 from ..errors import PermanentTransferError, Reason, TransferError
 from ..models import ObjectOptions, Upload, UploadResult
@@ -29,10 +28,10 @@ from ..stats import (
     RETRIES,
     TRANSFER_SECONDS,
     UPLOADS,
-    Reader,
     Stats,
 )
 from . import checksum, multipart, policy, single
+from .endpoints import Endpoints
 from .files import Files
 from .multipart import Progress
 from .policy import AttemptCounter, Endpoint
@@ -63,8 +62,13 @@ class TransferEngine:
         self._roots = roots  # daemon.allowed_roots, checked again on the opened file
         self._warm = dict(warm_buckets or {})
         self._files = Files(file_timeout)
-        self._endpoints: dict[str, Endpoint] = {}
         self.stats = stats if stats is not None else Stats()
+        #: by name, each with its warm pool (a reload replaces some)
+        self.endpoints = Endpoints(self._files, self.stats)
+
+    @property
+    def _endpoints(self) -> Mapping[str, Endpoint]:
+        return self.endpoints.current
 
     @property
     def active(self) -> int:
@@ -91,18 +95,29 @@ class TransferEngine:
 
     async def start(self) -> None:
         self._files.start()
-        for name, ep in self._configs.items():
-            pool = EndpointPool(ep, self._warm.get(name))
-            await pool.start()
-            self._endpoints[name] = Endpoint(name, pool, self._files, self.stats)
-            _follow(self.stats, name, pool)
-            logger.info("endpoint %s ready", ep.summary())
+        await self.endpoints.start(self._configs, self._warm)
 
     async def close(self) -> None:
-        for end in self._endpoints.values():
-            await end.pool.close()
-        self._endpoints.clear()
+        await self.endpoints.close()
         await self._files.close()
+
+    def view(self) -> EngineView:
+        """The endpoints as they are now, for the requests that start now: a reload
+        swaps in a new view, and a request keeps the one it started with."""
+        return EngineView(self, self.endpoints.snapshot())
+
+    def reconfigure(self, configs: Mapping[str, EndpointConfig],
+                    opened: Mapping[str, Endpoint], *, warm_buckets: Mapping[str, str],
+                    roots: tuple[str, ...], file_timeout: float) -> list[Endpoint]:
+        """A reload (synchronous): the endpoints become ``configs``, with the pools in
+        ``opened`` (``endpoints.open``) for the new and changed ones; also the allowed
+        roots and the file-call bound.  The endpoints replaced or removed are returned,
+        for ``endpoints.retire`` once the requests that started with them are done."""
+        retired = self.endpoints.swap(configs, opened, warm_buckets)
+        self._configs, self._warm = dict(configs), dict(warm_buckets)
+        self._roots = roots
+        self._files.timeout = file_timeout
+        return retired
 
     def pool(self, endpoint: str) -> EndpointPool:
         return self._endpoints[endpoint].pool
@@ -116,17 +131,20 @@ class TransferEngine:
     async def upload_all(self, uploads: Sequence[Upload], endpoint: str, *, deadline: float,
                          what: str, progress: Progress | None = None,
                          landed: Mapping[int, UploadResult] | None = None,
+                         via: Mapping[str, Endpoint] | None = None,
                          meter: Meter | None = None) -> tuple[UploadResult, ...]:
         """Upload every file (at once), in rounds until ``deadline`` (wall clock) for
         those that failed in a way worth waiting out (see ``policy.rounds``); never
         raises.  ``landed``: by index, what landed at an object earlier (first round
-        only, see :meth:`upload`); ``what``: the job, for logs; ``meter``: where the
-        bytes read to be sent are counted (a requester watches the progress)."""
+        only, see :meth:`upload`); ``what``: the job, for logs; ``via``: the endpoints
+        of a :meth:`view` (default: the current ones); ``meter``: where the bytes read
+        to be sent are counted (a requester watches the progress)."""
         earlier = dict(landed or {})
 
         async def run(todo: list[int]) -> Sequence[UploadResult]:
             calls = [self.upload(uploads[i], endpoint, progress=progress,
-                                 landed=earlier.pop(i, None), meter=meter) for i in todo]
+                                 landed=earlier.pop(i, None), via=via, meter=meter)
+                     for i in todo]
             return [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
 
         return await policy.rounds(len(uploads), run, deadline=deadline, what=what)
@@ -136,6 +154,7 @@ class TransferEngine:
     async def upload(self, upload: Upload, endpoint: str, *,
                      progress: Progress | None = None,
                      landed: UploadResult | None = None,
+                     via: Mapping[str, Endpoint] | None = None,
                      meter: Meter | None = None) -> UploadResult:
         """Upload one file; never raises (the result says what happened).
 
@@ -146,7 +165,7 @@ class TransferEngine:
         earlier; if the file's content and the object at the store both still match it,
         nothing is sent (``attempts`` 0).
         """
-        end = self._endpoints[endpoint]
+        end = (self._endpoints if via is None else via)[endpoint]
         options = ObjectOptions(checksum=end.config.checksum)
         start = time.monotonic()
         counter = AttemptCounter()
@@ -310,21 +329,21 @@ class TransferEngine:
                          upload.url, err.detail)
 
 
-def _follow(stats: Stats, name: str, pool: EndpointPool) -> None:
-    """The pool's own numbers, read when the registry is (nothing per request)."""
-    tcp = pool.tcp
-    gauges: tuple[tuple[str, Reader], ...] = (
-        (series.UPLOADS_IN_FLIGHT, lambda: pool.uploading),
-        (series.ACTIVE, lambda: pool.active),
-        (series.POOL_OPEN, lambda: pool.connections_open),
-        (series.POOL_IDLE, lambda: pool.connections_idle),
-        (series.LAST_SUCCESS, lambda: pool.last_success),
-        (series.TCP_RTT, lambda: tcp.rtt))
-    counters: tuple[tuple[str, Reader], ...] = (
-        (series.KEEPWARM, lambda: pool.warm_requests),
-        (series.TCP_RETRANS_SEGMENTS, lambda: tcp.retrans_segments),
-        (series.TCP_RETRANS_BYTES, lambda: tcp.retrans_bytes))
-    for gauge, read in gauges:
-        stats.set(gauge, read, endpoint=name)
-    for counter, read in counters:
-        stats.follow(counter, read, endpoint=name)
+class EngineView:
+    """The endpoints one config gave, as the requests that started under it upload
+    through them (``TransferEngine.view``): what the pipeline calls ``upload_all`` on."""
+
+    def __init__(self, engine: TransferEngine, endpoints: Mapping[str, Endpoint]) -> None:
+        self.engine = engine
+        self.endpoints = endpoints
+
+    def __repr__(self) -> str:
+        return f"<EngineView {', '.join(self.endpoints)}>"
+
+    async def upload_all(self, uploads: Sequence[Upload], endpoint: str, *, deadline: float,
+                         what: str, progress: Progress | None = None,
+                         landed: Mapping[int, UploadResult] | None = None,
+                         meter: Meter | None = None) -> tuple[UploadResult, ...]:
+        return await self.engine.upload_all(uploads, endpoint, deadline=deadline, what=what,
+                                            progress=progress, landed=landed,
+                                            via=self.endpoints, meter=meter)
