@@ -111,11 +111,14 @@ def test_an_old_style_request_gets_exactly_its_replies(daemon_server: str, big: 
         ctx.term()
 
 
-def _on_terminal(args: list[str], timeout: float = 90) -> tuple[int, str]:
+def _on_terminal(args: list[str], timeout: float = 90, *, sized: bool = True
+                 ) -> tuple[int, str]:
     """``trollpush ARGS`` with a pseudo-terminal as stdout and stderr: its exit code and
-    everything it wrote there, read until it closes the terminal (bounded)."""
+    everything it wrote there, read until it closes the terminal (bounded).  Unsized, the
+    terminal says 0 x 0, as one under `script` or a CI console may."""
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    if sized:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "trollpush", *args],
                             stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
                             env=os.environ.copy())
@@ -160,6 +163,15 @@ def test_send_on_a_terminal_shows_a_bar_then_a_summary(daemon_server: str, big: 
     code, out = _on_terminal(["send", str(big), f"s3://{bucket}/tty-quiet/", "--server",
                               daemon_server, "--quiet"])
     assert (code, out) == (0, "")
+
+
+def test_a_terminal_of_no_size_still_shows_the_bar(daemon_server: str, big: Path,
+                                                   bucket: str) -> None:
+    """tqdm draws nothing on a 0 x 0 terminal unless told a size."""
+    code, out = _on_terminal(["send", str(big), f"s3://{bucket}/unsized/", "--server",
+                              daemon_server], sized=False)
+    assert code == 0, out
+    assert re.search(r"big\.bin:\s+[1-9]\d%\|.*\| [\d.]+MiB/40\.0MiB", out), out
 
 
 def test_send_prints_nothing_when_not_on_a_terminal(daemon_server: str, big: Path,

@@ -44,10 +44,14 @@ class Bar:
         if self._bar is None:
             from tqdm import tqdm
 
+            # a terminal that reports 0 x 0 (a pty nobody sized: `script`, some CI
+            # consoles) gets no bar at all from tqdm: draw it 80 x 24 there instead
+            sized = _columns(self._stream) > 0
             self._bar = tqdm(total=total, desc=self._name, unit="iB", unit_scale=True,
                              unit_divisor=1024, leave=False, file=self._stream,
-                             dynamic_ncols=True, mininterval=0, miniters=1,
-                             bar_format=BAR_FORMAT)
+                             dynamic_ncols=sized, ncols=None if sized else 80,
+                             nrows=None if sized else 24,
+                             mininterval=0, miniters=1, bar_format=BAR_FORMAT)
         self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
@@ -55,6 +59,13 @@ class Bar:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError):
+        return 0
 
 
 def size_text(n: float) -> str:
