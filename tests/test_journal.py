@@ -296,6 +296,22 @@ async def test_the_backlog_is_what_is_accepted_and_not_finished(journal: AnyJour
         assert journal.size_bytes is not None and journal.size_bytes > 0
 
 
+async def test_the_oldest_open_request_is_known(journal: AnyJournal) -> None:
+    """What ``trollpush status --check`` reads: the acceptance time of the oldest
+    request not finished (None with an empty backlog)."""
+    assert journal.oldest_accepted() is None
+    old, new = make_request(1, accepted_at=T0 - 50), make_request(2, accepted_at=T0)
+    for r in (new, old):
+        await journal.accepted(r)
+    assert journal.oldest_accepted() == T0 - 50
+    await journal.failed(old, None, "no_route")  # failed, not finished: still open
+    assert journal.oldest_accepted() == T0 - 50
+    await journal.finished(old)
+    assert journal.oldest_accepted() == T0
+    await journal.finished(new)
+    assert journal.oldest_accepted() is None
+
+
 async def test_a_request_level_failure_is_recorded(journal: AnyJournal) -> None:
     r = make_request(1)
     await journal.accepted(r)

@@ -31,17 +31,30 @@ def _heavy(modules: set[str]) -> list[str]:
     return sorted(m for m in modules if any(m == h or m.startswith(f"{h}.") for h in HEAVY))
 
 
-@pytest.mark.parametrize("module", ["trollpush.client", "trollpush.messages"])
+@pytest.mark.parametrize("module", ["trollpush.client", "trollpush.messages",
+                                    "trollpush.status"])
 def test_the_client_imports_nothing_heavy(module: str) -> None:
     modules, _ = _imports("-c", f"import {module}")
     assert module in modules
     assert _heavy(modules) == []
 
 
-def test_send_help_imports_nothing_heavy() -> None:
-    modules, out = _imports("-m", "trollpush", "send", "--help")
-    assert "usage: trollpush send" in out
+@pytest.mark.parametrize("command", ["send", "status"])
+def test_the_client_commands_import_nothing_heavy(command: str) -> None:
+    modules, out = _imports("-m", "trollpush", command, "--help")
+    assert f"usage: trollpush {command}" in out
     assert "trollpush.cli" in modules
+    assert _heavy(modules) == []
+
+
+def test_status_itself_imports_nothing_heavy() -> None:
+    """Not only its help: asking (here a daemon that is not there) stays light too."""
+    code = ("import sys\n"
+            "from trollpush.cli import main\n"
+            "sys.exit(0 if main(['status', '--server', 'tcp://127.0.0.1:9', "
+            "'--timeout', '0.2', '--check']) == 2 else 1)\n")
+    modules, _ = _imports("-c", code)
+    assert "trollpush.status" in modules and "trollpush.client" in modules
     assert _heavy(modules) == []
 
 

@@ -262,7 +262,7 @@ def test_http_without_the_upload_api_serves_only_the_views(base_config: dict[str
     config["http"] = {"address": f"127.0.0.1:{free_port()}", "upload": False}
     with running_daemon(config) as daemon:
         base = base_url(daemon)
-        assert "metrics and version only" in daemon.input("http").describe()
+        assert "metrics, status and version only" in daemon.input("http").describe()
         code, _ = post(base + "/upload", {"file": str(granule),
                                           "uri": f"s3://{bucket}/no.h5"})
         assert code in (404, 405)
@@ -289,7 +289,7 @@ def test_upload_false_is_no_input_of_its_own(base_config: dict[str, Any]) -> Non
         parse_config(config)
     config["requests"] = {"address": "tcp://127.0.0.1:0"}
     summary = parse_config(config).summary()
-    assert "views  http: GET /metrics and /version on 127.0.0.1:15555" in summary
+    assert "views  http: GET /metrics, /status and /version on 127.0.0.1:15555" in summary
 
 
 def test_a_scrape_never_shows_a_secret(base_config: dict[str, Any], tmp_path: Path,

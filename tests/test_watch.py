@@ -504,6 +504,9 @@ class Intake:
     def abandon(self, request: Request, detail: str) -> None:
         raise AssertionError("the watcher abandons nothing")
 
+    def status(self) -> dict[str, Any]:
+        raise AssertionError("the watcher serves no status")
+
 
 def _watcher(intake: Intake, *configs: WatchConfig) -> watch.WatchInput:
     return watch.WatchInput(tuple(configs), intake)

@@ -1,5 +1,5 @@
-"""Console script ``trollpush``: run, send, check, match, schema, demo, convert-dispatch,
-doctor."""
+"""Console script ``trollpush``: run, send, status, check, match, schema, demo,
+convert-dispatch, doctor."""
 
 from __future__ import annotations
 
@@ -176,6 +176,85 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import UNREACHABLE, health, render
+
+    try:
+        snap = _fetch_status(args)
+    except TrollpushError as err:
+        print(f"trollpush status: {logsafe.escape(str(err))}", file=sys.stderr)
+        return UNREACHABLE
+    if args.json:
+        print(json.dumps(snap, indent=2, default=_json_default))
+    else:
+        for line in render(snap, failing_for=args.failing_for).splitlines():
+            print(logsafe.escape(line))  # (names and addresses come from the daemon)
+    if not args.check:
+        return 0
+    code, problems = health(snap, failing_for=args.failing_for)
+    for problem in problems:
+        print(f"trollpush status: degraded: {logsafe.escape(problem)}", file=sys.stderr)
+    return code
+
+
+def _fetch_status(args: argparse.Namespace) -> dict[str, Any]:
+    from .status import StatusUnavailable, fetch_http
+
+    if args.http is None:
+        from .client import status
+
+        return status(args.server, timeout=args.timeout)
+    token = None
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as fh:
+                token = fh.readline(4096).strip()
+        except OSError as err:
+            raise StatusUnavailable(f"--token-file: {err.strerror}") from err
+    return fetch_http(args.http, timeout=args.timeout, token=token)
+
+
+def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .config.defaults import REQUEST_ADDRESS
+
+    st = sub.add_parser("status", help="what a running daemon is doing; --check: is it "
+                                       "healthy (exit 0 healthy, 1 degraded, 2 unreachable)")
+    where = st.add_mutually_exclusive_group()
+    where.add_argument("--server", default=REQUEST_ADDRESS,
+                       help="the daemon's request address (default: %(default)s)")
+    where.add_argument("--http", metavar="URL",
+                       help="ask the http input instead (http://HOST:PORT; GET /status)")
+    st.add_argument("--token-file", help="with --http: the bearer token's file "
+                                         "(http.token_file)")
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
+    st.add_argument("--check", action="store_true",
+                    help="exit 1 when degraded: a journal backlog older than "
+                         "daemon.max_age/2, or an endpoint whose uploads all failed for "
+                         "--failing-for seconds; 2 when the daemon does not answer")
+    st.add_argument("--failing-for", type=float, default=60.0, metavar="SECONDS",
+                    help="how long every upload to an endpoint must have failed for it "
+                         "to count as degraded (default: %(default)s)")
+    st.add_argument("--timeout", type=float, default=5.0,
+                    help="seconds to wait for the answer (default: %(default)s)")
+    st.set_defaults(func=cmd_status)
+
+
+class _Version(argparse.Action):
+    """``--version``: looked up only when asked for (package metadata, no imports)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the versions and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from .status import versions
+
+        found = versions()
+        print(f"trollpush {found.pop('version')} ("
+              + ", ".join(f"{k} {v}" for k, v in found.items()) + ")")
+        parser.exit()
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from .config.schema import config_schema
 
@@ -272,6 +351,7 @@ def _add_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trollpush", description="Land announced files in S3 and announce them.")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the daemon in the foreground")
@@ -281,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     _add_send(sub)
+    _add_status(sub)
 
     check = sub.add_parser("check", help="validate a config and summarise it")
     check.add_argument("config")

@@ -26,6 +26,8 @@ from .messages import (
     ACK_TYPE,
     FAILURE_TYPE,
     PROGRESS_TYPE,
+    STATUS_SUBJECT,
+    STATUS_TYPE,
     decode_message,
     failures_of,
     parse_destination,
@@ -148,6 +150,31 @@ def send(path: str, destination: str, *, meta: Mapping[str, Any] | None = None,
     finally:
         sock.disable_monitor()
         monitor.close(linger=0)
+        sock.close(linger=0)
+        ctx.term()
+
+
+def status(server: str = DEFAULT_SERVER, *, timeout: float = 5.0) -> dict[str, Any]:
+    """The daemon's status (``trollpush status``): one ``status`` message on its
+    REQ/REP socket, answered at once; Unreachable when no answer comes within
+    ``timeout`` (the socket lingers on nothing: a dead address never hangs)."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        try:
+            sock.connect(server)
+        except zmq.ZMQError as err:
+            raise UsageError(f"--server {server!r}: {err}") from err
+        sock.send_multipart([b"", Message(STATUS_SUBJECT, STATUS_TYPE, {}).encode().encode()])
+        reply = _receive(sock, None, time.monotonic() + timeout)
+        if not isinstance(reply, Message):
+            raise Unreachable(f"no answer from the daemon at {server} within {timeout:g} s")
+        if reply.type != STATUS_TYPE or not isinstance(reply.data, dict):
+            raise Unreachable(f"the daemon at {server} answered a {reply.type!r} message, "
+                              "not its status (a daemon without `trollpush status`?)")
+        return reply.data
+    finally:
         sock.close(linger=0)
         ctx.term()
 

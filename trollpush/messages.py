@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 from posttroll.message import Message
 
+from . import __version__
 from .access import Access
 from .errors import MessageError, Reason, RouteError
 from .models import (
@@ -55,6 +56,10 @@ ACK_TYPE = "ack"
 MULTIPLE_TYPE = "multiple"
 #: a frame sent to a REQ/REP requester that asked to watch its request (never published)
 PROGRESS_TYPE = "progress"
+#: a REQ/REP request for the daemon's status (``trollpush status``), and its answer:
+#: answered at once, never journaled, queued or counted as a request
+STATUS_TYPE = "status"
+STATUS_SUBJECT = "/trollpush/status/"
 
 
 # --- frames in -------------------------------------------------------------------------
@@ -340,6 +345,13 @@ def interpret(message: Message, *, origin: str, reply: Replier | None = None,
                          message_type=message.type)
 
 
+def is_status(raw: bytes) -> bool:
+    """Whether a frame is a status request (``pytroll://SUBJECT status ...``): its header
+    is read, nothing else is decoded."""
+    head = raw[:512].split(b" ", 2)
+    return len(head) == 3 and head[0].startswith(b"pytroll:") and head[1] == b"status"
+
+
 def parts(message: Message) -> list[tuple[str, Mapping[str, Any]]]:
     """(type, data) of each message a reply holds: itself, or those it combines."""
     if message.type == MULTIPLE_TYPE:
@@ -473,6 +485,25 @@ def progress(request: Request, done: int, total: int) -> Message:
     return new_message(request.subject or "/trollpush/progress", PROGRESS_TYPE,
                        {"id": request.id, "uri": request.files[0].uri, "bytes": done,
                         "size": total})
+
+
+def reply_frame(message: Message) -> bytes:
+    """The frame that answers a REQ/REP requester: ``message`` with the daemon's
+    ``version`` added to its data (a copy: the same message may be announced).  An extra
+    key only, so clients that do not know it are unaffected; a ``version`` the data
+    carries already (a producer's metadata) is left as it is."""
+    data = message.data
+    if isinstance(data, Mapping) and "version" not in data:
+        copy = Message.__new__(Message)
+        copy.__dict__.update(message.__dict__)
+        copy.data = {**data, "version": __version__}
+        message = copy
+    return str(message.encode()).encode()
+
+
+def status_reply(snapshot: dict[str, Any]) -> Message:
+    """The answer to a status request: the daemon's status as its data."""
+    return new_message(STATUS_SUBJECT, STATUS_TYPE, snapshot)
 
 
 def combine(messages: Sequence[Message], subject: str) -> Message:

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import platform
 import signal
 import threading
 from collections import Counter
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import logsafe, stats
+from . import status as status_
 from ._startup import StartupSignals
 from .access import accesses
 from .announce import Announcer
@@ -99,6 +99,8 @@ class Service:
         self._on: _Bound | None = None  # what the current run bound to its loop
         #: SIGHUP and daemon.watch_config re-read the config (see reload.py)
         self.reloader = Reloader(self)
+        #: rates over the last minute and the endpoints' failures (``trollpush status``)
+        self.activity = status_.Activity(self.stats, lambda: self.config.endpoints)
         _follow(self)
 
     def __repr__(self) -> str:
@@ -123,6 +125,10 @@ class Service:
     def loop(self) -> asyncio.AbstractEventLoop:
         """The loop the service runs on (inputs reading in threads hand over to it)."""
         return self._running().loop
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's status now (``trollpush status``, ``GET /status``)."""
+        return status_.snapshot(self)
 
     def input(self, name: str) -> Any:
         """The running input called ``name``, or None (for tools and tests)."""
@@ -218,6 +224,7 @@ class Service:
         for each in build_inputs(self.config, self, self._factories):
             self.add_input(each, carry=False)
             await each.start()
+        self.activity.start()
 
     # --- a reload's seams (the steps: reload.py) -------------------------------------------
 
@@ -302,7 +309,8 @@ class Service:
         """Release everything; one failing step must not skip the others."""
         steps: list[tuple[str, Callable[[], Awaitable[None] | None]]] = [
             ("reloader", self.reloader.close), ("intake", self._stop_intake),
-            ("transfer", self.transfer.close), ("publisher", self.announcer.stop)]
+            ("transfer", self.transfer.close), ("publisher", self.announcer.stop),
+            ("activity", self.activity.stop)]
         steps += [(f"{each.name} input", each.close) for each in self.inputs]
         steps.append(("journal", self.journal.close))
         for name, step in steps:
@@ -414,16 +422,8 @@ def _received(each: Input) -> Callable[[], float]:
 
 def _versions() -> dict[str, str]:
     """What runs: trollpush, Python and aiobotocore (for the build_info series)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from . import __version__
-
-    try:
-        aiobotocore = version("aiobotocore")
-    except PackageNotFoundError:  # pragma: no cover (a dependency)
-        aiobotocore = "unknown"
-    return {"version": __version__, "python": platform.python_version(),
-            "aiobotocore": aiobotocore}
+    found = status_.versions()
+    return {k: found[k] for k in ("version", "python", "aiobotocore")}
 
 
 def build_service(config: Config, *, journal: Journal | None = None,

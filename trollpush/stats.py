@@ -1,9 +1,10 @@
 """One registry of counters, gauges and histograms that every stage reports to.
 
-The stop summary, the tests, Prometheus metrics (:mod:`trollpush.metrics`) and (later)
-``trollpush status`` are views of it, so a number is counted once, in the stage where it
-happens.  Series are named and described here (one place, :data:`SERIES`) and carry
-labels, as Prometheus does; reads and writes may come from any thread.
+The stop summary, the tests, Prometheus metrics (:mod:`trollpush.metrics`) and
+``trollpush status`` (:mod:`trollpush.status`) are views of it, so a number is counted
+once, in the stage where it happens.  Series are named and described here (one place,
+:data:`SERIES`) and carry labels, as Prometheus does; reads and writes may come from any
+thread.
 
 A stage reports in one of three ways: ``inc``/``observe`` where the event happens (a few
 updates per request, never per byte); ``set`` a gauge to a value or to a function read
@@ -251,6 +252,10 @@ class Stats:
 
     def count(self, name: str, **match: object) -> int:
         return int(self.total(name, **match))
+
+    def values(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """Every series of one name that has a value now: (labels, value)."""
+        return [(dict(labels), value) for (_, labels), value in self._series(name)]
 
     def histogram(self, name: str, **labels: object) -> Histogram | None:
         with self._lock:

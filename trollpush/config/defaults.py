@@ -162,7 +162,7 @@ HTTP = _section(
                      "body; a slower one is answered 408 and disconnected.", default=10.0,
                      minimum=0.1),
     upload=Key(Kind.BOOLEAN, "Serve the upload API (POST /upload); false: only GET "
-               "/metrics and /version (then another input takes the requests).",
+               "/metrics, /status and /version (then another input takes the requests).",
                default=True),
 )
 

@@ -312,8 +312,8 @@ class Config:
             auth = "bearer token" if self.http.token_file else "no authentication"
             lines.append(f"input  http: POST /upload on {self.http.address} ({auth}; uri "
                          f"uploads through endpoint {self.http.endpoint})"
-                         if self.http.upload else f"views  http: GET /metrics and /version "
-                         f"on {self.http.address} ({auth}; no upload API)")
+                         if self.http.upload else f"views  http: GET /metrics, /status and "
+                         f"/version on {self.http.address} ({auth}; no upload API)")
         lines += [f"input  watch: {w.summary()}" for w in self.watch]
         lines.append(_publish_line(self.publish))
         for ep in self.endpoints.values():

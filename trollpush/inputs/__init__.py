@@ -52,6 +52,10 @@ class Intake(Protocol):
     def fatal(self, what: str, err: BaseException) -> None:
         """The input died: stop the daemon loudly rather than run on deaf."""
 
+    def status(self) -> dict[str, Any]:
+        """The daemon's status now (``trollpush status``; plain JSON), built on the
+        loop; a status request is no request: nothing is journaled or counted."""
+
     def abandon(self, request: Request, detail: str) -> None:
         """The requester hung up before its answer: stop the request where it is (an
         upload in progress is aborted) and end it failed with ``client_gone``, so that

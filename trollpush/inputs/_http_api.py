@@ -147,6 +147,15 @@ def _document() -> Schema:
                 "responses": {"200": {"description": "OK", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/Version"}}}},
                               **_errors(401)}}},
+            "/status": {"get": {
+                "summary": "What the daemon is doing (trollpush status): uptime, inputs, "
+                           "requests and rates, queue, endpoints, journal backlog, health",
+                "operationId": "status",
+                "description": "docs/status.md describes every field. Served with "
+                               "upload: false too.",
+                "responses": {"200": {"description": "OK", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/DaemonStatus"}}}},
+                              **_errors(401)}}},
             "/metrics": {"get": {
                 "summary": "Prometheus metrics, text format (docs/metrics.md lists them)",
                 "operationId": "metrics",
@@ -165,6 +174,13 @@ def _document() -> Schema:
                 "Task": _task(),
                 "Version": _object({"version": _STRING, "config": {"type": "object"}},
                                    ("version", "config")),
+                "DaemonStatus": _object({
+                    "version": _STRING, "time": {"type": "number"},
+                    "uptime_seconds": {"type": "number"}, "inputs": {"type": "array"},
+                    "requests": {"type": "object"}, "endpoints": {"type": "object"},
+                    "journal": {"type": "object"}, "health": {"type": "object"}},
+                    ("version", "time", "uptime_seconds", "inputs", "requests", "endpoints",
+                     "journal", "health")),
             },
             "headers": {"X-Error": {"description": "The error message (msg), on every "
                                     "error reply.", "schema": _STRING}},

@@ -6,8 +6,9 @@ the request (``Intake.submit``) before any answer, and holds the connection unti
 outcome (``wait=false``: 202 once journaled).  A client that hangs up first abandons its
 request (``Intake.abandon``): aiohttp cancels the handler when the connection is lost
 (``handler_cancellation``).  ``GET /version`` and ``GET /openapi.json`` describe it;
-``GET /metrics`` is the stats registry in Prometheus' text format (:mod:`..metrics`).
-With ``upload: false`` only the read-only views are served (``/metrics``, ``/version``).
+``GET /metrics`` is the stats registry in Prometheus' text format (:mod:`..metrics`);
+``GET /status`` what ``trollpush status`` shows (:mod:`..status`).  With ``upload: false``
+only the read-only views are served (``/metrics``, ``/status``, ``/version``).
 Every error reply is JSON with an ``X-Error`` header; nothing a client sends stops the
 server.
 """
@@ -83,10 +84,10 @@ class HttpServer:
         if self.config.upload:
             app.router.add_post("/upload", self._upload)
             app.router.add_get("/openapi.json", self._openapi)
-        # the read-only views, served with or without the upload API (a GET /status
-        # reading the same registry belongs here too)
+        # the read-only views, served with or without the upload API
         app.router.add_get("/version", self._version)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/status", self._status)
         self._scrape = metrics.collector_registry(self._intake.stats)
         # handler_cancellation: a client that hangs up cancels its handler (measured: the
         # cancellation arrives within milliseconds of the close, without polling);
@@ -167,6 +168,12 @@ class HttpServer:
         assert self._scrape is not None
         return web.Response(body=metrics.scrape(self._scrape),
                             headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    async def _status(self, request: web.Request) -> web.StreamResponse:
+        """``trollpush status`` over HTTP: the snapshot the REQ/REP socket answers too."""
+        if (denied := self._denied(request)) is not None:
+            return denied
+        return web.json_response(self._intake.status())
 
     async def _openapi(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(openapi())
@@ -314,7 +321,7 @@ class HttpInput:
         return f"<HttpInput {self.server!r}>"
 
     def describe(self) -> str:
-        views = "" if self.server.config.upload else " (metrics and version only)"
+        views = "" if self.server.config.upload else " (metrics, status and version only)"
         return f"http on http://{self.server.address}{views}"
 
     @property

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -17,7 +18,7 @@ import zmq.asyncio
 
 from ..config import Config, RequestsConfig
 from ..errors import Reason, SetupError
-from ..messages import NO_LIMITS, Limits, decode, refused
+from ..messages import NO_LIMITS, Limits, decode, is_status, refused, reply_frame, status_reply
 from ..models import Rejection, Request
 from ._checks import CheckThreads, checked
 from ._ipc import LOOPBACK, SocketFile, clear_stale, owner_only, restrict
@@ -55,7 +56,7 @@ class _RouterReply:
             return
         self.sent += 1
         try:
-            await self._sock.send_multipart([*self._envelope, b"", message.encode().encode()])
+            await self._sock.send_multipart([*self._envelope, b"", reply_frame(message)])
         except zmq.ZMQError as err:
             logger.warning("reply to a request failed: %s", err)
 
@@ -79,8 +80,10 @@ class RequestServer:
 
     def __init__(self, address: str, sink: Sink, *, on_fatal: OnFatal | None = None,
                  limits: Limits = NO_LIMITS, mode: int | None = None,
-                 group: int | None = None) -> None:
+                 group: int | None = None,
+                 status: Callable[[], dict[str, Any]] | None = None) -> None:
         self._limits = limits
+        self._status = status  # what a status request is answered with
         self.address = address
         self._sink = sink
         self._on_fatal = on_fatal
@@ -177,12 +180,17 @@ class RequestServer:
         assert self._sock is not None
         while True:
             frames = await self._sock.recv_multipart()
-            self.received += 1
             try:
                 split = frames.index(b"")
             except ValueError:
                 split = len(frames) - 1
             envelope, body = frames[:split], frames[split + 1:]
+            if self._status is not None and envelope and len(body) == 1 \
+                    and is_status(body[0]):  # answered now: no request, nothing counted
+                await _RouterReply(self._sock, envelope, "final").send(
+                    status_reply(self._status()))
+                continue
+            self.received += 1
             if not envelope:
                 continue  # cannot be answered; ROUTER always gives an identity
             if len(body) != 1:
@@ -229,7 +237,7 @@ class RequestsInput:
     def __init__(self, config: RequestsConfig, intake: Intake) -> None:
         self.server = RequestServer(config.address, intake.submit, on_fatal=intake.fatal,
                                     limits=intake.limits, mode=config.mode,
-                                    group=config.group)
+                                    group=config.group, status=intake.status)
 
     def __repr__(self) -> str:
         return f"<RequestsInput {self.server!r}>"

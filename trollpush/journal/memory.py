@@ -170,6 +170,9 @@ class MemoryJournal:
     def size_bytes(self) -> int | None:
         return None
 
+    def oldest_accepted(self) -> float | None:
+        return min((e.request.accepted_at for e in self._entries.values()), default=None)
+
     def unfinished(self) -> list[Request]:
         entries = sorted(self._entries.values(), key=lambda e: (e.request.accepted_at, e.seq))
         return [replace(e.request, reply=None) for e in entries]

@@ -142,6 +142,10 @@ class Journal(Protocol):
     def size_bytes(self) -> int | None:
         """Bytes the journal takes on disk now (None: it keeps nothing on disk)."""
 
+    def oldest_accepted(self) -> float | None:
+        """When the oldest request accepted and not finished was accepted (Unix time;
+        None: the backlog is empty).  For ``trollpush status`` (on demand, not a metric)."""
+
     def jobs(self, request: Request) -> list[JobRecord]:
         """The jobs recorded for the request, rebuilt with it, in the order first seen."""
 

@@ -196,6 +196,10 @@ class SQLiteJournal:
                 total += path.stat().st_size
         return total
 
+    def oldest_accepted(self) -> float | None:
+        rows = self._rows("SELECT MIN(accepted_at) FROM requests")
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
     def unfinished(self) -> list[Request]:
         with self._cache:  # once after open, before any write: what opening read back
             cached, self._recovered = self._recovered, None
