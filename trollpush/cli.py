@@ -177,41 +177,9 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .status import UNREACHABLE, health, render
+    from .status import command
 
-    try:
-        snap = _fetch_status(args)
-    except TrollpushError as err:
-        print(f"trollpush status: {logsafe.escape(str(err))}", file=sys.stderr)
-        return UNREACHABLE
-    if args.json:
-        print(json.dumps(snap, indent=2, default=_json_default))
-    else:
-        for line in render(snap, failing_for=args.failing_for).splitlines():
-            print(logsafe.escape(line))  # (names and addresses come from the daemon)
-    if not args.check:
-        return 0
-    code, problems = health(snap, failing_for=args.failing_for)
-    for problem in problems:
-        print(f"trollpush status: degraded: {logsafe.escape(problem)}", file=sys.stderr)
-    return code
-
-
-def _fetch_status(args: argparse.Namespace) -> dict[str, Any]:
-    from .status import StatusUnavailable, fetch_http
-
-    if args.http is None:
-        from .client import status
-
-        return status(args.server, timeout=args.timeout)
-    token = None
-    if args.token_file:
-        try:
-            with open(args.token_file, encoding="utf-8") as fh:
-                token = fh.readline(4096).strip()
-        except OSError as err:
-            raise StatusUnavailable(f"--token-file: {err.strerror}") from err
-    return fetch_http(args.http, timeout=args.timeout, token=token)
+    return command(args)
 
 
 def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

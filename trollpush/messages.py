@@ -56,8 +56,7 @@ ACK_TYPE = "ack"
 MULTIPLE_TYPE = "multiple"
 #: a frame sent to a REQ/REP requester that asked to watch its request (never published)
 PROGRESS_TYPE = "progress"
-#: a REQ/REP request for the daemon's status (``trollpush status``), and its answer:
-#: answered at once, never journaled, queued or counted as a request
+#: a REQ/REP request for the daemon's status, and its answer (never journaled or counted)
 STATUS_TYPE = "status"
 STATUS_SUBJECT = "/trollpush/status/"
 
@@ -346,10 +345,9 @@ def interpret(message: Message, *, origin: str, reply: Replier | None = None,
 
 
 def is_status(raw: bytes) -> bool:
-    """Whether a frame is a status request (``pytroll://SUBJECT status ...``): its header
-    is read, nothing else is decoded."""
+    """Whether a frame is a status request: only its header is read."""
     head = raw[:512].split(b" ", 2)
-    return len(head) == 3 and head[0].startswith(b"pytroll:") and head[1] == b"status"
+    return len(head) == 3 and head[0].startswith(b"pytroll:") and head[1] == STATUS_TYPE.encode()
 
 
 def parts(message: Message) -> list[tuple[str, Mapping[str, Any]]]:
@@ -488,21 +486,17 @@ def progress(request: Request, done: int, total: int) -> Message:
 
 
 def reply_frame(message: Message) -> bytes:
-    """The frame that answers a REQ/REP requester: ``message`` with the daemon's
-    ``version`` added to its data (a copy: the same message may be announced).  An extra
-    key only, so clients that do not know it are unaffected; a ``version`` the data
-    carries already (a producer's metadata) is left as it is."""
+    """The frame that answers a REQ/REP requester: a copy of ``message`` (it may be
+    announced too) with the daemon's ``version`` added to its data, unless the data has
+    one (a producer's metadata)."""
     data = message.data
     if isinstance(data, Mapping) and "version" not in data:
-        copy = Message.__new__(Message)
-        copy.__dict__.update(message.__dict__)
-        copy.data = {**data, "version": __version__}
-        message = copy
+        message, original = Message.__new__(Message), message
+        message.__dict__.update(original.__dict__, data={**data, "version": __version__})
     return str(message.encode()).encode()
 
 
 def status_reply(snapshot: dict[str, Any]) -> Message:
-    """The answer to a status request: the daemon's status as its data."""
     return new_message(STATUS_SUBJECT, STATUS_TYPE, snapshot)
 
 

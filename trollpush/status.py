@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import platform
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -309,6 +310,47 @@ def fetch_http(url: str, *, timeout: float, token: str | None = None) -> dict[st
     return out
 
 
+# --- the command --------------------------------------------------------------------------
+
+
+def command(args: Any) -> int:
+    """``trollpush status``: print the status; with ``--check``, its health as the exit
+    code (2: no status to judge)."""
+    from . import logsafe
+
+    try:
+        snap = _fetch(args)
+    except TrollpushError as err:
+        print(f"trollpush status: {logsafe.escape(str(err))}", file=sys.stderr)
+        return UNREACHABLE
+    if args.json:
+        print(json.dumps(snap, indent=2, default=str))
+    else:
+        for line in render(snap, failing_for=args.failing_for).splitlines():
+            print(logsafe.escape(line))  # (names and addresses come from the daemon)
+    if not args.check:
+        return HEALTHY
+    code, problems = health(snap, failing_for=args.failing_for)
+    for problem in problems:
+        print(f"trollpush status: degraded: {logsafe.escape(problem)}", file=sys.stderr)
+    return code
+
+
+def _fetch(args: Any) -> dict[str, Any]:
+    if args.http is None:
+        from .client import status
+
+        return status(args.server, timeout=args.timeout)
+    token = None
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as fh:
+                token = fh.readline(4096).strip()
+        except OSError as err:
+            raise StatusUnavailable(f"--token-file: {err.strerror}") from err
+    return fetch_http(args.http, timeout=args.timeout, token=token)
+
+
 # --- showing it ---------------------------------------------------------------------------
 
 
@@ -376,4 +418,4 @@ def render(snap: Mapping[str, Any], *, failing_for: float = FAILING_FOR) -> str:
 
 
 __all__ = ["DEGRADED", "HEALTHY", "UNREACHABLE", "Activity", "StatusUnavailable",
-           "fetch_http", "health", "render", "snapshot", "versions"]
+           "command", "fetch_http", "health", "render", "snapshot", "versions"]
