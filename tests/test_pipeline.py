@@ -12,7 +12,7 @@ import pytest
 import zmq
 from posttroll.message import Message
 
-from trollpush import SetupError, send
+from trollpush import SetupError, __version__, send
 from trollpush.messages import decode_message
 
 from .helpers import Listener, Producer, link, running_daemon, wait_until
@@ -179,7 +179,10 @@ def test_upload_failure_is_announced_with_attempts(base_config: dict[str, Any],
         result = send(str(granule), "s3://no-such-bucket-here/x", timeout=30,
                       server=f"tcp://127.0.0.1:{ports['req']}")
         [announced] = listener.wait_for(lambda ms: any(m.type == "failure" for m in ms))
-    assert announced.subject == "/failed" and announced.data == result.message.data
+    # the reply is the announcement, plus the daemon's version (REQ/REP replies only)
+    assert result.message.data["version"] == __version__
+    assert announced.subject == "/failed" and announced.data == {
+        k: v for k, v in result.message.data.items() if k != "version"}
     assert not result.ok
     data = result.message.data
     assert result.message.type == "failure"
