@@ -20,10 +20,19 @@ import zmq
 from trollpush import __version__
 from trollpush.client import send
 from trollpush.client import status as req_status
-from trollpush.messages import decode_message, reply_frame, status_reply
+from trollpush.messages import decode_message, reply_frame
 from trollpush.service import Service
 from trollpush.stats import BYTES, REQUESTS, UPLOADS, Stats
-from trollpush.status import DEGRADED, HEALTHY, Activity, fetch_http, health, render
+from trollpush.status import (
+    DEGRADED,
+    HEALTHY,
+    Activity,
+    fetch_http,
+    health,
+    is_status,
+    render,
+    status_reply,
+)
 
 from .helpers import free_port, running_daemon, wait_until
 
@@ -246,6 +255,19 @@ def test_version_option() -> None:
 
 
 # --- pure parts: the reply, the health rules, the ring ----------------------------------
+
+
+def test_a_status_request_is_known_by_its_header() -> None:
+    assert is_status(status_reply({}).encode().encode())
+    assert is_status(b"pytroll://any/subject status someone@host 2026-11-21T10:00:00 v1.01")
+    assert not is_status(send_frame())
+    assert not is_status(b"status") and not is_status(b"") and not is_status(b"\xff" * 600)
+
+
+def send_frame() -> bytes:
+    from trollpush.client import request_message
+
+    return bytes(request_message("/data/x.h5", "s3://b/k").encode().encode())
 
 
 def test_the_version_is_added_to_a_copy_and_never_overrides() -> None:

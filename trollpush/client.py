@@ -26,12 +26,11 @@ from .messages import (
     ACK_TYPE,
     FAILURE_TYPE,
     PROGRESS_TYPE,
-    STATUS_SUBJECT,
-    STATUS_TYPE,
     decode_message,
     failures_of,
     parse_destination,
 )
+from .status import STATUS_SUBJECT, STATUS_TYPE
 
 DEFAULT_SERVER = REQUEST_ADDRESS
 SEND_SUBJECT = "/trollpush/send/"

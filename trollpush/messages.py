@@ -4,7 +4,8 @@ Decoding never raises: every frame becomes either a Request or a Rejection that 
 the reason, so one bad publisher or client cannot stop an input.  The file checks made
 here (allowed roots, lstat, access) never open the file and never follow a final symlink;
 bounding their time is the inputs' business.  Encoding builds the completion, failure,
-ack and combined replies documented in ``docs/messages.md``.  No sockets, no threads:
+ack and combined replies documented in ``docs/messages.md``, and the frame that answers
+a REQ/REP requester (with the daemon's ``version``).  No sockets, no threads:
 ``trollpush send`` and ``trollpush match`` use this module without the daemon.
 """
 
@@ -56,9 +57,6 @@ ACK_TYPE = "ack"
 MULTIPLE_TYPE = "multiple"
 #: a frame sent to a REQ/REP requester that asked to watch its request (never published)
 PROGRESS_TYPE = "progress"
-#: a REQ/REP request for the daemon's status, and its answer (never journaled or counted)
-STATUS_TYPE = "status"
-STATUS_SUBJECT = "/trollpush/status/"
 
 
 # --- frames in -------------------------------------------------------------------------
@@ -344,12 +342,6 @@ def interpret(message: Message, *, origin: str, reply: Replier | None = None,
                          message_type=message.type)
 
 
-def is_status(raw: bytes) -> bool:
-    """Whether a frame is a status request: only its header is read."""
-    head = raw[:512].split(b" ", 2)
-    return len(head) == 3 and head[0].startswith(b"pytroll:") and head[1] == STATUS_TYPE.encode()
-
-
 def parts(message: Message) -> list[tuple[str, Mapping[str, Any]]]:
     """(type, data) of each message a reply holds: itself, or those it combines."""
     if message.type == MULTIPLE_TYPE:
@@ -494,10 +486,6 @@ def reply_frame(message: Message) -> bytes:
         message, original = Message.__new__(Message), message
         message.__dict__.update(original.__dict__, data={**data, "version": __version__})
     return str(message.encode()).encode()
-
-
-def status_reply(snapshot: dict[str, Any]) -> Message:
-    return new_message(STATUS_SUBJECT, STATUS_TYPE, snapshot)
 
 
 def combine(messages: Sequence[Message], subject: str) -> Message:

@@ -26,8 +26,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from posttroll.message import Message
+
 from . import __version__, stats
 from .errors import Reason, TrollpushError
+from .messages import new_message
 
 if TYPE_CHECKING:
     from .service import Service
@@ -45,6 +48,21 @@ NOT_THE_STORE = frozenset({Reason.FILE_MISSING, Reason.FILE_CHANGED, Reason.FILE
 #: the request outcomes a status shows (stats.REQUESTS)
 OUTCOMES = ("accepted", "rejected", "completed", "failed", "abandoned", "resumed")
 RATED = ("accepted", "completed", "failed")
+#: the REQ/REP request for the daemon's status, and its answer (whose data is the
+#: snapshot): answered at once, never journaled, queued or counted as a request
+STATUS_TYPE = "status"
+STATUS_SUBJECT = "/trollpush/status/"
+
+
+def is_status(raw: bytes) -> bool:
+    """Whether a REQ/REP frame is a status request: only its header is read."""
+    head = raw[:512].split(b" ", 2)
+    return len(head) == 3 and head[0].startswith(b"pytroll:") and head[1] == b"status"
+
+
+def status_reply(snapshot: dict[str, Any]) -> Message:
+    """The answer to a status request."""
+    return new_message(STATUS_SUBJECT, STATUS_TYPE, snapshot)
 
 
 def versions() -> dict[str, str]:
@@ -417,5 +435,6 @@ def render(snap: Mapping[str, Any], *, failing_for: float = FAILING_FOR) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DEGRADED", "HEALTHY", "UNREACHABLE", "Activity", "StatusUnavailable",
-           "command", "fetch_http", "health", "render", "snapshot", "versions"]
+__all__ = ["DEGRADED", "HEALTHY", "STATUS_SUBJECT", "STATUS_TYPE", "UNREACHABLE", "Activity",
+           "StatusUnavailable", "command", "fetch_http", "health", "is_status", "render",
+           "snapshot", "status_reply", "versions"]

@@ -18,8 +18,9 @@ import zmq.asyncio
 
 from ..config import Config, RequestsConfig
 from ..errors import Reason, SetupError
-from ..messages import NO_LIMITS, Limits, decode, is_status, refused, reply_frame, status_reply
+from ..messages import NO_LIMITS, Limits, decode, refused, reply_frame
 from ..models import Rejection, Request
+from ..status import is_status, status_reply
 from ._checks import CheckThreads, checked
 from ._ipc import LOOPBACK, SocketFile, clear_stale, owner_only, restrict
 
@@ -65,7 +66,7 @@ class _RouterReply:
         if not self.wants_progress or self.sent >= (2 if self.mode == "both" else 1):
             return
         try:
-            await self._sock.send_multipart([*self._envelope, b"", message.encode().encode()])
+            await self._sock.send_multipart([*self._envelope, b"", reply_frame(message)])
         except zmq.ZMQError as err:
             logger.debug("progress frame to a request failed: %s", err)
 
