@@ -86,12 +86,17 @@ def test_added_and_removed_endpoints_and_inputs() -> None:
     assert "endpoints +1 -1" in change.summary() and "inputs +1 -1" in change.summary()
 
 
-def test_a_change_of_the_limits_rebinds_every_input() -> None:
-    """Each input checks requests with the daemon's limits, taken when it starts."""
-    change = diff(parse_config(_config()),
-                  parse_config(_config(daemon={"max_request_bytes": "2MiB"})))
-    assert set(change.inputs.changed) == {"subscribe", "requests"}
-    assert change.settings == ("daemon.max_request_bytes",)
+def test_a_change_of_the_limits_needs_a_restart() -> None:
+    """Each input checks requests with the daemon's limits, taken when it starts;
+    applying new ones would rebind every input, and a rebound REQ/REP or HTTP input
+    loses the replies of the requests in flight."""
+    old = parse_config(_config())
+    change = diff(old, parse_config(_config(daemon={
+        "max_request_bytes": "2MiB", "file_timeout": 3, "allowed_roots": ["/data"]})))
+    assert change.inputs.changed == ()
+    assert set(change.restart) == {"daemon.max_request_bytes", "daemon.file_timeout",
+                                   "daemon.allowed_roots"}
+    assert change.config.daemon == old.daemon and change.settings == ()
 
 
 def test_what_needs_a_restart_keeps_its_value_and_the_rest_applies() -> None:
@@ -273,6 +278,36 @@ def test_watch_config_picks_up_a_change_of_the_file(
         wait_until(lambda: daemon.stats.count(stats.RELOADS, outcome="refused") == 1, 15,
                    "the broken file refused")
         assert [t.name for t in daemon.config.targets] == ["viirs", "extra"]
+
+
+def test_a_request_during_a_reload_is_done_after_it(
+        base_config: dict[str, Any], tmp_path: Path) -> None:
+    """The running reload may have read the file already: a second SIGHUP meanwhile
+    gets a reload of its own (and a third one no more than that)."""
+    cfg = _write(tmp_path / "trollpush.yaml", base_config)
+    with running_daemon(cfg) as daemon:
+        def three() -> None:
+            for why in ("first", "second", "third"):
+                daemon.reloader.request(why)
+        daemon.loop.call_soon_threadsafe(three)
+        wait_until(lambda: daemon.stats.count(stats.RELOADS, outcome="applied") == 2, 15,
+                   "two reloads")
+        assert _reload(daemon) is True  # and nothing else was pending
+        assert daemon.stats.count(stats.RELOADS, outcome="applied") == 3
+
+
+def test_no_reload_once_the_daemon_stops(base_config: dict[str, Any], tmp_path: Path,
+                                         bucket: str) -> None:
+    """A SIGHUP while the daemon shuts down would open pools and bind inputs that
+    nothing closes any more."""
+    cfg = _write(tmp_path / "trollpush.yaml", base_config)
+    with running_daemon(cfg) as daemon:
+        asyncio.run_coroutine_threadsafe(daemon.reloader.close(), daemon.loop).result(10)
+        _write(cfg, _extra(base_config, bucket))
+        daemon.loop.call_soon_threadsafe(daemon.reloader.request, "SIGHUP")
+        assert _reload(daemon) is False
+        assert [t.name for t in daemon.config.targets] == ["viirs"]
+        assert daemon.stats.count(stats.RELOADS, outcome="applied") == 0
 
 
 async def test_a_request_keeps_the_pool_it_started_with(s3_url: str, bucket: str,

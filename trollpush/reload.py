@@ -45,21 +45,18 @@ logger = logging.getLogger(__name__)
 #: keys a reload cannot change: they keep their value until a restart (with a warning).
 #: The journal is open (moving it would split its records), the publisher is bound for
 #: the process's life (posttroll shares one authenticator per process), the queue and
-#: the concurrency bound are held by the running dispatcher, and the loop runs.
+#: the concurrency bound are held by the running dispatcher, and the loop runs.  The
+#: limits every input checks requests with stay too: applying them would rebind every
+#: input, and a rebound REQ/REP or HTTP input loses the replies of requests in flight.
 RESTART = ("journal.path", "journal.keep_landed_days", "publish", "daemon.queue_size",
-           "daemon.max_in_flight", "daemon.event_loop")
+           "daemon.max_in_flight", "daemon.event_loop", "daemon.max_request_bytes",
+           "daemon.allowed_roots", "daemon.file_timeout")
 #: how often the watched config file is looked at (seconds)
 WATCH_INTERVAL = 1.0
 
 
-def _limits(config: Config) -> tuple[object, ...]:
-    """What every input checks requests with (``Limits``): a change rebinds them."""
-    d = config.daemon
-    return d.max_request_bytes, d.allowed_roots, d.file_timeout
-
-
 #: each input's settings by its name: the input exists when its section does, and is
-#: rebound when its section or the limits change
+#: rebound when its section changes
 INPUTS: Mapping[str, Callable[[Config], object]] = {
     "requests": lambda c: c.requests,
     "s3daemon": lambda c: c.s3daemon,
@@ -128,7 +125,7 @@ def _part(old: Mapping[str, object], new: Mapping[str, object]) -> Part:
 
 
 def _inputs(config: Config) -> dict[str, object]:
-    return {name: (section, _limits(config)) for name, read in INPUTS.items()
+    return {name: section for name, read in INPUTS.items()
             if (section := read(config)) is not None}
 
 
@@ -159,12 +156,15 @@ def diff(old: Config, new: Config) -> Change:
 class Reloader:
     """Reloads the service's config from its file: on request (SIGHUP, ``reload``) and,
     with ``daemon.watch_config``, when the file changes.  One reload at a time; a
-    request during one is done after it (requests meanwhile count once)."""
+    request during one is done after it (requests meanwhile count once); none once the
+    daemon stops."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
         self._lock = asyncio.Lock()
-        self._pending: asyncio.Task[bool] | None = None
+        self._pending: asyncio.Task[None] | None = None
+        self._again: str | None = None  # asked for while one runs: why
+        self._closed = False
         self._watcher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -179,14 +179,26 @@ class Reloader:
     def request(self, why: str) -> None:
         """Reload soon (a signal handler, on the loop); one waiting is enough.  Before
         the daemon is ready it is ignored: the file is being read then anyway."""
+        if self._closed:
+            logger.info("%s while the daemon stops: ignored", why)
+            return
         if not self.service.ready.is_set():
             logger.info("%s before the daemon is ready: ignored", why)
             return
         if self._pending is None or self._pending.done():
-            self._pending = self._spawn(self.reload(why))
+            self._pending = self._spawn(self._requested(why))
+        else:  # the running one may have read the file already: one more after it
+            self._again = why
+
+    async def _requested(self, why: str | None) -> None:
+        while why is not None and not self._closed:
+            await self.reload(why)
+            why, self._again = self._again, None
 
     async def close(self) -> None:
-        """Stop watching, cancel reloads not done, close pools waiting to retire."""
+        """Stop watching, cancel reloads not done, close pools waiting to retire; no
+        reload starts after this (the pools and inputs are being closed)."""
+        self._closed = True
         self._watch(False)
         for task in list(self._tasks):
             task.cancel()
@@ -195,6 +207,8 @@ class Reloader:
     async def reload(self, why: str = "requested") -> bool:
         """Read the file and apply it; whether it was (False: refused, old one kept)."""
         async with self._lock:
+            if self._closed:
+                return False
             self.service.tell("reloading")
             try:
                 return await self._reload(why)
@@ -214,7 +228,11 @@ class Reloader:
                 (*change.endpoints.added, *change.endpoints.changed), warm)
         except Exception as err:
             return self._refused(why, f"an endpoint's pool cannot start: {err}")
-        await self._apply(change, opened, warm)
+        try:
+            await self._apply(change, opened, warm)
+        except Exception as err:  # never out of a task nobody awaits: say so, count it
+            logger.exception("config reload (%s) failed part way", why)
+            return self._refused(why, f"applying it failed part way ({err}); see above")
         for key in change.restart:
             logger.warning("config reload: %s changed, but needs a restart to apply "
                            "(it keeps its value until then)", key)
@@ -280,17 +298,18 @@ class Reloader:
     # --- the file ------------------------------------------------------------------------
 
     def _watch(self, on: bool) -> None:
-        if on and self._watcher is None:
-            self._watcher = self._spawn(self._watch_file())
+        if on and self._watcher is None and not self._closed:
+            # the file as it is now, read here and not in the task: a change made
+            # before the task first runs is a change, not the starting point
+            self._watcher = self._spawn(self._watch_file(signature(self.path)))
             logger.info("watching %s for changes (daemon.watch_config)", self.path)
         elif not on and self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
 
-    async def _watch_file(self) -> None:
+    async def _watch_file(self, seen: tuple[int, int, int] | None) -> None:
         """Look at the file every second; reload when it changed and then stayed the
         same for one more look (an editor's write in steps, a rename in progress)."""
-        seen = await asyncio.to_thread(signature, self.path)
         waiting: object = seen
         while True:
             await asyncio.sleep(WATCH_INTERVAL)

@@ -169,9 +169,9 @@ class Service:
             self._recover(on)
             logger.info("trollpush ready: %s",
                         ", ".join(i.describe() for i in self.inputs) or "no inputs")
+            self.reloader.start()  # before ready: a change right after it is seen
             self.ready.set()
             self._tell(lambda o: o.started(self))
-            self.reloader.start()
             await on.stopping.wait()
             self._tell(lambda o: o.stopping(self))
             await self.reloader.close()
