@@ -197,9 +197,7 @@ class SQLiteJournal:
         return total
 
     def oldest_accepted(self) -> float | None:
-        # the first row by seq, not MIN(accepted_at): a status request must not scan a
-        # large backlog on the event loop (rows are accepted in seq order)
-        rows = self._rows("SELECT accepted_at FROM requests ORDER BY seq LIMIT 1")
+        rows = self._rows("SELECT MIN(accepted_at) FROM requests")
         return None if not rows or rows[0][0] is None else float(rows[0][0])
 
     def unfinished(self) -> list[Request]:
