@@ -118,15 +118,8 @@ def send(path: str, destination: str, *, meta: Mapping[str, Any] | None = None,
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 30000)
     monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     try:
-        try:
-            sock.connect(server)
-        except zmq.ZMQError as err:
-            raise UsageError(f"--server {server!r}: {err}") from err
         start = time.monotonic()
-        sock.send_multipart([b"", message.encode().encode()])
-        first = _receive(sock, None, start + timeout)
-        if not isinstance(first, Message):
-            raise Unreachable(f"no answer from the daemon at {server} within {timeout:g} s")
+        first = _first(sock, server, message, timeout)
         if first.type != ACK_TYPE or not wait:
             return SendResult(not failures_of(first), first, time.monotonic() - start)
         deadline = None if result_timeout is None else time.monotonic() + result_timeout
@@ -161,14 +154,7 @@ def status(server: str = DEFAULT_SERVER, *, timeout: float = 5.0) -> dict[str, A
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
-        try:
-            sock.connect(server)
-        except zmq.ZMQError as err:
-            raise UsageError(f"--server {server!r}: {err}") from err
-        sock.send_multipart([b"", Message(STATUS_SUBJECT, STATUS_TYPE, {}).encode().encode()])
-        reply = _receive(sock, None, time.monotonic() + timeout)
-        if not isinstance(reply, Message):
-            raise Unreachable(f"no answer from the daemon at {server} within {timeout:g} s")
+        reply = _first(sock, server, Message(STATUS_SUBJECT, STATUS_TYPE, {}), timeout)
         if reply.type != STATUS_TYPE or not isinstance(reply.data, dict):
             raise Unreachable(f"the daemon at {server} answered a {reply.type!r} message, "
                               "not its status (a daemon without `trollpush status`?)")
@@ -176,6 +162,21 @@ def status(server: str = DEFAULT_SERVER, *, timeout: float = 5.0) -> dict[str, A
     finally:
         sock.close(linger=0)
         ctx.term()
+
+
+def _first(sock: zmq.Socket[bytes], server: str, message: Message, timeout: float
+           ) -> Message:
+    """Connect, send ``message``, and return the daemon's first answer within
+    ``timeout`` (else Unreachable)."""
+    try:
+        sock.connect(server)
+    except zmq.ZMQError as err:
+        raise UsageError(f"--server {server!r}: {err}") from err
+    sock.send_multipart([b"", message.encode().encode()])
+    first = _receive(sock, None, time.monotonic() + timeout)
+    if not isinstance(first, Message):
+        raise Unreachable(f"no answer from the daemon at {server} within {timeout:g} s")
+    return first
 
 
 _GONE = object()

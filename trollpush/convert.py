@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .errors import ConfigError, ConfigProblem
+from .route import template_fields
 
 SUBSCRIBER = "posttroll_subscriber"
 #: what the dispatcher reads from a destination, and from one of its dispatch_configs
@@ -263,7 +264,7 @@ def _destination(out: _Out, where: str, bucket: str, host_path: str,
     if isinstance(aliased, str):
         return aliased
     aliases, path = aliased
-    missing = sorted(_fields(path) & set(NO_SUCH_FIELD))
+    missing = sorted(template_fields(path) & set(NO_SUCH_FIELD))
     if missing:
         return "; ".join(f"{{{f}}} is {NO_SUCH_FIELD[f]}" for f in missing)
     if "conditions" in eff:
@@ -299,7 +300,7 @@ def _aliases(raw: object, path: str) -> tuple[dict[str, dict[str, str]], str] | 
             table = dict(table)
             made[str(table.pop("_alias_name", key))] = (str(key), table)
     need: dict[str, list[tuple[str, dict[Any, Any] | None]]] = {}
-    for name in sorted(_fields(path)):
+    for name in sorted(template_fields(path)):
         source, table = made.get(name, (name, None))
         need.setdefault(source, []).append((name, table))
     out: dict[str, dict[str, str]] = {}
@@ -314,15 +315,6 @@ def _aliases(raw: object, path: str) -> tuple[dict[str, dict[str, str]], str] | 
             out[source] = {str(k): str(v) for k, v in table.items()}
         renames.update({n: source for n, _ in uses if n != source})
     return out, _renamed(path, renames) if renames else path
-
-
-def _fields(template: str) -> set[str]:
-    """The metadata keys a trollsift template uses (``{start_time:%Y}`` uses start_time)."""
-    try:
-        return {_BASE_NAME_RE.split(name, maxsplit=1)[0]
-                for _, name, _, _ in string.Formatter().parse(template) if name}
-    except ValueError:  # malformed: `trollpush check` says what is wrong with it
-        return set()
 
 
 def _renamed(template: str, renames: Mapping[str, str]) -> str:
@@ -344,7 +336,7 @@ def _publish_topic(out: _Out, where: str, topic: object, draft: _Draft) -> None:
         draft.comments.append("no publish_topic: the dispatcher announced nothing for this "
                               "destination; trollpush announces on publish.topic")
         return
-    fields = _fields(str(topic))
+    fields = template_fields(str(topic))
     missing = sorted(fields & set(NO_SUCH_FIELD))
     if missing:
         out.warn(where, f"publish_topic {topic!r} left out: it uses {{{missing[0]}}}, "

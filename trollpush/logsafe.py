@@ -53,6 +53,12 @@ def escape(text: str) -> str:
     return _UNSAFE.sub(_escaped, text)
 
 
+def short(value: object) -> str:
+    """``repr(value)``, cut to 60 characters: a value quoted in a problem or a log line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def format_exception(exc_info: ExcInfo) -> str:
     """The traceback of ``exc_info`` as ``logging.Formatter.formatException`` writes it, but
     with the message (and notes) of every exception in the chain and group escaped."""

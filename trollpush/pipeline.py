@@ -320,9 +320,10 @@ class RequestRun:
         async with watch(request, self.jobs) as self.meter:
             await self._run_jobs([JobRunner(self, i, job).run(finish=lone)
                                   for i, job in enumerate(self.jobs)])
-            if self.meter is not None and not _failed(self.messages):
+            failed = _failure(self.messages) is not None
+            if self.meter is not None and not failed:
                 self.meter.finish()
-        return lone and not _failed(self.messages)
+        return lone and not failed
 
     async def _run_jobs(self, runs: list[Coroutine[Any, Any, list[Message]]]) -> None:
         """Run the jobs at once; one that crashes becomes an internal_error."""
@@ -441,7 +442,8 @@ class JobRunner:
         """Announce the job's outcome and record it (``finish``: the request's only job,
         finished in the same journal step)."""
         p, job = self.pipeline, self.job
-        if isinstance(reader := job.request.reply, ResultReader):
+        reader = job.request.reply  # None first: a Protocol isinstance is not cheap
+        if reader is not None and isinstance(reader, ResultReader):
             reader.results(job, results)
         failed = [r for r in results if not r.ok]
         if failed:
@@ -461,10 +463,6 @@ class JobRunner:
             logger.debug("announced %s on %s", job.describe(), job.publish_topic)
         self.request_run.done[self.index] = out
         return out
-
-
-def _failed(sent: Sequence[Message]) -> bool:
-    return any(m.type == messages.FAILURE_TYPE for m in sent)
 
 
 def _failure(sent: Sequence[Message]) -> str | None:

@@ -21,6 +21,7 @@ import trollsift
 
 from .config import Choice, Comparison, Condition, ConditionSet, Config, Scalar, TargetConfig
 from .errors import Reason, RouteError
+from .logsafe import short
 from .messages import parse_destination
 from .models import Job, Request, SourceFile, Upload
 
@@ -117,14 +118,11 @@ class Router:
         misses: list[str] = []
         held: set[int] = set()
         for f in request.files:
-            meta = {**request.metadata, **f.meta, "uid": f.uid}
             parsed = _parsed(target, f)
             if parsed is None:
                 misses.append(f"{f.path.name} does not match pattern {target.pattern}")
                 continue
-            # the producer's metadata wins (it may have normalised what the name says:
-            # trollstalker's aliases); parsed fields fill in what it lacks
-            meta = {**parsed, **meta}
+            meta = _merged(parsed, request, f)
             if target.conditions:
                 which = _held_set(target.conditions, meta)
                 if isinstance(which, str):
@@ -176,6 +174,13 @@ def _parsed(target: TargetConfig, f: SourceFile) -> dict[str, Any] | None:
         return None
 
 
+def _merged(parsed: Mapping[str, Any], request: Request, f: SourceFile) -> dict[str, Any]:
+    """The fields a target sees for one file.  The producer's metadata wins (it may
+    have normalised what the name says: trollstalker's aliases); the fields parsed from
+    the name fill in what it lacks."""
+    return {**parsed, **request.metadata, **f.meta, "uid": f.uid}
+
+
 @dataclass(frozen=True)
 class Field:
     """Where one metadata field of a routed file came from, for ``trollpush match -v``."""
@@ -192,7 +197,7 @@ def provenance(target: TargetConfig, request: Request, f: SourceFile) -> tuple[F
     merges them: the message, then what the pattern fills in; aliases on the result."""
     parsed = _parsed(target, f) or {}
     given = {**request.metadata, **f.meta}
-    meta = {**parsed, **given, "uid": f.uid}
+    meta = _merged(parsed, request, f)
     named = _aliased(meta, target.aliases)
     out = []
     for key in sorted(meta):
@@ -237,9 +242,9 @@ def _check_set(conditions: ConditionSet, meta: Mapping[str, Any]) -> str | None:
             return f"condition on {key!r}: the message has no {key!r}"
         held = _holds(meta[key], condition)
         if held is None:
-            return f"condition {key} {_shown(condition)}: got {_short(meta[key])}, not a number"
+            return f"condition {key} {_shown(condition)}: got {short(meta[key])}, not a number"
         if not held:
-            return f"condition {key} {_shown(condition)}: got {_short(meta[key])}"
+            return f"condition {key} {_shown(condition)}: got {short(meta[key])}"
     if not conditions.excepts:
         return None
     excepted = True  # every key is looked at: a missing one fails the set in any order
@@ -248,7 +253,7 @@ def _check_set(conditions: ConditionSet, meta: Mapping[str, Any]) -> str | None:
             return f"except on {key!r}: the message has no {key!r}"
         held = _holds(meta[key], condition)
         if held is None:
-            return f"except {key} {_shown(condition)}: got {_short(meta[key])}, not a number"
+            return f"except {key} {_shown(condition)}: got {short(meta[key])}, not a number"
         excepted = excepted and held
     if not excepted:
         return None
@@ -310,7 +315,7 @@ def _aliased(meta: Mapping[str, Any], aliases: Mapping[str, Mapping[str, str]]) 
 
 
 @functools.cache
-def _fields(template: str) -> frozenset[str]:
+def template_fields(template: str) -> frozenset[str]:
     """The metadata keys a template uses (``{start_time:%Y}`` and ``{a.b}`` use start_time
     and a); templates come from the config, so each is parsed once."""
     try:
@@ -324,13 +329,13 @@ def _compose(template: str, meta: Mapping[str, Any], where: str) -> str:
     """The template filled in; a one-element list (``sensor: [viirs]``, as trollstalker
     sends it) composes as its element, a longer one cannot name one object."""
     used = meta
-    for key in _fields(template):
+    for key in template_fields(template):
         value = meta.get(key)
         if isinstance(value, (list, tuple)):
             if len(value) != 1:
                 raise RouteError(Reason.COMPOSE_ERROR,
                                  f"{where}: field {{{key}}} holds {len(value)} values "
-                                 f"({_short(value)}); a template needs one")
+                                 f"({short(value)}); a template needs one")
             used = {**used, key: value[0]}
     try:
         return str(trollsift.compose(template, used))
@@ -364,8 +369,3 @@ class Routing:
         transfer (not with ``overwrite: always``, nor when the request asks to)."""
         return (self.overwrite.get(job.target or "", "changed") != "always"
                 and not job.request.overwrite)
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

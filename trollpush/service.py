@@ -185,8 +185,8 @@ class Service:
             self._tell(lambda o: o.stopped(self))
             t = self.transfer
             logger.info("stopped: %s; uploads: %d completed, %d failed, %d retried",
-                        ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()) if v)
-                        or "no requests", t.completed, t.failed, t.retried)
+                        stats.listed(self.counts) or "no requests", t.completed, t.failed,
+                        t.retried)
         if self._fatal is not None:
             raise SetupError(f"intake failed: {self._fatal}") from self._fatal
 

@@ -282,7 +282,7 @@ class Stats:
 
     def summary(self) -> str:
         """``12 accepted, 11 completed, 1 failed``: the requests, for a log line."""
-        return ", ".join(f"{n} {k}" for k, n in sorted(self.outcomes().items()) if n)
+        return listed(self.outcomes())
 
     def _series(self, name: str) -> list[tuple[tuple[str, Labels], float]]:
         return list(self._values(name).items())
@@ -302,3 +302,8 @@ class Stats:
             if (value := gauge() if callable(gauge) else gauge) is not None:
                 out[key] = value
         return out
+
+
+def listed(counts: Mapping[str, int]) -> str:
+    """``12 accepted, 11 completed, 1 failed``: non-zero counts by name, for a log line."""
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()) if n)

@@ -19,8 +19,6 @@ import os
 import platform
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -204,10 +202,6 @@ class Activity:
         return self._ends.get(name) or _Endpoint()
 
 
-def _one(registry: stats.Stats, name: str, **match: object) -> float:
-    return registry.total(name, **match)
-
-
 def snapshot(service: Service) -> dict[str, Any]:
     """The status of a running daemon, as plain JSON (times are Unix times by the
     daemon's clock; ``time`` is its now).  Nothing secret: names, counts, addresses."""
@@ -229,8 +223,8 @@ def snapshot(service: Service) -> dict[str, Any]:
         "inputs": [{"name": each.name, "description": each.describe(),
                     "received": each.received} for each in service.inputs],
         "requests": {**counts,
-                     "queued": int(_one(registry, stats.QUEUED)),
-                     "in_flight": int(_one(registry, stats.IN_FLIGHT)),
+                     "queued": int(registry.total(stats.QUEUED)),
+                     "in_flight": int(registry.total(stats.IN_FLIGHT)),
                      "rates": {"window_seconds": round(span, 3),
                                **{k: round(v, 4) for k, v in rates.items()}}},
         "endpoints": {name: _endpoint(registry, activity, name, byte_rates.get(name, 0.0))
@@ -248,7 +242,7 @@ def snapshot(service: Service) -> dict[str, Any]:
 def _endpoint(registry: stats.Stats, activity: Activity, name: str, rate: float
               ) -> dict[str, Any]:
     def read(series: str, **match: object) -> float:
-        return _one(registry, series, endpoint=name, **match)
+        return registry.total(series, endpoint=name, **match)
 
     end = activity.endpoint(name)
     last_success = read(stats.LAST_SUCCESS)
@@ -309,6 +303,9 @@ def fetch_http(url: str, *, timeout: float, token: str | None = None) -> dict[st
         url = f"http://{url}"
     if url.rstrip("/").count("/") <= 2:  # no path: the route
         url = url.rstrip("/") + "/status"
+    import urllib.error  # here: `trollpush send` imports this module for two names
+    import urllib.request
+
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     request = urllib.request.Request(url, headers=headers)
     try:

@@ -193,15 +193,23 @@ def _s3daemon(v: Validator, raw: object, endpoints: Mapping[str, EndpointConfig]
     if data is None:
         return None
     v.no_unknown(data, "s3daemon.", S3DAEMON)
-    address = v.string(data, "address", "s3daemon.", default=S3DAEMON_ADDRESS)
-    if address and not (_HOST_PORT_RE.match(address) and int(address.rsplit(":", 1)[1])
-                        <= 65535):
-        v.problem("s3daemon.address", address, f"HOST:PORT like {S3DAEMON_ADDRESS} (a port "
-                  "up to 65535; an IPv6 address in brackets: [::1]:15557)")
-        address = S3DAEMON_ADDRESS
+    address = _host_port(v, data, "s3daemon", S3DAEMON_ADDRESS,
+                         f"HOST:PORT like {S3DAEMON_ADDRESS} (a port up to 65535; an IPv6 "
+                         "address in brackets: [::1]:15557)")
     endpoint = read_endpoint(v, data, "s3daemon.", endpoints)
-    return S3DaemonConfig(address=address or S3DAEMON_ADDRESS, endpoint=endpoint,
+    return S3DaemonConfig(address=address, endpoint=endpoint,
                           **v.read_all(data, "s3daemon.", S3DAEMON, skip=("endpoint",)))
+
+
+def _host_port(v: Validator, data: Mapping[str, Any], section: str, default: str,
+               expected: str) -> str:
+    """The section's listening ``address``, HOST:PORT (``default`` when absent or wrong,
+    which is reported as not what was ``expected``)."""
+    address = v.string(data, "address", f"{section}.", default=default) or default
+    if not (_HOST_PORT_RE.match(address) and int(address.rsplit(":", 1)[1]) <= 65535):
+        v.problem(f"{section}.address", address, expected)
+        return default
+    return address
 
 
 def _check_ipc_path(v: Validator, path: str, address: str) -> None:
@@ -262,12 +270,9 @@ def _http(v: Validator, raw: object, endpoints: Mapping[str, EndpointConfig], *,
     if data is None:
         return None
     v.no_unknown(data, "http.", HTTP)
-    address = v.string(data, "address", "http.", default=HTTP_ADDRESS) or HTTP_ADDRESS
-    match = _HOST_PORT_RE.match(address)
-    if match is None or int(address.rsplit(":", 1)[1]) > 65535:
-        v.problem("http.address", address, f"HOST:PORT like {HTTP_ADDRESS} (port at most "
-                  "65535; an IPv6 address in brackets)")
-        address = HTTP_ADDRESS
+    address = _host_port(v, data, "http", HTTP_ADDRESS,
+                         f"HOST:PORT like {HTTP_ADDRESS} (port at most 65535; an IPv6 "
+                         "address in brackets)")
     endpoint = v.string(data, "endpoint", "http.")
     plain = v.read_all(data, "http.", HTTP, skip=("endpoint",))
     if endpoint is None:

@@ -54,17 +54,23 @@ def host_checks(root: Path, rtts: Mapping[str, float | None], bits_per_second: f
             congestion_control(root), qdisc(root)]
 
 
-def slow_start(root: Path) -> Check:
-    name = "net.ipv4.tcp_slow_start_after_idle"
+def _expect(root: Path, name: str, want: str, good: str, why: str, fix: str) -> Check:
+    """A sysctl that should read ``want``: OK saying ``good``, else a WARN saying
+    ``why`` it matters and ``fix``."""
     value = sysctl(root, name)
     if value is None:
         return _unreadable("sysctl", name)
-    if value == "0":
-        return ok("sysctl", name, "0: windows stay open through idle gaps")
-    return warn("sysctl", name,
-                f"{value} (should be 0): after each idle gap every connection starts "
-                "again in slow start, several round trips per burst",
-                f"sysctl -w {name}=0, and put '{name} = 0' in {CONF}")
+    if value == want:
+        return ok("sysctl", name, good)
+    return warn("sysctl", name, f"{value} (should be {want}): {why}", fix)
+
+
+def slow_start(root: Path) -> Check:
+    name = "net.ipv4.tcp_slow_start_after_idle"
+    return _expect(root, name, "0", "0: windows stay open through idle gaps",
+                   "after each idle gap every connection starts again in slow start, "
+                   "several round trips per burst",
+                   f"sysctl -w {name}=0, and put '{name} = 0' in {CONF}")
 
 
 def send_buffers(root: Path, rtts: Mapping[str, float | None], bits_per_second: float
@@ -104,29 +110,19 @@ def send_buffers(root: Path, rtts: Mapping[str, float | None], bits_per_second: 
 
 def congestion_control(root: Path) -> Check:
     name = "net.ipv4.tcp_congestion_control"
-    value = sysctl(root, name)
-    if value is None:
-        return _unreadable("sysctl", name)
-    if value == "bbr":
-        return ok("sysctl", name, "bbr")
     available = (sysctl(root, "net.ipv4.tcp_available_congestion_control") or "").split()
     load = "" if "bbr" in available else "modprobe tcp_bbr (and list it in " \
         "/etc/modules-load.d/), then "
-    return warn("sysctl", name,
-                f"{value} (should be bbr): on a long link with a little loss it keeps far less "
-                "throughput", f"{load}sysctl -w {name}=bbr, and put it in {CONF}")
+    return _expect(root, name, "bbr", "bbr",
+                   "on a long link with a little loss it keeps far less throughput",
+                   f"{load}sysctl -w {name}=bbr, and put it in {CONF}")
 
 
 def qdisc(root: Path) -> Check:
     name = "net.core.default_qdisc"
-    value = sysctl(root, name)
-    if value is None:
-        return _unreadable("sysctl", name)
-    if value == "fq":
-        return ok("sysctl", name, "fq: every connection's packets are paced")
-    return warn("sysctl", name,
-                f"{value} (should be fq): packets leave in bursts (TCP still paces itself on "
-                "Linux >= 4.13, at more CPU)",
-                f"sysctl -w {name}=fq and put it in {CONF}; it applies to interfaces set "
-                "up later: 'tc qdisc replace dev IFACE root fq' (or a reboot) for the "
-                "running one")
+    return _expect(root, name, "fq", "fq: every connection's packets are paced",
+                   "packets leave in bursts (TCP still paces itself on Linux >= 4.13, at "
+                   "more CPU)",
+                   f"sysctl -w {name}=fq and put it in {CONF}; it applies to interfaces set "
+                   "up later: 'tc qdisc replace dev IFACE root fq' (or a reboot) for the "
+                   "running one")

@@ -51,24 +51,27 @@ class _RouterReply:
     def wants_final(self) -> bool:
         return self.mode in ("final", "both")
 
+    @property
+    def _done(self) -> bool:
+        """Every reply the peer asked for has gone."""
+        return self.sent >= (2 if self.mode == "both" else 1)
+
     async def send(self, message: Any) -> None:
-        limit = 2 if self.mode == "both" else 1
-        if self.sent >= limit:
+        if self._done:
             return
         self.sent += 1
-        try:
-            await self._sock.send_multipart([*self._envelope, b"", reply_frame(message)])
-        except zmq.ZMQError as err:
-            logger.warning("reply to a request failed: %s", err)
+        await self._write(message, logging.WARNING, "reply")
 
     async def progress(self, message: Any) -> None:
         """A progress frame: only if asked for, and never after the final reply."""
-        if not self.wants_progress or self.sent >= (2 if self.mode == "both" else 1):
-            return
+        if self.wants_progress and not self._done:
+            await self._write(message, logging.DEBUG, "progress frame")
+
+    async def _write(self, message: Any, level: int, what: str) -> None:
         try:
             await self._sock.send_multipart([*self._envelope, b"", reply_frame(message)])
         except zmq.ZMQError as err:
-            logger.debug("progress frame to a request failed: %s", err)
+            logger.log(level, "%s to a request failed: %s", what, err)
 
 
 class RequestServer:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UnrecordableError
+from ..logsafe import short
 from ..models import Job, Request, SourceFile, Upload, UploadResult
 from .protocol import JobRecord, State
 
@@ -107,16 +108,11 @@ UNREADABLE = (ValueError, KeyError, IndexError, TypeError, AttributeError, Recur
               OverflowError)
 
 
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _get(d: object, key: str, where: str, *types: type, optional: bool = False) -> Any:
     """``d[key]`` if it has one of ``types`` (or is None when ``optional``); else
     :class:`Unreadable`, naming the key, the value and what was expected."""
     if type(d) is not dict:  # what _loads gives for every JSON object
-        raise Unreadable(f"{where}: got {_short(d)}, expected a mapping")
+        raise Unreadable(f"{where}: got {short(d)}, expected a mapping")
     if key not in d:
         raise Unreadable(f"{where}: no {key!r}")
     value = d[key]
@@ -125,7 +121,7 @@ def _get(d: object, key: str, where: str, *types: type, optional: bool = False) 
     if value is None and optional:
         return None
     names = " or ".join(t.__name__ for t in types) + (" or null" if optional else "")
-    raise Unreadable(f"{where}.{key}: got {_short(value)}, expected {names}")
+    raise Unreadable(f"{where}.{key}: got {short(value)}, expected {names}")
 
 
 def _stat(value: object, where: str) -> tuple[int, int, int] | None:
@@ -133,7 +129,7 @@ def _stat(value: object, where: str) -> tuple[int, int, int] | None:
         return None
     if (not isinstance(value, (list, tuple)) or len(value) != 3
             or not all(isinstance(x, int) and not isinstance(x, bool) for x in value)):
-        raise Unreadable(f"{where}: got {_short(value)}, expected 3 integers or null")
+        raise Unreadable(f"{where}: got {short(value)}, expected 3 integers or null")
     return (value[0], value[1], value[2])
 
 
@@ -161,9 +157,9 @@ def _request_body(r: Request) -> str:
 def _request(rid: object, accepted_at: object, body: str | bytes) -> Request:
     """A request as recorded; :data:`UNREADABLE` when the row is not one."""
     if not isinstance(rid, str):
-        raise Unreadable(f"requests.id: got {_short(rid)}, expected text")
+        raise Unreadable(f"requests.id: got {short(rid)}, expected text")
     if not isinstance(accepted_at, (int, float)) or isinstance(accepted_at, bool):
-        raise Unreadable(f"requests.accepted_at: got {_short(accepted_at)}, expected a number")
+        raise Unreadable(f"requests.accepted_at: got {short(accepted_at)}, expected a number")
     d, w = _loads(body), "body"
     files = _get(d, "files", w, list)
     return Request(id=rid, subject=_get(d, "subject", w, str), type=_get(d, "type", w, str),
@@ -189,13 +185,13 @@ def _job_body(job: Job) -> str:
 def _job(request: Request, target: object, body: str | bytes) -> Job:
     """A job as recorded, rebuilt with its request; :data:`UNREADABLE` when not one."""
     if target is not None and not isinstance(target, str):
-        raise Unreadable(f"jobs.target: got {_short(target)}, expected text or null")
+        raise Unreadable(f"jobs.target: got {short(target)}, expected text or null")
     d, w = _loads(body), "body"
     uploads = []
     for i, item in enumerate(_get(d, "uploads", w, list)):
         where = f"{w}.uploads[{i}]"
         if not isinstance(item, list) or len(item) != 3:
-            raise Unreadable(f"{where}: got {_short(item)}, expected [source, bucket, key]")
+            raise Unreadable(f"{where}: got {short(item)}, expected [source, bucket, key]")
         src, bucket, key = item
         if isinstance(src, int) and not isinstance(src, bool):
             if not 0 <= src < len(request.files):
@@ -205,7 +201,7 @@ def _job(request: Request, target: object, body: str | bytes) -> Job:
         else:
             source = _unfile(src, f"{where}[0]")
         if not isinstance(bucket, str) or not isinstance(key, str):
-            raise Unreadable(f"{where}: got bucket {_short(bucket)} and key {_short(key)}, "
+            raise Unreadable(f"{where}: got bucket {short(bucket)} and key {short(key)}, "
                              "expected text")
         uploads.append(Upload(source, bucket, key))
     return Job(request=request, target=target, endpoint=_get(d, "endpoint", w, str),
@@ -229,7 +225,7 @@ def _results(job: Job, body: str | bytes) -> tuple[UploadResult, ...]:
     """A job's results as recorded; :data:`UNREADABLE` when they are not."""
     items = _loads(body)
     if not isinstance(items, list):
-        raise Unreadable(f"results: got {_short(items)}, expected a list")
+        raise Unreadable(f"results: got {short(items)}, expected a list")
     out = []
     for i, d in enumerate(items):
         w = f"results[{i}]"
@@ -259,10 +255,10 @@ def _job_record(request: Request, target: object, state: object, reason: object,
                 body: str | bytes, results: str | bytes | None) -> JobRecord:
     """A jobs row read back whole; :data:`UNREADABLE` when any part of it is not."""
     if not isinstance(state, str) or state not in tuple(State):
-        raise Unreadable(f"jobs.state: got {_short(state)}, expected one of "
+        raise Unreadable(f"jobs.state: got {short(state)}, expected one of "
                          f"{', '.join(State)}")
     if reason is not None and not isinstance(reason, str):
-        raise Unreadable(f"jobs.reason: got {_short(reason)}, expected text or null")
+        raise Unreadable(f"jobs.reason: got {short(reason)}, expected text or null")
     job = _job(request, target, body)
     done = () if results is None else _results(job, results)
     return JobRecord(job, State(state), done, reason)
