@@ -128,6 +128,8 @@ class Reason(enum.StrEnum):
     BAD_DESTINATION = "bad_destination"
     NO_ROUTE = "no_route"
     COMPOSE_ERROR = "compose_error"
+    BAD_OBJECT_OPTIONS = "bad_object_options"  # metadata/tags/headers beyond S3's limits
+    EXISTS = "exists"  # if_none_match: a different object is already at the key
     UPLOAD_FAILED = "upload_failed"
     TIMEOUT = "timeout"
     PERMANENT = "permanent_error"
@@ -180,6 +182,13 @@ class PermanentTransferError(TransferError):
     """The store refused in a way that retrying cannot fix (no bucket, bad credentials)."""
 
     reason = Reason.PERMANENT
+
+
+class ObjectExists(PermanentTransferError):
+    """A conditional write (``if_none_match``) found an object already at the key: the
+    store answered 412, so nothing was overwritten (never retried)."""
+
+    reason = Reason.EXISTS
 
 
 class RetriesExhausted(TransferError):

@@ -17,6 +17,9 @@ its message, whatever handlers and formatters the user's ``--log-config`` sets u
   escaped; the stack lines, from source code, stay as they are, so the traceback keeps
   its usual lines.
 
+Hidden: the texts given to :func:`hide` (secrets such as an SSE-C key), replaced by
+``<hidden>`` before escaping.
+
 Escaped: C0 controls (``\\n``, ``\\r``, ``\\t``, ESC as ``\\x1b``), DEL and C1 controls
 (``\\xNN``), U+2028/U+2029 and the bidirectional overrides (``\\uNNNN``).  A backslash
 is left alone, so escaping twice changes nothing.
@@ -90,6 +93,27 @@ def format_exception(exc_info: ExcInfo) -> str:
     return "".join(te.format()).rstrip("\n")
 
 
+#: texts that no log line may show (an SSE-C key in each form a library may log it: a
+#: botocore DEBUG line prints the request's headers); see :func:`hide`
+_SECRETS: list[str] = []
+_HIDDEN = "<hidden>"
+
+
+def hide(*secrets: str) -> None:
+    """Never show these texts in a log line from now on: each is replaced wherever it
+    appears in a message or a traceback (the records of every logger, as for escaping)."""
+    for secret in secrets:
+        if len(secret) >= 8 and secret not in _SECRETS:  # a short text would hide words
+            _SECRETS.append(secret)
+
+
+def _hidden(text: str) -> str:
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, _HIDDEN)
+    return text
+
+
 class SafeLogRecord(logging.LogRecord):
     """A log record whose message and traceback text cannot break out of their line."""
 
@@ -105,6 +129,10 @@ class SafeLogRecord(logging.LogRecord):
             return msg
         if self.exc_info and not self.exc_text and self.exc_info[1] is not None:
             self.exc_text = format_exception(self.exc_info)
+            if _SECRETS:
+                self.exc_text = _hidden(self.exc_text)
+        if _SECRETS:
+            msg = _hidden(msg)
         return msg if msg.isprintable() else escape(msg)
 
 
@@ -114,9 +142,9 @@ def make_safe(record: logging.LogRecord) -> logging.LogRecord:
         message = record.getMessage()
     except Exception:  # a bad %-call: logging reports it when a handler formats it
         return record
-    record.msg, record.args = escape(message), ()
+    record.msg, record.args = escape(_hidden(message)), ()
     if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
-        record.exc_text = format_exception(record.exc_info)
+        record.exc_text = _hidden(format_exception(record.exc_info))
     return record
 
 

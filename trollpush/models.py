@@ -5,11 +5,13 @@ These are plain value objects; no stage logic lives here.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import quote, urlencode
 
 #: (size, mtime_ns, inode) of a source file: "the same file, unchanged"
 Stat = tuple[int, int, int]
@@ -94,44 +96,65 @@ class Request:
         return f"{self.type} {first}{more} [{self.id}]"
 
 
-@dataclass(frozen=True)
-class Upload:
-    """One local file to one object."""
-
-    source: SourceFile
-    bucket: str
-    key: str
-
-    @property
-    def url(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
-
-
 #: the S3 parameter that carries a checksum's value, per algorithm (md5: Content-MD5,
 #: checked on upload, never stored); and the algorithms the store keeps with the object
 _CHECKSUM_VALUE = {"crc32c": "ChecksumCRC32C", "sha256": "ChecksumSHA256", "md5": "ContentMD5"}
 _CHECKSUM_KEPT = {"crc32c": "CRC32C", "sha256": "SHA256"}
 _VALUES = frozenset({"ChecksumCRC32C", "ChecksumSHA256", "ContentMD5"})
+#: what the object is given at creation (a PUT, or CreateMultipartUpload)
+_OBJECT = frozenset({"StorageClass", "ContentType", "CacheControl", "ContentDisposition",
+                     "Metadata", "Tagging", "ACL", "ServerSideEncryption", "SSEKMSKeyId"})
+#: the SSE-C key: every call that writes or reads the object's bytes must carry it
+_SSE_C = frozenset({"SSECustomerAlgorithm", "SSECustomerKey"})
 #: which parameters each S3 call takes (as s3transfer filters its extra arguments): an
 #: option that a call does not take is left out of it, never sent where it means else
 _TAKES = {
-    "put_object": _VALUES,
+    "put_object": _VALUES | _OBJECT | _SSE_C | {"IfNoneMatch"},
     # a ChecksumAlgorithm on a PUT or a part would make botocore hash the body itself
-    "create_multipart_upload": frozenset({"ChecksumAlgorithm"}),
-    "upload_part": _VALUES,
+    "create_multipart_upload": frozenset({"ChecksumAlgorithm"}) | _OBJECT | _SSE_C,
+    "upload_part": _VALUES | _SSE_C,
     "part_record": frozenset({"ChecksumCRC32C", "ChecksumSHA256"}),
-    "complete_multipart_upload": frozenset[str](),
-    "head_object": frozenset({"ChecksumMode"}),
+    "complete_multipart_upload": _SSE_C | {"IfNoneMatch"},
+    "head_object": frozenset({"ChecksumMode"}) | _SSE_C,
+    "list_parts": _SSE_C,
 }
+#: encryption modes and what S3 calls them (``none``: nothing sent, the bucket's default
+#: encryption applies); and back, for what a store reports
+SSE_MODES = {"none": None, "sse-s3": "AES256", "sse-kms": "aws:kms", "sse-c": None}
+_SSE_REPORTED = {"AES256": "sse-s3", "aws:kms": "sse-kms", "aws:kms:dsse": "sse-kms"}
+
+
+@dataclass(frozen=True)
+class SseCKey:
+    """An SSE-C key (32 bytes), named by ``md5`` (base64 of its MD5, S3's
+    ``SSECustomerKeyMD5``): the journal, logs and ``match`` show only that name; the key
+    itself is never printed (``repr`` hides it) nor recorded (``trollpush.keys`` finds it
+    again by its name after a restart)."""
+
+    md5: str
+    key: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
 class ObjectOptions:
-    """Everything an upload gives its object besides the key and the body, built once
-    per upload; each S3 call takes its share of it from one method here, filtered by
-    what that call accepts (one place, instead of arguments built at each call site)."""
+    """Everything an upload gives its object besides the key and the body, composed per
+    file by routing (``trollpush.objects``) and completed with the endpoint's checksum
+    by the engine; each S3 call takes its share of it from one method here, filtered by
+    what that call accepts (one place, instead of arguments built at each call site), so
+    a single PUT and a multipart upload carry exactly the same options."""
 
     checksum: str = "none"  # the algorithm; its value is computed per body
+    storage_class: str | None = None
+    content_type: str | None = None
+    cache_control: str | None = None
+    content_disposition: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()  # x-amz-meta-*, composed
+    tags: tuple[tuple[str, str], ...] = ()  # object tags, composed
+    encryption: str = "none"  # none | sse-s3 | sse-kms | sse-c
+    kms_key_id: str | None = None
+    sse_c: SseCKey | None = None
+    acl: str | None = None
+    if_none_match: bool = False
 
     def put(self, value: str | None) -> dict[str, Any]:
         """For PutObject, whose body has the checksum ``value``."""
@@ -157,20 +180,76 @@ class ObjectOptions:
         """For the HeadObject that checks an object which landed earlier."""
         return self._for("head_object")
 
+    def list_parts(self) -> dict[str, Any]:
+        """For the ListParts that checks the parts of an upload to resume."""
+        return self._for("list_parts")
+
     def stored(self, head: Mapping[str, Any]) -> str | None:
         """The checksum a HeadObject reports, if the store keeps one of this algorithm."""
         field_ = _CHECKSUM_VALUE[self.checksum] if self.checksum in _CHECKSUM_KEPT else None
         value = head.get(field_) if field_ else None
         return str(value) if value else None
 
+    def encryption_of(self, response: Mapping[str, Any]) -> str:
+        """The encryption mode to announce: the one asked for, else what the store says it
+        applied (a bucket's default encryption), else ``none``."""
+        if self.encryption != "none":
+            return self.encryption
+        return _SSE_REPORTED.get(str(response.get("ServerSideEncryption")), "none")
+
     def _for(self, call: str, value: str | None = None) -> dict[str, Any]:
+        takes = _TAKES[call]
         offered: dict[str, Any] = {"ChecksumMode": "ENABLED"}
         if self.checksum in _CHECKSUM_KEPT:
             offered["ChecksumAlgorithm"] = _CHECKSUM_KEPT[self.checksum]
         if value is not None and self.checksum in _CHECKSUM_VALUE:
             offered[_CHECKSUM_VALUE[self.checksum]] = value
-        takes = _TAKES[call]
+        if takes is not _TAKES["part_record"]:
+            offered.update(self._object_params)
         return {k: v for k, v in offered.items() if k in takes}
+
+    @functools.cached_property
+    def _object_params(self) -> dict[str, Any]:
+        """Built once per upload, not per call (read-only: each call copies its share)."""
+        out: dict[str, Any] = {}
+        for name, param in (("storage_class", "StorageClass"),
+                            ("content_type", "ContentType"),
+                            ("cache_control", "CacheControl"),
+                            ("content_disposition", "ContentDisposition"),
+                            ("acl", "ACL"), ("kms_key_id", "SSEKMSKeyId")):
+            given = getattr(self, name)
+            if given is not None:
+                out[param] = given
+        if self.metadata:
+            out["Metadata"] = dict(self.metadata)
+        if self.tags:
+            out["Tagging"] = urlencode(self.tags, quote_via=quote)
+        sse = SSE_MODES.get(self.encryption)
+        if sse is not None:
+            out["ServerSideEncryption"] = sse
+        if self.sse_c is not None:
+            if self.sse_c.key is None:
+                raise KeyError(f"the SSE-C key with MD5 {self.sse_c.md5} is not loaded")
+            # botocore base64-encodes it and adds its MD5
+            out.update(SSECustomerAlgorithm="AES256", SSECustomerKey=self.sse_c.key)
+        if self.if_none_match:
+            out["IfNoneMatch"] = "*"
+        return out
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One local file to one object."""
+
+    source: SourceFile
+    bucket: str
+    key: str
+    #: what the object is given (the endpoint's checksum is added by the engine)
+    options: ObjectOptions = ObjectOptions()
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
 
 
 @dataclass(frozen=True)
