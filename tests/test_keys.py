@@ -1,0 +1,93 @@
+"""SSE-C keys: read once from a file (raw or base64), named by their MD5, never shown in
+a log line, whichever logger prints them and in whichever form."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from trollpush import keys, logsafe
+from trollpush.models import ObjectOptions, SseCKey
+
+
+@pytest.fixture
+def safe_records() -> Iterator[None]:
+    factory = logging.getLogRecordFactory()
+    logsafe.install()
+    try:
+        yield
+    finally:
+        logging.setLogRecordFactory(factory)
+
+
+def _md5(key: bytes) -> str:
+    return base64.b64encode(hashlib.md5(key).digest()).decode()
+
+
+def test_a_raw_key_file_and_a_base64_one(tmp_path: Path) -> None:
+    raw, text = os.urandom(32), os.urandom(32)
+    (tmp_path / "raw").write_bytes(raw)
+    (tmp_path / "b64").write_text(base64.b64encode(text).decode() + "\n")
+    assert keys.load(str(tmp_path / "raw")) == SseCKey(_md5(raw))
+    assert keys.load(str(tmp_path / "raw")).key == raw
+    got = keys.load(str(tmp_path / "b64"))
+    assert (got.md5, got.key) == (_md5(text), text)
+    assert keys.find(got.md5).key == text  # found again by its name (a resumed upload)
+    assert keys.find("bm90IGxvYWRlZA==").key is None
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    (b"", "holds 0 bytes"), (b"x" * 31, "holds 31 bytes"), (b"x" * 33, "holds 33 bytes"),
+    (base64.b64encode(b"y" * 24) + b"\n", "holds 33 bytes"),  # base64, but of 24 bytes
+    (b"!" * 44, "holds 44 bytes"),  # 44 characters, not base64
+    (b"z" * 5000, "holds over 4096 bytes"),
+])
+def test_a_key_file_of_the_wrong_size_or_form(tmp_path: Path, content: bytes, why: str) -> None:
+    path = tmp_path / "key"
+    path.write_bytes(content)
+    with pytest.raises(keys.KeyFileError) as info:
+        keys.load(str(path))
+    assert why in str(info.value) and "32-byte key" in str(info.value)
+    if content:
+        assert content.decode(errors="replace")[:20] not in str(info.value)
+
+
+def test_a_symlink_a_directory_and_a_missing_file_are_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.write_bytes(os.urandom(32))
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(keys.KeyFileError, match="cannot open"):
+        keys.load(str(tmp_path / "link"))  # a final symlink is never followed
+    with pytest.raises(keys.KeyFileError, match="not a regular file"):
+        keys.load(str(tmp_path))
+    with pytest.raises(keys.KeyFileError, match="cannot open"):
+        keys.load(str(tmp_path / "absent"))
+
+
+def test_no_log_line_shows_a_loaded_key(safe_records: None, tmp_path: Path,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    """botocore's DEBUG lines print the request headers (the key in base64); a repr of
+    the call's parameters prints the bytes: every form is hidden, in messages, arguments
+    and tracebacks, from any logger."""
+    key = os.urandom(32)
+    named = keys.remember(key)
+    b64, hexed, shown = base64.b64encode(key).decode(), key.hex(), repr(key)[2:-1]
+    caplog.set_level(logging.DEBUG)
+    log = logging.getLogger("botocore.endpoint")
+    log.debug("Making request with headers: %s", {"x-amz-server-side-encryption-customer-key": b64})
+    log.debug(f"params {ObjectOptions(sse_c=named).put(None)} hex {hexed}")
+    try:
+        raise ValueError(f"bad key {b64}")
+    except ValueError:
+        logging.getLogger("trollpush.x").exception("failed with %s", shown)
+    text = caplog.text + "".join(r.exc_text or "" for r in caplog.records)
+    for form in (b64, hexed, shown):
+        assert form not in text
+    assert text.count("<hidden>") >= 4
+    assert repr(named) == f"SseCKey(md5='{named.md5}')"  # a repr never shows the key
