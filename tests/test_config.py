@@ -647,6 +647,8 @@ def known_keys(section: str | None) -> set[str]:
         data["endpoints"]["default"]["no_such_key"] = 1
     elif section == "targets":
         data["targets"][0]["no_such_key"] = 1
+    elif section == "object":  # an endpoint's or a target's block
+        data["endpoints"]["default"]["object"] = {"no_such_key": 1}
     elif section == "watch":
         data["watch"] = [{"path": "/srv/incoming", "subject": "/watch/", "no_such_key": 1}]
     else:  # a section the complete config leaves out (http) too

@@ -69,8 +69,10 @@ def read_object(v: Validator, raw: object, prefix: str, *, base: ObjectConfig = 
                         ("acl", _acl)):
         if name in data:
             given[name] = check(v, data[name], f"{p}{name}")
-    if "if_none_match" in data:
+    if data.get("if_none_match") is not None:
         given["if_none_match"] = v.boolean(data, "if_none_match", p, False)
+    elif "if_none_match" in data:
+        given["if_none_match"] = False
     for name, check_pairs in (("metadata", objects.check_metadata),
                               ("tags", objects.check_tags)):
         if name in data:
