@@ -127,25 +127,26 @@ class Plan:
 
     base: ObjectOptions
     auto_type: bool
-    metadata: tuple[tuple[str, str], ...]  # (key, template or literal)
-    tags: tuple[tuple[str, str], ...]
+    metadata: tuple[tuple[str, str, bool], ...]  # (key, template or literal, a template?)
+    tags: tuple[tuple[str, str, bool], ...]
     templated: bool  # some metadata or tag value holds a {field}
 
 
 def plan(config: ObjectConfig) -> Plan | None:
     """What routing does for each file under this block; None: nothing at all (every
     option at its default, so each upload keeps ``ObjectOptions()``)."""
-    meta = tuple((k, v if fields(v) else literal(v)) for k, v in config.metadata)
-    tags = tuple((k, v if fields(v) else literal(v)) for k, v in config.tags)
+    meta = _planned(config.metadata)
+    tags = _planned(config.tags)
     base = ObjectOptions(
         storage_class=config.storage_class,
         content_type=None if config.content_type == "auto" else config.content_type,
         cache_control=config.cache_control, content_disposition=config.content_disposition,
-        metadata=meta, tags=tags, encryption=config.encryption,
+        metadata=tuple((k, v) for k, v, _ in meta), tags=tuple((k, v) for k, v, _ in tags),
+        encryption=config.encryption,
         kms_key_id=config.kms_key_id, sse_c=config.sse_c, acl=config.acl,
         if_none_match=config.if_none_match)
     auto = config.content_type == "auto"
-    templated = any(fields(v) for _, v in (*config.metadata, *config.tags))
+    templated = any(t for _, _, t in (*meta, *tags))
     if base == ObjectOptions() and not auto:
         return None
     return Plan(base, auto, meta, tags, templated)
@@ -197,9 +198,15 @@ def literal(value: str) -> str:
     return value.replace("{{", "{").replace("}}", "}")
 
 
-def _composed(pairs: Iterable[tuple[str, str]], meta: Mapping[str, Any], where: str
+def _planned(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[str, str, bool], ...]:
+    """Each entry as a template to compose per file, or its literal value (once)."""
+    return tuple((k, v, True) if fields(v) else (k, literal(v), False) for k, v in pairs)
+
+
+def _composed(planned: Iterable[tuple[str, str, bool]], meta: Mapping[str, Any], where: str
               ) -> tuple[tuple[str, str], ...]:
-    return tuple((k, compose(v, meta, f"{where}.{k}") if fields(v) else v) for k, v in pairs)
+    return tuple((k, compose(v, meta, f"{where}.{k}") if templated else v)
+                 for k, v, templated in planned)
 
 
 def _refuse(problems: list[Problem], where: str) -> None:

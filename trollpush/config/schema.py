@@ -163,7 +163,9 @@ def kind_schema(key: Key) -> Schema:
                     "propertyNames": {"pattern": objects.TAG_PATTERN, "minLength": 1,
                                       "maxLength": objects.MAX_TAG_KEY,
                                       "not": {"pattern": "^[aA][wW][sS]:"}},
-                    "additionalProperties": {"type": ["string", "null"]}}
+                    # the tag characters, and {fields} (their values are checked per file)
+                    "additionalProperties": {"type": ["string", "null"],
+                                             "pattern": r"^([\w +\-=.:/@]|\{[^{}]*\})*$"}}
     raise AssertionError(f"no schema for {key.kind}")  # pragma: no cover (a test sees all)
 
 
