@@ -382,3 +382,18 @@ def test_a_reload_that_changes_only_object_options_keeps_the_pool() -> None:
 def test_dates_in_metadata_compose_like_destinations() -> None:
     opts = options_of(config({"metadata": {"day": "{start_time:%Y%m%d}"}}, {}))
     assert opts.metadata == (("day", dt.datetime(2026, 11, 21).strftime("%Y%m%d")),)
+
+
+def test_the_version_views_config_hides_the_key(key_file: tuple[Path, bytes]) -> None:
+    """``GET /version`` shows the config as JSON: the key's MD5, never the key."""
+    import json
+
+    from trollpush.inputs._http_reply import settings
+
+    path, key = key_file
+    cfg = config({"encryption": "sse-c", "sse_c_key_file": str(path)}, {})
+    shown = json.dumps(settings(cfg))
+    md5 = cfg.endpoints["default"].object.sse_c.md5  # type: ignore[union-attr]
+    assert md5 in shown
+    for form in (base64.b64encode(key).decode(), key.hex(), repr(key)[2:-1], repr(key)):
+        assert form not in shown
