@@ -319,3 +319,65 @@ def _cmdline(proc: Path) -> bytes:
         return (proc / "cmdline").read_bytes()
     except OSError:  # gone meanwhile
         return b""
+
+
+def test_check_and_match_show_object_options_never_the_sse_c_key(tmp_path: Path) -> None:
+    """`check` shows each endpoint's and target's object options, `match` the exact ones
+    a file would be sent with, a bad one as its failure; an SSE-C key only by its MD5,
+    in no form (raw, base64, hex) anywhere in the output."""
+    import base64
+    import hashlib
+
+    key = bytes(range(65, 97))  # 32 printable bytes: a raw leak would be readable text
+    key_file = tmp_path / "sse-c.key"
+    key_file.write_bytes(base64.b64encode(key) + b"\n")
+    md5 = base64.b64encode(hashlib.md5(key).digest()).decode()
+    cfg = tmp_path / "trollpush.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "requests": None,
+        "endpoints": {"default": {"url": "http://127.0.0.1:9", "object": {
+            "storage_class": "STANDARD_IA", "content_type": "auto",
+            "metadata": {"platform": "{platform_name}", "start-time": "{start_time:%Y%m%d}"},
+            "tags": {"mission": "{platform_name}"},
+            "encryption": "sse-c", "sse_c_key_file": str(key_file)}}},
+        "targets": [
+            {"name": "l1", "pattern": "{platform_name}_{start_time:%Y%m%d}.json",
+             "destination": "s3://l1/{uid}",
+             "object": {"acl": "bucket-owner-full-control", "if_none_match": True,
+                        "tags": {"level": "l1"}}},
+            {"name": "station", "destination": "s3://l1/{uid}",
+             "object": {"metadata": {"station": "{station}"}}},
+            {"name": "long", "destination": "s3://l1/{uid}",
+             "object": {"tags": {"note": "{note}"}}},
+        ]}))
+    check = trollpush("check", str(cfg))
+    assert check.returncode == 0, check.stderr
+    sse = f"encryption=sse-c (key md5 {md5})"
+    endpoint_line = next(x for x in check.stdout.splitlines() if x.startswith("endpoint "))
+    assert ("object: storage_class=STANDARD_IA content_type=auto metadata=[platform, "
+            f"start-time] tags=[mission] {sse}") in endpoint_line
+    l1_line = next(x for x in check.stdout.splitlines() if x.startswith("target l1:"))
+    assert "acl=bucket-owner-full-control" in l1_line and "if_none_match=true" in l1_line
+    assert "tags=[mission, level]" in l1_line and sse in l1_line
+    assert "warning: endpoints.default.object.encryption: sse-c over http://" in check.stdout
+
+    match = trollpush("match", str(cfg), str(tmp_path / "NOAA-20_20261121.json"),
+                      "--meta", "note=" + "n" * 300, "--meta", "platform_name=NOAA-20",
+                      "--meta", "start_time=2026-11-21T10:00:00")
+    assert match.returncode == 0, match.stderr
+    lines = match.stdout.splitlines()
+    at = lines.index("l1: s3://l1/NOAA-20_20261121.json (endpoint default, announce on "
+                     "/trollpush/uploaded/)")
+    assert lines[at + 1] == (
+        "    object: storage_class=STANDARD_IA content_type=application/json "
+        "acl=bucket-owner-full-control metadata={'platform': 'NOAA-20', 'start-time': "
+        f"'20261121'}} tags={{'mission': 'NOAA-20', 'level': 'l1'}} {sse} "
+        "if_none_match=true")
+    assert ("station: FAILS compose_error: targets[station].object.metadata.station: "
+            "unknown field {station}") in match.stdout
+    assert "long: FAILS bad_object_options: targets[long].object.tags.note: composed" \
+        in match.stdout
+    for out in (check.stdout + check.stderr, match.stdout + match.stderr):
+        for form in (key.decode(), base64.b64encode(key).decode(), key.hex(),
+                     key.hex().upper(), repr(key)):
+            assert form not in out

@@ -17,6 +17,9 @@ from trollpush.config import ConditionSet, Config, load_config, parse_config
 from trollpush.errors import ConfigError, ConfigProblem
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYSECRETKEY"
+#: the archive endpoint's object block in valid()
+OBJ_PATH = ("endpoints", "archive", "object")
+OBJ = "endpoints.archive.object"
 
 DELETE = object()
 
@@ -36,7 +39,13 @@ def valid() -> dict[str, Any]:
                         "access_key_id": "AKIDEXAMPLE", "secret_access_key": SECRET,
                         "max_connections": 8, "tries": 2, "attempt_timeout": 20},
             "archive": {"url": "https://s3.archive.example.org", "profile": "archive",
-                        "addressing_style": "path"},
+                        "addressing_style": "path",
+                        "object": {"storage_class": "STANDARD_IA", "content_type": "auto",
+                                   "metadata": {"platform": "{platform_name}",
+                                                "start-time": "{start_time:%Y%m%d%H%M}"},
+                                   "tags": {"mission": "{platform_name}", "site": "nkp"},
+                                   "encryption": "sse-kms", "kms_key_id": "alias/archive",
+                                   "acl": "bucket-owner-full-control"}},
         },
         "targets": [{
             "name": "viirs", "topics": ["/new/file/viirs/"],
@@ -48,6 +57,9 @@ def valid() -> dict[str, Any]:
         }, {
             "name": "archive", "destination": "s3://archive/{start_time:%Y/%m/%d}/",
             "endpoint": "archive",
+            "object": {"storage_class": "GLACIER_IR", "if_none_match": True,
+                       "metadata": {"start-time": None, "orbit": "{orbit:05d}"},
+                       "tags": {"site": None}},
         }],
         "daemon": {"queue_size": 10, "max_in_flight": 4, "shutdown_grace": 5},
     }
@@ -353,6 +365,65 @@ BAD_CONFIGS = [
                  "daemon.event_loop", "'trio'", id="event-loop-unknown"),
     pytest.param(edited((("daemon", "workers"), 4)),
                  "daemon.workers", "4", id="daemon-unknown-key"),
+    # object options (the archive endpoint's block, and the archive target's over it)
+    pytest.param(renamed(("endpoints", "archive", "object", "acl"), "acls"),
+                 f"{OBJ}.acls", "'bucket-owner-full-control'", id="object-unknown-key"),
+    pytest.param(edited((("endpoints", "archive", "object"), ["STANDARD"])),
+                 OBJ, "['STANDARD']", id="object-not-mapping"),
+    pytest.param(edited(((*OBJ_PATH, "storage_class"), "standard_ia")),
+                 f"{OBJ}.storage_class", "'standard_ia'", id="storage-class-lowercase"),
+    pytest.param(edited(((*OBJ_PATH, "content_type"), "hdf5")),
+                 f"{OBJ}.content_type", "'hdf5'", id="content-type-no-subtype"),
+    pytest.param(edited(((*OBJ_PATH, "cache_control"), "max-age=60\r\nX-Evil: 1")),
+                 f"{OBJ}.cache_control", "'max-age=60\\r\\nX-Evil: 1'",
+                 id="cache-control-crlf"),
+    pytest.param(edited(((*OBJ_PATH, "acl"), "everyone")),
+                 f"{OBJ}.acl", "'everyone'", id="acl-not-canned"),
+    pytest.param(edited(((*OBJ_PATH, "encryption"), "aes")),
+                 f"{OBJ}.encryption", "'aes'", id="encryption-unknown"),
+    pytest.param(edited(((*OBJ_PATH, "encryption"), "sse-s3")),
+                 f"{OBJ}.kms_key_id", "'alias/archive'", id="kms-key-without-sse-kms"),
+    pytest.param(edited(((*OBJ_PATH, "encryption"), "sse-c"), ((*OBJ_PATH, "kms_key_id"),
+                                                              DELETE)),
+                 f"{OBJ}.sse_c_key_file", "None", id="sse-c-without-key-file"),
+    pytest.param(edited(((*OBJ_PATH, "sse_c_key_file"), "/etc/trollpush/key")),
+                 f"{OBJ}.sse_c_key_file", "'/etc/trollpush/key'",
+                 id="key-file-without-sse-c"),
+    pytest.param(edited(((*OBJ_PATH, "encryption"), "sse-c"), ((*OBJ_PATH, "kms_key_id"),
+                                                              DELETE),
+                        ((*OBJ_PATH, "sse_c_key_file"), "/nonexistent/sse-c.key")),
+                 f"{OBJ}.sse_c_key_file", "'/nonexistent/sse-c.key'", id="key-file-missing"),
+    pytest.param(edited(((*OBJ_PATH, "if_none_match"), "yes")),
+                 f"{OBJ}.if_none_match", "'yes'", id="if-none-match-not-bool"),
+    pytest.param(edited(((*OBJ_PATH, "metadata", "x amz"), "1")),
+                 f"{OBJ}.metadata.x amz", "'x amz'", id="metadata-key-not-token"),
+    pytest.param(edited(((*OBJ_PATH, "metadata", "orbit"), 5)),
+                 f"{OBJ}.metadata.orbit", "5", id="metadata-value-number"),
+    pytest.param(edited(((*OBJ_PATH, "metadata", "site"), "Norrköping")),
+                 f"{OBJ}.metadata.site", "'Norrköping'", id="metadata-value-not-ascii"),
+    pytest.param(edited(((*OBJ_PATH, "metadata", "Platform"), "x")),
+                 f"{OBJ}.metadata.Platform", "'Platform'", id="metadata-keys-equal-but-case"),
+    pytest.param(edited(((*OBJ_PATH, "metadata", "notes"), "n" * 2100)),
+                 f"{OBJ}.metadata", "bytes", id="metadata-over-2kib"),
+    pytest.param(edited(((*OBJ_PATH, "metadata", "day"), "{start_time:%Y")),
+                 f"{OBJ}.metadata.day", "'{start_time:%Y'", id="metadata-bad-template"),
+    pytest.param(edited(((*OBJ_PATH, "tags", "aws:created"), "x")),
+                 f"{OBJ}.tags.aws:created", "'aws:created'", id="tag-key-aws"),
+    pytest.param(edited(((*OBJ_PATH, "tags", "k" * 129), "x")),
+                 f"{OBJ}.tags.{'k' * 129}", "'kkk", id="tag-key-too-long"),
+    pytest.param(edited(((*OBJ_PATH, "tags", "note"), "v" * 257)),
+                 f"{OBJ}.tags.note", "'vvv", id="tag-value-too-long"),
+    pytest.param(edited(((*OBJ_PATH, "tags", "note"), "a;b")),
+                 f"{OBJ}.tags.note", "'a;b'", id="tag-value-bad-character"),
+    pytest.param(edited((("targets", 1, "object", "tags"),
+                         {f"t{i}": "x" for i in range(9)})),
+                 "targets[1].object.tags", "11 tags", id="tags-over-ten-once-merged"),
+    pytest.param(edited((("targets", 1, "object", "metadata", "PLATFORM"), "x")),
+                 "targets[1].object.metadata.PLATFORM", "'PLATFORM'",
+                 id="target-metadata-key-equal-but-case"),
+    pytest.param(edited((("targets", 1, "object", "kms_key_id"), "alias/other")),
+                 "targets[1].object.kms_key_id", "'alias/other'",
+                 id="target-kms-key-without-its-encryption"),
 ]
 
 
@@ -647,6 +718,8 @@ def known_keys(section: str | None) -> set[str]:
         data["endpoints"]["default"]["no_such_key"] = 1
     elif section == "targets":
         data["targets"][0]["no_such_key"] = 1
+    elif section == "object":  # an endpoint's or a target's block
+        data["endpoints"]["default"]["object"] = {"no_such_key": 1}
     elif section == "watch":
         data["watch"] = [{"path": "/srv/incoming", "subject": "/watch/", "no_such_key": 1}]
     else:  # a section the complete config leaves out (http) too

@@ -26,7 +26,11 @@ SCHEMA_FILE = ROOT / "docs" / "config.schema.json"
 REGENERATE = "python -m trollpush schema > docs/config.schema.json"
 #: mistakes only the validator sees: names across sections, trollsift's own parsing
 SEMANTIC = {"target-endpoint-unknown", "duplicate-target-name", "destination-bad-template",
-            "bad-pattern", "pattern-field-twice"}
+            "bad-pattern", "pattern-field-twice",
+            # object options: a file's content, a sum over entries, a merge, a case fold
+            "key-file-missing", "metadata-over-2kib", "metadata-bad-template",
+            "tags-over-ten-once-merged", "metadata-keys-equal-but-case",
+            "target-metadata-key-equal-but-case", "tag-value-too-long"}
 
 
 def errors(schema: dict[str, Any], data: object) -> list[str]:

@@ -91,6 +91,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .service import serve
 
     config = load_config(args.config)
+    for warning in config.warnings:
+        logger.warning("config: %s", warning)
     if startup.requested is not None:
         logger.info("%s during start-up: stopped before starting", startup.requested.name)
         return 0
@@ -113,6 +115,8 @@ def cmd_match(args: argparse.Namespace) -> int:
     from .client import parse_meta
     from .config import load_config
     from .messages import build_request, decode_message
+    from .models import ObjectOptions
+    from .objects import describe
     from .route import Router, provenance
 
     config = load_config(args.config)
@@ -130,6 +134,8 @@ def cmd_match(args: argparse.Namespace) -> int:
         for up in job.uploads:
             print(say(f"{job.target}: {up.url} (endpoint {job.endpoint}, announce on "
                       f"{job.publish_topic}{by})"))
+            if up.options != ObjectOptions():  # what the object is given (never a key)
+                print(say(f"    object: {describe(up.options)}"))
         if args.verbose and job.target in targets:
             for f in provenance(targets[job.target], request, request.files[0]):
                 note = "".join([

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import stats
 from .config import Config, load_config
+from .config.model import NO_OBJECT
 from .errors import ConfigError, ConfigProblem
 
 if TYPE_CHECKING:
@@ -124,6 +125,11 @@ def _part(old: Mapping[str, object], new: Mapping[str, object]) -> Part:
                 tuple(n for n in new if n in old and new[n] != old[n]))
 
 
+def _pools(config: Config) -> dict[str, object]:
+    """Each endpoint as its pool sees it: all but its object options."""
+    return {name: replace(ep, object=NO_OBJECT) for name, ep in config.endpoints.items()}
+
+
 def _inputs(config: Config) -> dict[str, object]:
     return {name: section for name, read in INPUTS.items()
             if (section := read(config)) is not None}
@@ -144,11 +150,15 @@ def diff(old: Config, new: Config) -> Change:
                 if getattr(old.daemon, k) != getattr(new.daemon, k)]
     settings = tuple(f"daemon.{f.name}" for f in fields(daemon)
                      if getattr(old.daemon, f.name) != getattr(daemon, f.name))
+    # an endpoint's object options are read by routing, per request: a change of them
+    # alone is a setting that applies at the swap, not a reason for a new pool
+    settings += tuple(f"endpoints.{name}.object" for name, ep in new.endpoints.items()
+                      if name in old.endpoints and old.endpoints[name].object != ep.object)
     config = replace(new, journal=old.journal, publish=old.publish, daemon=daemon)
     return Change(
         config=config,
         targets=_part({t.name: t for t in old.targets}, {t.name: t for t in config.targets}),
-        endpoints=_part(old.endpoints, config.endpoints),
+        endpoints=_part(_pools(old), _pools(config)),
         inputs=_part(_inputs(old), _inputs(config)),
         settings=settings, restart=tuple(restart))
 
@@ -233,6 +243,8 @@ class Reloader:
         except Exception as err:  # never out of a task nobody awaits: say so, count it
             logger.exception("config reload (%s) failed part way", why)
             return self._refused(why, f"applying it failed part way ({err}); see above")
+        for warning in change.config.warnings:
+            logger.warning("config: %s", warning)
         for key in change.restart:
             logger.warning("config reload: %s changed, but needs a restart to apply "
                            "(it keeps its value until then)", key)

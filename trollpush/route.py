@@ -6,12 +6,9 @@ exactly what the daemon would do.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import operator
-import re
-import string
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -19,15 +16,23 @@ from typing import Any
 
 import trollsift
 
+from . import objects
 from .config import Choice, Comparison, Condition, ConditionSet, Config, Scalar, TargetConfig
 from .errors import Reason, RouteError
 from .logsafe import short
 from .messages import parse_destination
-from .models import Job, Request, SourceFile, Upload
+from .models import Job, ObjectOptions, Request, SourceFile, Upload
+from .templates import compose as _compose
+from .templates import fields as template_fields
+
+__all__ = ["DEFAULT_TOPIC", "Field", "RouteFailure", "RouteResult", "Router", "Routing",
+           "provenance", "template_fields"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOPIC = "/trollpush/uploaded/"
+#: the options of every upload whose target and endpoint have no object block
+_NO_OPTIONS = ObjectOptions()
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,10 @@ class Router:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._default_topic = config.publish.topic if config.publish else DEFAULT_TOPIC
+        # object options planned once per block; None (no block) costs a file nothing
+        self._targets_plan = {t.name: objects.plan(t.object) for t in config.targets}
+        self._endpoints_plan = {name: objects.plan(ep.object)
+                                for name, ep in config.endpoints.items()}
 
     def route(self, request: Request) -> RouteResult:
         """Every job and failure for this request; a request nobody takes is a failure."""
@@ -98,13 +107,17 @@ class Router:
                                 f"{len(request.files)} files need a destination ending in '/'",
                                 request.files[0] if request.files else None, dest)
             return RouteResult((), (fail,), {})
-        try:
-            uploads = tuple(Upload(f, *parse_destination(dest, f.path.name))
-                            for f in request.files)
-        except RouteError as err:
-            fail = RouteFailure(None, err.reason, err.detail, request.files[0], dest)
-            return RouteResult((), (fail,), {})
-        job = Job(request=request, target=None, endpoint=endpoint, uploads=uploads,
+        plan = self._endpoints_plan[endpoint]
+        uploads = []
+        for f in request.files:
+            try:
+                options = _NO_OPTIONS if plan is None else objects.compose_options(
+                    plan, _merged({}, request, f), f.path.name, f"endpoints.{endpoint}.object")
+                uploads.append(Upload(f, *parse_destination(dest, f.path.name), options))
+            except RouteError as err:
+                fail = RouteFailure(None, err.reason, err.detail, f, dest)
+                return RouteResult((), (fail,), {})
+        job = Job(request=request, target=None, endpoint=endpoint, uploads=tuple(uploads),
                   metadata=request.metadata, publish_topic=self._default_topic)
         return RouteResult((job,), (), {})
 
@@ -138,11 +151,14 @@ class Router:
                                 f"{len(request.files)} files of the {request.type}: {misses[0]}",
                                 request.files[0])
         uploads = []
+        plan = self._targets_plan[target.name]
         for f, meta in zip(request.files, metas, strict=True):
             named = _aliased(meta, target.aliases)
             try:
                 dest = _compose(target.destination, named, f"targets[{target.name}].destination")
-                uploads.append(Upload(f, *parse_destination(dest, f.path.name)))
+                options = _NO_OPTIONS if plan is None else objects.compose_options(
+                    plan, named, f.path.name, f"targets[{target.name}].object")
+                uploads.append(Upload(f, *parse_destination(dest, f.path.name), options))
             except RouteError as err:
                 return RouteFailure(target.name, err.reason, err.detail, f, target.destination)
         job_meta = dict(metas[0]) if request.type == "file" else dict(request.metadata)
@@ -312,40 +328,6 @@ def _aliased(meta: Mapping[str, Any], aliases: Mapping[str, Mapping[str, str]]) 
         if key in out and str(out[key]) in table:
             out[key] = table[str(out[key])]
     return out
-
-
-@functools.cache
-def template_fields(template: str) -> frozenset[str]:
-    """The metadata keys a template uses (``{start_time:%Y}`` and ``{a.b}`` use start_time
-    and a); templates come from the config, so each is parsed once."""
-    try:
-        return frozenset(re.split(r"[.\[]", name, maxsplit=1)[0]
-                         for _, name, _, _ in string.Formatter().parse(template) if name)
-    except ValueError:  # a malformed template: compose says what is wrong
-        return frozenset()
-
-
-def _compose(template: str, meta: Mapping[str, Any], where: str) -> str:
-    """The template filled in; a one-element list (``sensor: [viirs]``, as trollstalker
-    sends it) composes as its element, a longer one cannot name one object."""
-    used = meta
-    for key in template_fields(template):
-        value = meta.get(key)
-        if isinstance(value, (list, tuple)):
-            if len(value) != 1:
-                raise RouteError(Reason.COMPOSE_ERROR,
-                                 f"{where}: field {{{key}}} holds {len(value)} values "
-                                 f"({short(value)}); a template needs one")
-            used = {**used, key: value[0]}
-    try:
-        return str(trollsift.compose(template, used))
-    except KeyError as err:
-        have = ", ".join(sorted(str(k) for k in meta))
-        raise RouteError(Reason.COMPOSE_ERROR,
-                         f"{where}: unknown field {{{err.args[0]}}} (have: {have})") from err
-    except Exception as err:  # trollsift/format raise many kinds (Index, Attribute, Value...)
-        raise RouteError(Reason.COMPOSE_ERROR, f"{where}: cannot compose {template!r}: "
-                         f"{type(err).__name__}: {err}") from err
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from .model import (
     EndpointConfig,
     HttpConfig,
     JournalConfig,
+    ObjectConfig,
     PublishConfig,
     RequestsConfig,
     S3DaemonConfig,
@@ -36,7 +37,7 @@ __all__ = [
     # the configuration and its sections
     "Config", "SubscribeConfig", "RequestsConfig", "S3DaemonConfig", "HttpConfig",
     "WatchConfig", "PublishConfig", "EndpointConfig", "TargetConfig", "DaemonConfig",
-    "JournalConfig", "Scalar", "default_endpoint",
+    "JournalConfig", "ObjectConfig", "Scalar", "default_endpoint",
     # a target's conditions
     "ConditionSet", "Condition", "Comparison", "Choice",
     # reading it

@@ -16,6 +16,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from ..models import SSE_MODES
+from ..objects import CANNED_ACLS, STORAGE_CLASSES
 from ..transfer.checksum import ALGORITHMS
 from .units import MiB
 
@@ -91,6 +93,12 @@ class Kind(enum.Enum):
     DESTINATION = "destination"  # an s3://BUCKET/KEY trollsift template
     CONDITIONS = "conditions"
     ALIASES = "aliases"
+    OBJECT = "object"  # an endpoint's or target's object options (the OBJECT table)
+    STORAGE_CLASS = "storage class"  # an upper-case name (AWS's, or a store's own)
+    MEDIA_TYPE = "media type"  # auto, or type/subtype with optional parameters
+    HEADER = "header value"  # printable ASCII
+    METADATA = "metadata"  # key: trollsift template, sent as x-amz-meta-KEY
+    TAGS = "tags"  # key: trollsift template, object tags
 
 
 @dataclass(frozen=True)
@@ -236,6 +244,35 @@ ENDPOINT = _section(
                         "second (Linux; default: none).", minimum=8000, example="100Mbit"),
     checksum=Key(Kind.CHOICE, "Checksum the store verifies on every body.",
                  default="crc32c", choices=ALGORITHMS),
+    object=Key(Kind.OBJECT, "What uploads through this endpoint give their objects "
+               "(storage class, content type, metadata, tags, encryption, ACL, "
+               "if_none_match); targets override it key by key."),
+)
+
+#: what an upload gives its object (an ``object:`` block of an endpoint or a target)
+OBJECT = _section(
+    storage_class=Key(Kind.STORAGE_CLASS, "S3 storage class: " + ", ".join(STORAGE_CLASSES)
+                      + ", or a store's own upper-case name (default: the bucket's)."),
+    content_type=Key(Kind.MEDIA_TYPE, "auto: from the file's name (a compressed file gets "
+                     "the compressed type); or a type/subtype (default: the store's)."),
+    cache_control=Key(Kind.HEADER, "Cache-Control stored with the object."),
+    content_disposition=Key(Kind.HEADER, "Content-Disposition stored with the object."),
+    metadata=Key(Kind.METADATA, "User metadata (x-amz-meta-KEY): KEY: trollsift template "
+                 "over the message's metadata; in a target, null removes the endpoint's "
+                 "entry."),
+    tags=Key(Kind.TAGS, "Object tags: KEY: trollsift template (at most 10); in a target, "
+             "null removes the endpoint's entry."),
+    encryption=Key(Kind.CHOICE, "Server-side encryption asked for (none: the bucket's "
+                   "default applies).", default="none", choices=tuple(SSE_MODES)),
+    kms_key_id=Key(Kind.STRING, "sse-kms only: the KMS key (default: the account's AWS "
+                   "managed key)."),
+    sse_c_key_file=Key(Kind.PATH, "sse-c only, and required with it: an absolute path of "
+                       "a file holding the 32-byte key, raw or base64 (read once at load, "
+                       "never shown)."),
+    acl=Key(Kind.CHOICE, "A canned ACL (default: none sent).", choices=CANNED_ACLS),
+    if_none_match=Key(Kind.BOOLEAN, "true: create only; an object already at the key is "
+                      "never overwritten (the upload fails with reason exists).",
+                      default=False),
 )
 
 TARGET = _section(
@@ -256,6 +293,9 @@ TARGET = _section(
     overwrite=Key(Kind.CHOICE, "changed: answer an unchanged file that already landed "
                   "from the journal; always: upload every time.", default="changed",
                   choices=("changed", "always")),
+    object=Key(Kind.OBJECT, "Object options: the endpoint's, overridden key by key "
+               "(metadata and tags entry by entry; encryption, kms_key_id and "
+               "sse_c_key_file together)."),
 )
 
 DAEMON = _section(

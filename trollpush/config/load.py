@@ -57,6 +57,7 @@ from .model import (
     TargetConfig,
     default_endpoint,
 )
+from .object_block import KeyFiles, read_object
 from .targets import read_endpoint, read_targets
 from .validator import Validator
 from .watched import read_watch
@@ -100,9 +101,10 @@ def parse_config(data: object, *, source: str = "<config>") -> Config:
     subscribe = _subscribe(v, data.get("subscribe"))
     requests = _requests(v, data.get("requests"), present="requests" in data)
     publish = _publish(v, data.get("publish"))
-    endpoints = _endpoints(v, data.get("endpoints"))
+    key_files = KeyFiles()
+    endpoints = _endpoints(v, data.get("endpoints"), key_files)
     s3daemon = _s3daemon(v, data.get("s3daemon"), endpoints, present="s3daemon" in data)
-    targets = read_targets(v, data.get("targets"), endpoints)
+    targets = read_targets(v, data.get("targets"), endpoints, key_files)
     http = _http(v, data.get("http"), endpoints, present="http" in data)
     daemon = _daemon(v, data.get("daemon"))
     journal = _journal(v, data.get("journal"))
@@ -124,7 +126,7 @@ def parse_config(data: object, *, source: str = "<config>") -> Config:
     return Config(endpoints=MappingProxyType(endpoints), targets=tuple(targets),
                   subscribe=subscribe, requests=requests, s3daemon=s3daemon, http=http,
                   watch=watch, publish=publish, daemon=daemon, journal=journal,
-                  source=source)
+                  source=source, warnings=tuple(v.warnings))
 
 
 # --- inputs and output -------------------------------------------------------------------
@@ -339,7 +341,7 @@ def _publish(v: Validator, raw: object) -> PublishConfig | None:
 _POOL = ("max_connections", "max_parallel", "prewarm")
 
 
-def _endpoints(v: Validator, raw: object) -> dict[str, EndpointConfig]:
+def _endpoints(v: Validator, raw: object, key_files: KeyFiles) -> dict[str, EndpointConfig]:
     data = v.mapping(raw, "endpoints")
     if not data:
         v.problem("endpoints", raw, "a mapping of at least one named S3 endpoint")
@@ -348,11 +350,12 @@ def _endpoints(v: Validator, raw: object) -> dict[str, EndpointConfig]:
     for name, ep in data.items():
         e = v.mapping(ep if ep is not None else {}, f"endpoints.{name}")
         if e is not None:
-            out[str(name)] = _endpoint(v, str(name), e)
+            out[str(name)] = _endpoint(v, str(name), e, key_files)
     return out
 
 
-def _endpoint(v: Validator, name: str, e: Mapping[str, Any]) -> EndpointConfig:
+def _endpoint(v: Validator, name: str, e: Mapping[str, Any], key_files: KeyFiles
+              ) -> EndpointConfig:
     p = f"endpoints.{name}."
     v.no_unknown(e, p, ENDPOINT)
     url, public_url = (_url(v, e, p, key) for key in ("url", "public_url"))
@@ -364,7 +367,8 @@ def _endpoint(v: Validator, name: str, e: Mapping[str, Any]) -> EndpointConfig:
     if rest["multipart_chunksize"] > MAX_PART:
         v.problem(f"{p}multipart_chunksize", e.get("multipart_chunksize"),
                   "at most 5GiB (S3's largest part)")
-    return EndpointConfig(name=name, url=url, public_url=public_url,
+    block = read_object(v, e.get("object"), f"{p}object", key_files=key_files, url=url)
+    return EndpointConfig(name=name, url=url, public_url=public_url, object=block,
                           max_connections=connections,
                           max_parallel=parallel, prewarm=prewarm,
                           verify=_verify(v, e.get("verify", ENDPOINT["verify"].default),

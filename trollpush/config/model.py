@@ -14,12 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..models import SseCKey
 from .defaults import (
     DAEMON,
     ENDPOINT,
     HTTP,
     HTTP_ADDRESS,
     JOURNAL,
+    OBJECT,
     PUBLISH,
     RECEIVE_HWM,
     REQUEST_ADDRESS,
@@ -164,6 +166,49 @@ class PublishConfig:
 
 
 @dataclass(frozen=True)
+class ObjectConfig:
+    """An ``object:`` block: what uploads give their objects, as templates (composed per
+    file by ``trollpush.objects``).  A target's is already merged with its endpoint's.
+    ``sse_c`` is the key read from ``sse_c_key_file`` at load; its ``repr`` and
+    ``summary`` show only its MD5."""
+
+    storage_class: str | None = None
+    content_type: str | None = None  # "auto", a literal type, or None (the store's)
+    cache_control: str | None = None
+    content_disposition: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()  # (key, template), in the file's order
+    tags: tuple[tuple[str, str], ...] = ()
+    encryption: str = OBJECT["encryption"].default
+    kms_key_id: str | None = None
+    sse_c_key_file: str | None = None
+    sse_c: SseCKey | None = None
+    acl: str | None = None
+    if_none_match: bool = OBJECT["if_none_match"].default
+
+    def summary(self) -> str:
+        """``storage_class=STANDARD_IA metadata=[platform] encryption=sse-c (key md5 …)``;
+        empty when every option is at its default."""
+        out = [f"{name}={getattr(self, name)}" for name in
+               ("storage_class", "content_type", "cache_control", "content_disposition",
+                "acl") if getattr(self, name) is not None]
+        for name in ("metadata", "tags"):
+            if entries := getattr(self, name):
+                out.append(f"{name}=[{', '.join(k for k, _ in entries)}]")
+        if self.encryption == "sse-c" and self.sse_c is not None:
+            out.append(f"encryption=sse-c (key md5 {self.sse_c.md5})")
+        elif self.encryption != "none":
+            out.append(f"encryption={self.encryption}"
+                       + (f" kms_key_id={self.kms_key_id}" if self.kms_key_id else ""))
+        if self.if_none_match:
+            out.append("if_none_match=true")
+        return " ".join(out)
+
+
+#: no ``object`` block: every option at its default (routing then does nothing at all)
+NO_OBJECT = ObjectConfig()
+
+
+@dataclass(frozen=True)
 class EndpointConfig:
     """An S3 connection profile; one client (and pool) per endpoint for the daemon's life."""
 
@@ -199,6 +244,8 @@ class EndpointConfig:
     tries: int = ENDPOINT["tries"].default
     bandwidth_limit: float | None = None  # bits per second, shared by all uploads
     checksum: str = ENDPOINT["checksum"].default
+    #: what its uploads give their objects (targets' blocks are merged over it)
+    object: ObjectConfig = NO_OBJECT
 
     def attempt_budget(self, size: int, attempt: int) -> float:
         """Seconds allowed for attempt number ``attempt`` (1-based) of a ``size``-byte body."""
@@ -219,7 +266,8 @@ class EndpointConfig:
                 f"({creds}) max_parallel={self.max_parallel} prewarm={self.prewarm} "
                 f"tries={self.tries} attempt_timeout={self.attempt_timeout:g}s "
                 f"multipart>={human(self.multipart_threshold)} "
-                f"checksum={self.checksum}{tls}{limit}{told}")
+                f"checksum={self.checksum}{tls}{limit}{told}"
+                + (f" object: {options}" if (options := self.object.summary()) else ""))
 
 
 @dataclass(frozen=True)
@@ -237,6 +285,8 @@ class TargetConfig:
     publish_topic: str | None = None
     #: "always": upload even an unchanged file that already landed
     overwrite: str = TARGET["overwrite"].default
+    #: the endpoint's object options with this target's merged over them
+    object: ObjectConfig = NO_OBJECT
 
 
 @dataclass(frozen=True)
@@ -282,6 +332,9 @@ class Config:
     daemon: DaemonConfig = DaemonConfig()
     journal: JournalConfig = JournalConfig()
     source: str = "<config>"
+    #: what is allowed but unwise (an SSE-C key sent over http://): logged at start and
+    #: reload, shown by ``check``
+    warnings: tuple[str, ...] = ()
 
     def default_endpoint(self) -> str | None:
         """The endpoint for requests and targets that name none."""
@@ -326,8 +379,11 @@ class Config:
                 extra.append(f"pattern {t.pattern}")
             if t.conditions:
                 extra.append(_conditions_summary(t.conditions))
+            if options := t.object.summary():
+                extra.append(f"object: {options}")
             lines.append(f"target {t.name}: -> {t.destination} @{t.endpoint}"
                          + (f" ({'; '.join(extra)})" if extra else ""))
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .. import objects
 from .defaults import (
     ADDRESS_PATTERN,
     COMPARISON_PATTERN,
     ENDPOINT,
     HOST_PORT_PATTERN,
     MODE_PATTERN,
+    OBJECT,
     OPERATOR_START,
     SECTION_DOCS,
     SECTIONS,
@@ -142,6 +144,28 @@ def kind_schema(key: Key) -> Schema:
         case Kind.ALIASES:
             return {"type": "object", "additionalProperties": {
                 "type": "object", "additionalProperties": {"type": ["string", "integer"]}}}
+        case Kind.OBJECT:
+            return _object()
+        case Kind.STORAGE_CLASS:
+            return {"type": "string", "pattern": objects.STORAGE_CLASS_PATTERN}
+        case Kind.MEDIA_TYPE:
+            return {"anyOf": [{"const": "auto"},
+                              {"type": "string", "pattern": objects.MEDIA_TYPE_PATTERN}]}
+        case Kind.HEADER:
+            return {"type": "string", "pattern": r"^[ -~]*[!-~][ -~]*$"}  # and not blank
+        case Kind.METADATA:
+            return {"type": ["object", "null"],
+                    "propertyNames": {"pattern": objects.HEADER_NAME_PATTERN},
+                    "additionalProperties": {"type": ["string", "null"],
+                                             "pattern": objects.HEADER_VALUE_PATTERN}}
+        case Kind.TAGS:
+            return {"type": ["object", "null"],
+                    "propertyNames": {"pattern": objects.TAG_PATTERN, "minLength": 1,
+                                      "maxLength": objects.MAX_TAG_KEY,
+                                      "not": {"pattern": "^[aA][wW][sS]:"}},
+                    # the tag characters, and {fields} (their values are checked per file)
+                    "additionalProperties": {"type": ["string", "null"],
+                                             "pattern": r"^([\w +\-=.:/@]|\{[^{}]*\})*$"}}
     raise AssertionError(f"no schema for {key.kind}")  # pragma: no cover (a test sees all)
 
 
@@ -159,6 +183,32 @@ def _conditions() -> Schema:
                    "properties": {"except": excepts}}
     return {"anyOf": [one, {"type": "array", "minItems": 1,
                             "items": {**one, "minProperties": 1}}]}
+
+
+def _object() -> Schema:
+    """An ``object:`` block.  Any key may be null (in a target: back to the default);
+    kms_key_id goes with sse-kms, sse_c_key_file with sse-c (and sse-c needs it).  What a
+    template composes to, the merged block's limits and the key file are the
+    validator's."""
+    block = _section(OBJECT, nullable=True)
+    block["properties"]["sse_c_key_file"]["pattern"] = "^[/~]"  # absolute
+    for name, prop in block["properties"].items():
+        if name not in ("metadata", "tags"):
+            kind = {k: prop.pop(k) for k in list(prop) if k not in ("description", "default")}
+            prop["anyOf"] = [kind, {"type": "null"}]
+    given = {"type": "string"}
+    block["allOf"] = [
+        {"if": {"required": ["kms_key_id"], "properties": {"kms_key_id": given}},
+         "then": {"required": ["encryption"],
+                  "properties": {"encryption": {"const": "sse-kms"}}}},
+        {"if": {"required": ["sse_c_key_file"], "properties": {"sse_c_key_file": given}},
+         "then": {"required": ["encryption"],
+                  "properties": {"encryption": {"const": "sse-c"}}}},
+        {"if": {"required": ["encryption"], "properties": {"encryption": {"const": "sse-c"}}},
+         "then": {"required": ["sse_c_key_file"],
+                  "properties": {"sse_c_key_file": given}}},
+    ]
+    return block
 
 
 def _top_rules() -> Schema:

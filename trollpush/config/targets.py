@@ -9,7 +9,6 @@ hold plain values.  Nothing here looks at a message: that is ``trollpush.route``
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, cast
@@ -18,6 +17,7 @@ import trollsift
 
 from .defaults import COMPARISON_PATTERN, OPERATOR_START, TARGET
 from .model import (
+    NO_OBJECT,
     Choice,
     Comparison,
     Condition,
@@ -28,14 +28,12 @@ from .model import (
     TargetConfig,
     default_endpoint,
 )
+from .object_block import KeyFiles, read_object
 from .validator import Validator
 
-#: a named field, optionally indexed or with attributes: {sensor[0]}, {start_time.year}
-_NAMED_FIELD_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*|\[[^\]]+\])*")
 
-
-def read_targets(v: Validator, raw: object,
-             endpoints: Mapping[str, EndpointConfig]) -> list[TargetConfig]:
+def read_targets(v: Validator, raw: object, endpoints: Mapping[str, EndpointConfig],
+                 key_files: KeyFiles) -> list[TargetConfig]:
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -47,7 +45,7 @@ def read_targets(v: Validator, raw: object,
         if not isinstance(t, Mapping):
             v.problem(f"targets[{i}]", t, "a mapping with at least `destination`")
             continue
-        out.append(_target(v, i, t, endpoints, names))
+        out.append(_target(v, i, t, endpoints, names, key_files))
     return out
 
 
@@ -65,7 +63,8 @@ def read_endpoint(v: Validator, data: Mapping[str, Any], prefix: str,
 
 
 def _target(v: Validator, i: int, t: Mapping[str, Any],
-            endpoints: Mapping[str, EndpointConfig], names: set[str]) -> TargetConfig:
+            endpoints: Mapping[str, EndpointConfig], names: set[str],
+            key_files: KeyFiles) -> TargetConfig:
     """Target number ``i``; ``names`` holds those of the targets before it."""
     p = f"targets[{i}]."
     v.no_unknown(t, p, TARGET)
@@ -84,13 +83,16 @@ def _target(v: Validator, i: int, t: Mapping[str, Any],
     if publish_topic is not None:
         publish_topic = v.topic(publish_topic, f"{p}publish_topic")
         if publish_topic is not None:
-            _check_template(v, publish_topic, f"{p}publish_topic")
+            v.template(publish_topic, f"{p}publish_topic")
     conditions = _conditions(v, t.get("conditions"), f"{p}conditions")
     rules = TARGET["overwrite"]
     overwrite = v.choice(t, "overwrite", p, rules.choices, rules.default,
                          f"{rules.default} (the default) or always")
+    ep = endpoints.get(endpoint or "")
+    block = read_object(v, t.get("object"), f"{p}object", key_files=key_files,
+                        base=ep.object if ep else NO_OBJECT, url=ep.url if ep else None)
     return TargetConfig(
-        name=name, destination=destination or "", endpoint=endpoint or "",
+        name=name, destination=destination or "", endpoint=endpoint or "", object=block,
         topics=v.topics(t.get("topics"), f"{p}topics"), pattern=pattern,
         conditions=conditions,
         aliases=_aliases(v, t.get("aliases"), f"{p}aliases"), publish_topic=publish_topic,
@@ -115,21 +117,7 @@ def _check_destination(v: Validator, destination: str, key: str) -> None:
     bucket = rest.split("/", 1)[0]
     if not bucket:
         v.problem(key, destination, "a bucket name after s3://")
-    _check_template(v, destination, key)
-
-
-def _check_template(v: Validator, template: str, key: str) -> None:
-    """A trollsift template whose fields are all named ({name} or {name:format})."""
-    try:
-        trollsift.parser.get_convert_dict(template)
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except (ValueError, re.error, KeyError, IndexError) as err:
-        v.problem(key, template, f"a valid trollsift template ({err})")
-        return
-    for name in fields:
-        if not _NAMED_FIELD_RE.fullmatch(name):
-            v.problem(key, template, f"named fields like {{platform_name}}, not {{{name}}}")
-            return
+    v.template(destination, key)
 
 
 _COMPARISON_RE = re.compile(COMPARISON_PATTERN)

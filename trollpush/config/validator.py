@@ -8,8 +8,12 @@ usable default returned, so that one run finds every problem of a file.
 from __future__ import annotations
 
 import math
+import re
+import string
 from collections.abc import Collection, Mapping
 from typing import Any
+
+import trollsift
 
 from ..errors import ConfigProblem
 from .defaults import Key, Kind
@@ -18,6 +22,8 @@ from .units import BIT_UNITS, BYTE_UNITS, human, parse_quantity, rate
 #: the kinds ``Validator.read`` knows; the others are checked by the section readers
 PLAIN_KINDS = frozenset({Kind.STRING, Kind.CHOICE, Kind.INTEGER, Kind.NUMBER, Kind.BOOLEAN,
                          Kind.SIZE, Kind.BYTE_RATE, Kind.BIT_RATE})
+#: a named field, optionally indexed or with attributes: {sensor[0]}, {start_time.year}
+_NAMED_FIELD_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*|\[[^\]]+\])*")
 
 
 class Validator:
@@ -25,6 +31,7 @@ class Validator:
 
     def __init__(self) -> None:
         self.problems: list[ConfigProblem] = []
+        self.warnings: list[str] = []  # allowed but unwise; the config carries them
 
     def problem(self, key: str, value: object, expected: str) -> None:
         self.problems.append(ConfigProblem(key, value, expected))
@@ -153,3 +160,18 @@ class Validator:
             self.problem(key, value, "a non-empty list of topic strings")
             return ()
         return tuple(t for i, t in enumerate(value) if self.topic(t, f"{key}[{i}]") is not None)
+
+    def template(self, template: str, key: str) -> bool:
+        """A trollsift template whose fields are all named ({name} or {name:format})."""
+        try:
+            trollsift.parser.get_convert_dict(template)
+            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        except (ValueError, re.error, KeyError, IndexError) as err:
+            self.problem(key, template, f"a valid trollsift template ({err})")
+            return False
+        for name in fields:
+            if not _NAMED_FIELD_RE.fullmatch(name):
+                self.problem(key, template, f"named fields like {{platform_name}}, not "
+                             f"{{{name}}}")
+                return False
+        return True

@@ -30,7 +30,7 @@ STATUS: Mapping[str, int] = {
     Reason.BAD_MESSAGE: 400, Reason.UNSUPPORTED_TYPE: 400, Reason.MISSING_URI: 400,
     Reason.REMOTE_FILE: 400, Reason.FILE_MISSING: 400, Reason.NOT_A_FILE: 400,
     Reason.NOT_ALLOWED: 400, Reason.FILE_UNREADABLE: 400, Reason.BAD_DESTINATION: 400,
-    Reason.NO_ROUTE: 400, Reason.COMPOSE_ERROR: 400,
+    Reason.NO_ROUTE: 400, Reason.COMPOSE_ERROR: 400, Reason.BAD_OBJECT_OPTIONS: 400,
     Reason.TOO_LARGE: 413,
     # the store (s3nd: 404 NoSuchBucket, 408 queue timeout, 502 other S3 errors, 504 the
     # last attempt timed out)
