@@ -8,6 +8,7 @@ import base64
 import datetime as dt
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,20 @@ def test_a_direct_request_gets_its_endpoints_options() -> None:
 # --- content_type: auto ------------------------------------------------------------------
 
 
+@pytest.fixture
+def host_mime_types(tmp_path: Path) -> Iterator[None]:
+    """This process's mimetypes read a host table of its own; put back afterwards."""
+    import mimetypes
+    hosts = tmp_path / "mime.types"
+    hosts.write_text("text/x-host-h5 h5\ntext/x-host-nc nc\n")
+    try:
+        mimetypes.init([str(hosts)])
+        assert mimetypes.guess_type("x.h5")[0] == "text/x-host-h5"
+        yield
+    finally:
+        mimetypes.init()
+
+
 @pytest.mark.parametrize(("name", "expected"), [
     ("report.json", "application/json"),
     ("notes.txt", "text/plain"),
@@ -160,10 +175,17 @@ def test_a_direct_request_gets_its_endpoints_options() -> None:
     ("granule.h5.bz2", "application/x-bzip2"),
     ("granule.xz", "application/x-xz"),
     ("granule.no-such-suffix", "application/octet-stream"),
+    ("NOAA-20_20261201_0312_00001.h5", "application/x-hdf5"),
+    ("W_XX-EUMETSAT_MSG4_20261201.nc", "application/x-netcdf"),
+    ("ecmwf_20261201.grib2", "application/x-grib"),
+    ("ISXX01_20261201.bufr", "application/x-bufr"),
+    ("overview.TIF", "image/tiff"),
     ("README", "application/octet-stream"),
 ])
 def test_auto_content_type_is_from_the_name_compressed_files_get_the_compressed_type(
-        name: str, expected: str) -> None:
+        name: str, expected: str, host_mime_types: None) -> None:
+    """The same on every host: the host's mime.types is never read (here one that would
+    call every .h5 and .nc file something else)."""
     assert objects.content_type_of(name) == expected
     opts = options_of(config({"content_type": "auto"},
                              {"pattern": None, "destination": "s3://b/{uid}"}), name=name)

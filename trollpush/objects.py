@@ -57,6 +57,17 @@ MAX_TAG_VALUE = 256
 COMPRESSED = {"gzip": "application/gzip", "bzip2": "application/x-bzip2",
               "xz": "application/x-xz"}
 UNKNOWN_TYPE = "application/octet-stream"
+#: what ``auto`` knows: Python's own table, never the host's mime.types (a file gets the
+#: same type on every host), and the formats of Earth-observation data
+_TYPES = mimetypes.MimeTypes()
+for _ext, _kind in {".h5": "application/x-hdf5", ".hdf5": "application/x-hdf5",
+                    ".he5": "application/x-hdf5", ".hdf": "application/x-hdf",
+                    ".nc": "application/x-netcdf", ".nc4": "application/x-netcdf",
+                    ".grib": "application/x-grib", ".grib2": "application/x-grib",
+                    ".grb": "application/x-grib", ".grb2": "application/x-grib",
+                    ".bufr": "application/x-bufr", ".tif": "image/tiff",
+                    ".tiff": "image/tiff"}.items():
+    _TYPES.add_type(_kind, _ext)
 
 _HEADER_NAME_RE = re.compile(HEADER_NAME_PATTERN)
 _HEADER_VALUE_RE = re.compile(HEADER_VALUE_PATTERN)
@@ -114,7 +125,7 @@ def check_tags(pairs: Sequence[tuple[str, str]]) -> list[Problem]:
 def content_type_of(name: str) -> str:
     """``content_type: auto``: the type of the file's base name; a compressed file's is
     the compressed type (``x.nc.gz`` is application/gzip)."""
-    kind, encoding = mimetypes.guess_type(name, strict=False)
+    kind, encoding = _TYPES.guess_type(name, strict=False)
     if encoding is not None:
         return COMPRESSED.get(encoding, UNKNOWN_TYPE)
     return kind or UNKNOWN_TYPE
