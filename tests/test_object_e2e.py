@@ -49,7 +49,8 @@ def _client(url: str) -> Any:
                         aws_secret_access_key=CREDS["AWS_SECRET_ACCESS_KEY"])
 
 
-def _config(url: str, bucket: str, key_file: Path, tmp_path: Path) -> dict[str, Any]:
+def _config(url: str, bucket: str, key_file: Path, tmp_path: Path
+            ) -> tuple[dict[str, Any], dict[str, int]]:
     ports = {"sub": free_port(), "req": free_port(), "pub": free_port(), "http": free_port()}
     return {
         "subscribe": {"topics": [SUBJECT], "nameserver": False,
