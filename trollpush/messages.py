@@ -432,6 +432,13 @@ def _object_fields(result: UploadResult, access: Access | None) -> dict[str, Any
                               "uid": posixpath.basename(result.upload.key), "size": result.size}
     if result.checksum:
         fields["checksum"] = f"{result.checksum_algorithm}:{result.checksum}"
+    if result.etag:
+        fields["etag"] = result.etag.strip('"')
+    if result.version_id:
+        fields["version_id"] = result.version_id
+    if result.storage_class:
+        fields["storage_class"] = result.storage_class
+    fields["encryption"] = result.encryption or "none"
     if access is not None:
         fields.update(access.item_fields(result.upload.url))
     return fields

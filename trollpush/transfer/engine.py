@@ -11,6 +11,7 @@ confirm it.  Every outcome, byte, attempt and retry is counted in the stats regi
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -18,8 +19,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..config import EndpointConfig
-from ..errors import PermanentTransferError, Reason, TransferError
-from ..models import ObjectOptions, Upload, UploadResult
+from ..errors import ObjectExists, PermanentTransferError, Reason, TransferError
+from ..models import NO_OPTIONS, ObjectOptions, Upload, UploadResult
 from ..stats import (
     ATTEMPTS,
     BYTES,
@@ -42,6 +43,22 @@ if TYPE_CHECKING:
     from ..progress import Meter
 
 logger = logging.getLogger(__name__)
+
+#: the options of uploads given none, per checksum algorithm: one instance each, so
+#: their S3 parameters are built once, not per file (the small-file firehose)
+_PLAIN: dict[str, ObjectOptions] = {}
+
+
+def _options(upload: Upload, algorithm: str) -> ObjectOptions:
+    """What the upload's store calls carry: its options with the endpoint's checksum."""
+    given = upload.options
+    if given is NO_OPTIONS:
+        plain = _PLAIN.get(algorithm)
+        if plain is None:
+            plain = _PLAIN[algorithm] = ObjectOptions(checksum=algorithm)
+        return plain
+    return given if given.checksum == algorithm else replace(given, checksum=algorithm)
+
 
 
 class TransferEngine:
@@ -162,16 +179,24 @@ class TransferEngine:
         during which the file changes is abandoned before the store commits it; a file
         that changed after a commit is uploaded again (up to ``tries`` times), never
         reported as landed.  ``landed``: what the journal says landed at this object
-        earlier; if the file's content and the object at the store both still match it,
-        nothing is sent (``attempts`` 0).
+        earlier; if the file's content and the object at the store both still match it
+        (and it was written with the same object options), nothing is sent (``attempts``
+        0).  A conditional write (``if_none_match``) that finds an object at the key
+        compares it with what was sent: the same size and checksum count as landed
+        (``already_there``), anything else fails with reason ``exists``.
         """
         end = (self._endpoints if via is None else via)[endpoint]
-        options = ObjectOptions(checksum=end.config.checksum)
+        options = _options(upload, end.config.checksum)
         start = time.monotonic()
         counter = AttemptCounter()
         source: Source | None = None
         end.pool.uploading += 1
         try:
+            if options.missing_key is not None:
+                raise PermanentTransferError(
+                    f"the SSE-C key with MD5 {options.missing_key} that {upload.url} is "
+                    "written with is not loaded (no key file of the config has it)",
+                    reason=Reason.BAD_OBJECT_OPTIONS)
             source = await end.files.call(end.config, 0, open_source, upload.source.path,
                                           upload.source.uri, self._roots, discard=Source.close)
             if landed is not None:
@@ -190,14 +215,19 @@ class TransferEngine:
         seconds = time.monotonic() - start
         end.pool.last_success = time.time()
         self._count(endpoint, "completed", None, counter.attempts, source.size, seconds)
-        logger.info("upload complete %s -> %s (%d bytes, %.3f s, %d attempt(s)%s)",
+        logger.info("upload complete %s -> %s (%d bytes, %.3f s, %d attempt(s)%s%s)",
                     upload.source.uri, upload.url, source.size, seconds, counter.attempts,
-                    f", {out.parts} parts" if out.parts else "")
+                    f", {out.parts} parts" if out.parts else "",
+                    ", already there: the same size and checksum" if out.exists else "")
         return UploadResult(upload, source.size, counter.attempts, seconds, etag=out.etag,
                             checksum=out.checksum,
                             checksum_algorithm=None if options.checksum == "none"
                             else options.checksum,
-                            parts=out.parts, part_size=out.part_size, source_stat=source.stat)
+                            parts=out.parts, part_size=out.part_size, source_stat=source.stat,
+                            version_id=out.version_id, storage_class=options.storage_class,
+                            encryption=out.encryption,
+                            written_with=None if out.exists else options.fingerprint,
+                            already_there=out.exists)
 
     async def _send(self, end: Endpoint, upload: Upload, source: Source,
                     options: ObjectOptions, counter: AttemptCounter,
@@ -220,7 +250,12 @@ class TransferEngine:
                 except SourceChanged as err:
                     logger.warning("%s (upload %d of %d)", err.detail, turn, ep.tries)
                     continue
-                committed = True
+                if out.exists:
+                    if committed:  # our copy of the file's earlier content is in the way
+                        break
+                    out = await self._existing(end, upload, source.size, options, out)
+                else:
+                    committed = True
                 if await end.files.call(ep, 0, source.fingerprint) == source.opened:
                     return out
                 logger.warning("file changed after its upload to %s; upload %d of %d",
@@ -232,6 +267,28 @@ class TransferEngine:
             if committed:  # the copy at the store is of a file that went on changing
                 await self._withdraw(end, upload)
             raise
+
+    async def _existing(self, end: Endpoint, upload: Upload, size: int,
+                        options: ObjectOptions, sent: single.Outcome) -> single.Outcome:
+        """A conditional write found an object at the key: what it is, if it is what we
+        sent (the same size and checksum: our own earlier attempt whose answer was lost,
+        or the same file sent before), else :class:`ObjectExists`."""
+        try:
+            async with end.pool.slot():
+                head = await end.tries(0, AttemptCounter(), lambda: end.client.head_object(
+                    Bucket=upload.bucket, Key=upload.key, **options.head()),
+                    f"HEAD {upload.url}")
+        except TransferError as err:
+            raise ObjectExists(f"{upload.url} exists and was not overwritten "
+                               f"(if_none_match); it could not be compared: {err.detail}"
+                               ) from err
+        why = _differs(head, size, options, sent)
+        if why is not None:
+            raise ObjectExists(f"{upload.url} exists with other content ({why}) and was not "
+                               "overwritten (if_none_match)")
+        there = single.Outcome.of(head, options, sent.checksum, sent.parts, sent.part_size)
+        there.exists = True
+        return there
 
     def _failed(self, endpoint: str, upload: Upload, exc: Exception, size: int,
                 attempts: int, seconds: float) -> UploadResult:
@@ -277,6 +334,11 @@ class TransferEngine:
         why = None
         if algo == "none" or landed.checksum_algorithm != algo or landed.checksum is None:
             why = "no recorded checksum to compare with"
+        elif landed.written_with != options.fingerprint:
+            why = "it was written with other object options" + (
+                f" (storage class {landed.storage_class or 'default'}, now "
+                f"{options.storage_class or 'default'})"
+                if landed.storage_class != options.storage_class else "")
         elif landed.size != source.size:
             why = f"size {source.size} is not the {landed.size} recorded"
         if why is None:
@@ -327,6 +389,28 @@ class TransferEngine:
         except TransferError as err:
             logger.error("could not remove %s, the copy of a file that kept changing: %s",
                          upload.url, err.detail)
+
+
+def _differs(head: Mapping[str, Any], size: int, options: ObjectOptions,
+             sent: single.Outcome) -> str | None:
+    """Why the object a HEAD describes is not the ``size`` bytes we sent (None: it is)."""
+    there = head.get("ContentLength")
+    if there != size:
+        return f"{there} bytes, not the {size} sent"
+    stored = options.stored(head)
+    ours = sent.checksum
+    if stored is not None and ours is not None:
+        if sent.parts and "-" not in stored:  # a composite reported without its "-N"
+            ours = ours.removesuffix(f"-{sent.parts}")  # (moto): N is in the ETag then
+            if not str(head.get("ETag") or "").strip('"').endswith(f"-{sent.parts}"):
+                return f"it is not in {sent.parts} parts"
+        return None if stored == ours else f"its {options.checksum} checksum differs"
+    if options.checksum == "md5" and not sent.parts and sent.checksum is not None:
+        etag = str(head.get("ETag") or "").strip('"')
+        if etag == base64.b64decode(sent.checksum).hex():
+            return None
+        return "its ETag is not the MD5 of the file"
+    return f"the store reports no {options.checksum} checksum to compare"
 
 
 class EngineView:
