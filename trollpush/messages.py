@@ -434,10 +434,7 @@ def _object_fields(result: UploadResult, access: Access | None) -> dict[str, Any
         fields["checksum"] = f"{result.checksum_algorithm}:{result.checksum}"
     if result.etag:
         fields["etag"] = result.etag.strip('"')
-    if result.version_id:
-        fields["version_id"] = result.version_id
-    if result.storage_class:
-        fields["storage_class"] = result.storage_class
+    fields.update({k: v for k in ("version_id", "storage_class") if (v := getattr(result, k))})
     fields["encryption"] = result.encryption or "none"
     if access is not None:
         fields.update(access.item_fields(result.upload.url))

@@ -11,7 +11,6 @@ confirm it.  Every outcome, byte, attempt and retry is counted in the stats regi
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -19,7 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..config import EndpointConfig
-from ..errors import ObjectExists, PermanentTransferError, Reason, TransferError
+from ..errors import PermanentTransferError, Reason, TransferError
 from ..models import NO_OPTIONS, ObjectOptions, Upload, UploadResult
 from ..stats import (
     ATTEMPTS,
@@ -31,7 +30,7 @@ from ..stats import (
     UPLOADS,
     Stats,
 )
-from . import checksum, multipart, policy, single
+from . import checksum, conditional, multipart, policy, single
 from .endpoints import Endpoints
 from .files import Files
 from .multipart import Progress
@@ -58,7 +57,6 @@ def _options(upload: Upload, algorithm: str) -> ObjectOptions:
             plain = _PLAIN[algorithm] = ObjectOptions(checksum=algorithm)
         return plain
     return given if given.checksum == algorithm else replace(given, checksum=algorithm)
-
 
 
 class TransferEngine:
@@ -193,10 +191,7 @@ class TransferEngine:
         end.pool.uploading += 1
         try:
             if options.missing_key is not None:
-                raise PermanentTransferError(
-                    f"the SSE-C key with MD5 {options.missing_key} that {upload.url} is "
-                    "written with is not loaded (no key file of the config has it)",
-                    reason=Reason.BAD_OBJECT_OPTIONS)
+                raise _key_missing(upload, options.missing_key)
             source = await end.files.call(end.config, 0, open_source, upload.source.path,
                                           upload.source.uri, self._roots, discard=Source.close)
             if landed is not None:
@@ -253,7 +248,7 @@ class TransferEngine:
                 if out.exists:
                     if committed:  # our copy of the file's earlier content is in the way
                         break
-                    out = await self._existing(end, upload, source.size, options, out)
+                    out = await conditional.existing(end, upload, source.size, options, out)
                 else:
                     committed = True
                 if await end.files.call(ep, 0, source.fingerprint) == source.opened:
@@ -267,28 +262,6 @@ class TransferEngine:
             if committed:  # the copy at the store is of a file that went on changing
                 await self._withdraw(end, upload)
             raise
-
-    async def _existing(self, end: Endpoint, upload: Upload, size: int,
-                        options: ObjectOptions, sent: single.Outcome) -> single.Outcome:
-        """A conditional write found an object at the key: what it is, if it is what we
-        sent (the same size and checksum: our own earlier attempt whose answer was lost,
-        or the same file sent before), else :class:`ObjectExists`."""
-        try:
-            async with end.pool.slot():
-                head = await end.tries(0, AttemptCounter(), lambda: end.client.head_object(
-                    Bucket=upload.bucket, Key=upload.key, **options.head()),
-                    f"HEAD {upload.url}")
-        except TransferError as err:
-            raise ObjectExists(f"{upload.url} exists and was not overwritten "
-                               f"(if_none_match); it could not be compared: {err.detail}"
-                               ) from err
-        why = _differs(head, size, options, sent)
-        if why is not None:
-            raise ObjectExists(f"{upload.url} exists with other content ({why}) and was not "
-                               "overwritten (if_none_match)")
-        there = single.Outcome.of(head, options, sent.checksum, sent.parts, sent.part_size)
-        there.exists = True
-        return there
 
     def _failed(self, endpoint: str, upload: Upload, exc: Exception, size: int,
                 attempts: int, seconds: float) -> UploadResult:
@@ -335,10 +308,7 @@ class TransferEngine:
         if algo == "none" or landed.checksum_algorithm != algo or landed.checksum is None:
             why = "no recorded checksum to compare with"
         elif landed.written_with != options.fingerprint:
-            why = "it was written with other object options" + (
-                f" (storage class {landed.storage_class or 'default'}, now "
-                f"{options.storage_class or 'default'})"
-                if landed.storage_class != options.storage_class else "")
+            why = _other_options(landed, options)
         elif landed.size != source.size:
             why = f"size {source.size} is not the {landed.size} recorded"
         if why is None:
@@ -391,26 +361,18 @@ class TransferEngine:
                          upload.url, err.detail)
 
 
-def _differs(head: Mapping[str, Any], size: int, options: ObjectOptions,
-             sent: single.Outcome) -> str | None:
-    """Why the object a HEAD describes is not the ``size`` bytes we sent (None: it is)."""
-    there = head.get("ContentLength")
-    if there != size:
-        return f"{there} bytes, not the {size} sent"
-    stored = options.stored(head)
-    ours = sent.checksum
-    if stored is not None and ours is not None:
-        if sent.parts and "-" not in stored:  # a composite reported without its "-N"
-            ours = ours.removesuffix(f"-{sent.parts}")  # (moto): N is in the ETag then
-            if not str(head.get("ETag") or "").strip('"').endswith(f"-{sent.parts}"):
-                return f"it is not in {sent.parts} parts"
-        return None if stored == ours else f"its {options.checksum} checksum differs"
-    if options.checksum == "md5" and not sent.parts and sent.checksum is not None:
-        etag = str(head.get("ETag") or "").strip('"')
-        if etag == base64.b64decode(sent.checksum).hex():
-            return None
-        return "its ETag is not the MD5 of the file"
-    return f"the store reports no {options.checksum} checksum to compare"
+def _key_missing(upload: Upload, name: str) -> PermanentTransferError:
+    return PermanentTransferError(f"the SSE-C key with MD5 {name} that {upload.url} is "
+                                  "written with is not loaded (no key file of the config "
+                                  "has it)", reason=Reason.BAD_OBJECT_OPTIONS)
+
+
+def _other_options(landed: UploadResult, options: ObjectOptions) -> str:
+    """Why an object that landed is not reused: written with other object options."""
+    if landed.storage_class != options.storage_class:
+        return (f"it was written with other object options (storage class "
+                f"{landed.storage_class or 'default'}, now {options.storage_class or 'default'})")
+    return "it was written with other object options"
 
 
 class EngineView:
