@@ -4,6 +4,7 @@ in order from the publisher's thread."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,15 @@ from posttroll.message import Message
 from trollpush import messages
 from trollpush.announce import Announcer
 from trollpush.config import parse_config
-from trollpush.models import Job, Request, SourceFile, Upload, UploadResult
+from trollpush.models import (
+    Job,
+    ObjectOptions,
+    Request,
+    SourceFile,
+    SseCKey,
+    Upload,
+    UploadResult,
+)
 
 from .helpers import Listener, wait_until
 
@@ -49,7 +58,35 @@ def test_completion_carries_the_object_and_the_metadata() -> None:
     assert message.subject == "/uploaded/" and message.type == "file"
     assert message.data == {"platform_name": "NOAA-20", "uri": "s3://bucket/out/a.h5",
                             "uid": "a.h5", "size": 12, "checksum": "crc32c:AAAA",
-                            "endpoint": "default"}
+                            "etag": "e", "encryption": "none", "endpoint": "default"}
+
+
+def test_completion_carries_what_the_store_made_of_the_object() -> None:
+    """The ETag without its quotes, the version id (a versioned bucket), the storage class
+    configured and the encryption asked for (by its mode: never the key)."""
+    sources = [SourceFile(uri=f"/data/in/{n}.h5", path=Path(f"/data/in/{n}.h5"), uid=f"{n}.h5")
+               for n in ("a", "b")]
+    request = Request(id="r1", subject="/new/file/", type="dataset",
+                      data={"dataset": [{"uri": s.uri, "uid": s.uid} for s in sources]},
+                      metadata={}, files=tuple(sources), origin="subscribe")
+    key = SseCKey("bWQ1bWQ1bWQ1bWQ1bWQ1bQ==", b"k" * 32)
+    uploads = (Upload(sources[0], "bucket", "out/a.h5",
+                      ObjectOptions(storage_class="STANDARD_IA", encryption="sse-c",
+                                    sse_c=key)),
+               Upload(sources[1], "bucket", "out/b.h5"))
+    job = Job(request, "viirs", "default", uploads, {}, "/uploaded/")
+    results = [UploadResult(uploads[0], 12, 1, 0.1, etag='"abc-3"', version_id="v1",
+                            storage_class="STANDARD_IA", encryption="sse-c"),
+               UploadResult(uploads[1], 12, 1, 0.1, etag='"def"', encryption="sse-s3")]
+    message = Message.decode(messages.completion(job, results).encode())
+    first, second = message.data["dataset"]
+    assert {k: first[k] for k in ("etag", "version_id", "storage_class", "encryption")} == {
+        "etag": "abc-3", "version_id": "v1", "storage_class": "STANDARD_IA",
+        "encryption": "sse-c"}
+    assert second["etag"] == "def" and second["encryption"] == "sse-s3"
+    assert "version_id" not in second and "storage_class" not in second
+    wire = str(message.encode())
+    assert base64.b64encode(b"k" * 32).decode() not in wire and "k" * 32 not in wire
 
 
 def test_announcer_sends_in_order_from_its_thread_and_flushes_at_stop(

@@ -21,6 +21,7 @@ from moto.server import ThreadedMotoServer
 
 from trollpush.config import EndpointConfig
 from trollpush.errors import (
+    ObjectExists,
     PermanentTransferError,
     Reason,
     RetriesExhausted,
@@ -72,6 +73,17 @@ def test_classify_decides_what_is_retried_at_once(err: Exception, permanent: boo
     got = classify(err)
     assert isinstance(got, PermanentTransferError) is permanent
     assert got.throttled is throttled
+
+
+def test_a_refused_conditional_write_is_object_exists_and_a_conflict_is_retried() -> None:
+    """412 (If-None-Match: * found an object) is never retried: the engine compares the
+    object there; 409 ConditionalRequestConflict (a race with another write) is, as AWS
+    says."""
+    refused = classify(_client_error("PreconditionFailed", 412))
+    assert isinstance(refused, ObjectExists) and refused.reason == Reason.EXISTS
+    assert not retry_later(refused)
+    conflict = classify(_client_error("ConditionalRequestConflict", 409))
+    assert not isinstance(conflict, PermanentTransferError) and retry_later(conflict)
 
 
 def test_classify_raises_what_it_does_not_know() -> None:

@@ -432,6 +432,10 @@ def _object_fields(result: UploadResult, access: Access | None) -> dict[str, Any
                               "uid": posixpath.basename(result.upload.key), "size": result.size}
     if result.checksum:
         fields["checksum"] = f"{result.checksum_algorithm}:{result.checksum}"
+    if result.etag:
+        fields["etag"] = result.etag.strip('"')
+    fields.update({k: v for k in ("version_id", "storage_class") if (v := getattr(result, k))})
+    fields["encryption"] = result.encryption or "none"
     if access is not None:
         fields.update(access.item_fields(result.upload.url))
     return fields

@@ -5,7 +5,10 @@ These are plain value objects; no stage logic lives here.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -105,7 +108,7 @@ _VALUES = frozenset({"ChecksumCRC32C", "ChecksumSHA256", "ContentMD5"})
 _OBJECT = frozenset({"StorageClass", "ContentType", "CacheControl", "ContentDisposition",
                      "Metadata", "Tagging", "ACL", "ServerSideEncryption", "SSEKMSKeyId"})
 #: the SSE-C key: every call that writes or reads the object's bytes must carry it
-_SSE_C = frozenset({"SSECustomerAlgorithm", "SSECustomerKey"})
+_SSE_C = frozenset({"SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5"})
 #: which parameters each S3 call takes (as s3transfer filters its extra arguments): an
 #: option that a call does not take is left out of it, never sent where it means else
 _TAKES = {
@@ -184,6 +187,29 @@ class ObjectOptions:
         """For the ListParts that checks the parts of an upload to resume."""
         return self._for("list_parts")
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """What the object is given, as a short text that changes when any of it changes
+        (``""``: nothing beyond the defaults): the journal keeps it with each landed
+        object, so a file is not answered from the journal once its options changed.
+        Not the checksum (compared on its own) nor ``if_none_match`` (how it is written,
+        not what it is); an SSE-C key by its name only."""
+        given = (self.storage_class, self.content_type, self.cache_control,
+                 self.content_disposition, self.metadata, self.tags, self.encryption,
+                 self.kms_key_id, self.sse_c.md5 if self.sse_c is not None else None,
+                 self.acl)
+        if given == _NOTHING_GIVEN:
+            return ""
+        text = json.dumps(given, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    @property
+    def missing_key(self) -> str | None:
+        """The name (MD5) of the SSE-C key these options need and this process has not
+        loaded (a journaled upload resumed under a config without it); None: none."""
+        sse_c = self.sse_c
+        return sse_c.md5 if sse_c is not None and sse_c.key is None else None
+
     def stored(self, head: Mapping[str, Any]) -> str | None:
         """The checksum a HeadObject reports, if the store keeps one of this algorithm."""
         field_ = _CHECKSUM_VALUE[self.checksum] if self.checksum in _CHECKSUM_KEPT else None
@@ -230,11 +256,21 @@ class ObjectOptions:
         if self.sse_c is not None:
             if self.sse_c.key is None:
                 raise KeyError(f"the SSE-C key with MD5 {self.sse_c.md5} is not loaded")
-            # botocore base64-encodes it and adds its MD5
-            out.update(SSECustomerAlgorithm="AES256", SSECustomerKey=self.sse_c.key)
+            # encoded here as botocore would (it does so for some calls only: not for
+            # ListParts), once per upload rather than per call; with its MD5 given,
+            # botocore leaves it as it is
+            out.update(SSECustomerAlgorithm="AES256",
+                       SSECustomerKey=base64.b64encode(self.sse_c.key).decode(),
+                       SSECustomerKeyMD5=self.sse_c.md5)
         if self.if_none_match:
             out["IfNoneMatch"] = "*"
         return out
+
+
+#: ObjectOptions' fields that go into its fingerprint, as the defaults have them
+_NOTHING_GIVEN = (None, None, None, None, (), (), "none", None, None, None)
+#: the options of an upload that was given none (shared: its S3 parameters built once)
+NO_OPTIONS = ObjectOptions()
 
 
 @dataclass(frozen=True)
@@ -245,7 +281,7 @@ class Upload:
     bucket: str
     key: str
     #: what the object is given (the endpoint's checksum is added by the engine)
-    options: ObjectOptions = ObjectOptions()
+    options: ObjectOptions = NO_OPTIONS
 
     @property
     def url(self) -> str:
@@ -286,6 +322,15 @@ class UploadResult:
     #: failed in a way that waiting may fix (the store down or overloaded): worth another
     #: round until the request's max_age (see transfer.policy)
     retry_later: bool = False
+    version_id: str | None = None  # when the store returned one (a versioned bucket)
+    storage_class: str | None = None  # the one configured (None: none configured)
+    #: none | sse-s3 | sse-kms | sse-c: asked for, else what the store said it applied
+    encryption: str | None = None
+    #: ``ObjectOptions.fingerprint`` of what the object was written with (None: not
+    #: known, as for an object found already there)
+    written_with: str | None = ""
+    #: a conditional write found the same content already at the key: nothing written
+    already_there: bool = False
 
     @property
     def ok(self) -> bool:

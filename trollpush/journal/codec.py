@@ -9,9 +9,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import keys
 from ..errors import UnrecordableError
 from ..logsafe import short
-from ..models import Job, Request, SourceFile, Upload, UploadResult
+from ..models import (
+    NO_OPTIONS,
+    SSE_MODES,
+    Job,
+    ObjectOptions,
+    Request,
+    SourceFile,
+    Upload,
+    UploadResult,
+)
 from .protocol import JobRecord, State
 
 # --- the tagged JSON encoding ---------------------------------------------------------------
@@ -171,12 +181,78 @@ def _request(rid: object, accepted_at: object, body: str | bytes) -> Request:
                    overwrite=bool(d.get("overwrite", False)), accepted_at=float(accepted_at))
 
 
+#: ObjectOptions' fields that are text or None, recorded as they are
+_OPTION_TEXT = ("checksum", "storage_class", "content_type", "cache_control",
+                "content_disposition", "kms_key_id", "acl")
+
+
+def _options(o: ObjectOptions) -> dict[str, Any]:
+    """An upload's object options as recorded: what differs from the defaults; an SSE-C
+    key by its name (MD5) only, never its bytes."""
+    out: dict[str, Any] = {}
+    for name in _OPTION_TEXT:
+        value = getattr(o, name)
+        if value is not None and not (name == "checksum" and value == "none"):
+            out[name] = value
+    if o.metadata:
+        out["metadata"] = [list(pair) for pair in o.metadata]
+    if o.tags:
+        out["tags"] = [list(pair) for pair in o.tags]
+    if o.encryption != "none":
+        out["encryption"] = o.encryption
+    if o.sse_c is not None:
+        out["sse_c"] = o.sse_c.md5
+    if o.if_none_match:
+        out["if_none_match"] = True
+    return out
+
+
+def _pairs(value: object, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
+            for p in value):
+        raise Unreadable(f"{where}: got {short(value)}, expected a list of [text, text]")
+    return tuple((k, v) for k, v in value)
+
+
+def _unoptions(d: object, where: str) -> ObjectOptions:
+    """Object options as recorded (an SSE-C key found again by its name in the key ring:
+    without its bytes when this process has not loaded it)."""
+    if type(d) is not dict:
+        raise Unreadable(f"{where}: got {short(d)}, expected a mapping")
+    known = {*_OPTION_TEXT, "metadata", "tags", "encryption", "sse_c", "if_none_match"}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise Unreadable(f"{where}: unknown option(s) {', '.join(unknown)}")
+    given: dict[str, Any] = {name: _get(d, name, where, str) for name in _OPTION_TEXT
+                             if name in d}
+    if "metadata" in d:
+        given["metadata"] = _pairs(d["metadata"], f"{where}.metadata")
+    if "tags" in d:
+        given["tags"] = _pairs(d["tags"], f"{where}.tags")
+    if "encryption" in d:
+        given["encryption"] = mode = _get(d, "encryption", where, str)
+        if mode not in SSE_MODES:
+            raise Unreadable(f"{where}.encryption: got {short(mode)}, expected one of "
+                             f"{', '.join(SSE_MODES)}")
+    if "sse_c" in d:
+        given["sse_c"] = keys.find(_get(d, "sse_c", where, str))
+    if "if_none_match" in d:
+        given["if_none_match"] = _get(d, "if_none_match", where, bool)
+    return ObjectOptions(**given)
+
+
 def _job_body(job: Job) -> str:
     index = {id(f): i for i, f in enumerate(job.request.files)}
     uploads: list[list[Any]] = []
     for u in job.uploads:
         i = index.get(id(u.source))
-        uploads.append([i if i is not None else _file(u.source), u.bucket, u.key])
+        item = [i if i is not None else _file(u.source), u.bucket, u.key]
+        if u.options is not NO_OPTIONS:
+            options = _options(u.options)
+            if options:
+                item.append(options)
+        uploads.append(item)
     return _dumps({"endpoint": job.endpoint, "topic": job.publish_topic,
                    "metadata": job.metadata, "uploads": uploads},
                   f"request {job.request.id} job {job.target or 'direct'}")
@@ -190,9 +266,12 @@ def _job(request: Request, target: object, body: str | bytes) -> Job:
     uploads = []
     for i, item in enumerate(_get(d, "uploads", w, list)):
         where = f"{w}.uploads[{i}]"
-        if not isinstance(item, list) or len(item) != 3:
-            raise Unreadable(f"{where}: got {short(item)}, expected [source, bucket, key]")
-        src, bucket, key = item
+        # (options: absent in records older than object options, and for the defaults)
+        if not isinstance(item, list) or len(item) not in (3, 4):
+            raise Unreadable(f"{where}: got {short(item)}, expected [source, bucket, key] "
+                             "or [source, bucket, key, options]")
+        src, bucket, key = item[:3]
+        options = _unoptions(item[3], f"{where}[3]") if len(item) == 4 else NO_OPTIONS
         if isinstance(src, int) and not isinstance(src, bool):
             if not 0 <= src < len(request.files):
                 raise Unreadable(f"{where}[0]: got {src}, expected a file index below "
@@ -203,21 +282,33 @@ def _job(request: Request, target: object, body: str | bytes) -> Job:
         if not isinstance(bucket, str) or not isinstance(key, str):
             raise Unreadable(f"{where}: got bucket {short(bucket)} and key {short(key)}, "
                              "expected text")
-        uploads.append(Upload(source, bucket, key))
+        uploads.append(Upload(source, bucket, key, options))
     return Job(request=request, target=target, endpoint=_get(d, "endpoint", w, str),
                uploads=tuple(uploads), metadata=_get(d, "metadata", w, Mapping),
                publish_topic=_get(d, "topic", w, str))
 
 
+#: what results record only when set (absent in older records): key -> default
+_RESULT_EXTRAS: dict[str, Any] = {"version_id": None, "storage_class": None,
+                                  "encryption": None, "written_with": "",
+                                  "already_there": False}
+
+
 def _results_body(job: Job, results: Sequence[UploadResult]) -> str:
     index = {id(u): i for i, u in enumerate(job.uploads)}
-    out = [{"upload": index[id(r.upload)] if id(r.upload) in index else
-            {"source": _file(r.upload.source), "bucket": r.upload.bucket,
-             "key": r.upload.key},
-            "size": r.size, "attempts": r.attempts, "seconds": r.seconds, "etag": r.etag,
-            "error": r.error, "reason": r.reason, "checksum": r.checksum,
-            "algorithm": r.checksum_algorithm, "parts": r.parts, "stat": r.source_stat}
-           for r in results]
+    out = []
+    for r in results:
+        item = {"upload": index[id(r.upload)] if id(r.upload) in index else
+                {"source": _file(r.upload.source), "bucket": r.upload.bucket,
+                 "key": r.upload.key},
+                "size": r.size, "attempts": r.attempts, "seconds": r.seconds, "etag": r.etag,
+                "error": r.error, "reason": r.reason, "checksum": r.checksum,
+                "algorithm": r.checksum_algorithm, "parts": r.parts, "stat": r.source_stat}
+        for name, default in _RESULT_EXTRAS.items():
+            value = getattr(r, name)
+            if value != default:
+                item[name] = value
+        out.append(item)
     return _dumps(out, f"request {job.request.id} job {job.target or 'direct'} results")
 
 
@@ -242,12 +333,17 @@ def _results(job: Job, body: str | bytes) -> tuple[UploadResult, ...]:
                             _get(u, "key", f"{w}.upload", str))
         text: dict[str, str | None] = {k: _get(d, k, w, str, optional=True) for k in
                                        ("etag", "error", "reason", "checksum", "algorithm")}
+        extra: dict[str, Any] = {k: _get(d, k, w, str, optional=True) for k in
+                                 ("version_id", "storage_class", "encryption",
+                                  "written_with") if k in d}
+        if "already_there" in d:
+            extra["already_there"] = _get(d, "already_there", w, bool)
         out.append(UploadResult(upload, _get(d, "size", w, int), _get(d, "attempts", w, int),
                                 float(_get(d, "seconds", w, int, float)), etag=text["etag"],
                                 error=text["error"], reason=text["reason"],
                                 checksum=text["checksum"], checksum_algorithm=text["algorithm"],
                                 parts=_get(d, "parts", w, int),
-                                source_stat=_stat(d["stat"], f"{w}.stat")))
+                                source_stat=_stat(d["stat"], f"{w}.stat"), **extra))
     return tuple(out)
 
 

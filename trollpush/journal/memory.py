@@ -127,7 +127,9 @@ class MemoryJournal:
                 self._landed.pop(obj, None)  # re-inserted: the newest is last
                 self._landed[obj] = _Landed(r.source_stat, _answer(
                     r.upload, r.size, r.etag, r.checksum, r.checksum_algorithm, r.parts,
-                    r.source_stat, r.part_size), now)
+                    r.source_stat, r.part_size, version_id=r.version_id,
+                    storage_class=r.storage_class, encryption=r.encryption,
+                    written_with=r.written_with), now)
             else:
                 self._landed.pop(obj, None)
 

@@ -163,11 +163,14 @@ class Journal(Protocol):
 
 
 def _answer(upload: Upload, size: int, etag: str | None, checksum: str | None,
-            algorithm: str | None, parts: int, stat: Stat, part_size: int | None = None
-            ) -> UploadResult:
+            algorithm: str | None, parts: int, stat: Stat, part_size: int | None = None, *,
+            version_id: str | None = None, storage_class: str | None = None,
+            encryption: str | None = None, written_with: str | None = "") -> UploadResult:
+    """What the landed index answers: what landed, and what its completion said."""
     return UploadResult(upload, size, 0, 0.0, etag=etag, checksum=checksum,
                         checksum_algorithm=algorithm, parts=parts, part_size=part_size,
-                        source_stat=stat)
+                        source_stat=stat, version_id=version_id, storage_class=storage_class,
+                        encryption=encryption, written_with=written_with)
 
 
 def _found(landed: Callable[[str, str, str], UploadResult | None], job: Job,

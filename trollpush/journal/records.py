@@ -133,7 +133,8 @@ def landed_rows(job: Job, results: tuple[UploadResult, ...], now: float
             f = r.upload.source
             index.append((*obj, size, mtime, _i64(ino), now, r.size, r.etag, r.checksum,
                           r.checksum_algorithm, r.parts, f.uri, str(f.path), f.uid,
-                          r.part_size))
+                          r.part_size, r.version_id, r.storage_class, r.encryption,
+                          r.written_with))
         else:
             forget.append(obj)
     return index, forget
@@ -152,8 +153,9 @@ def uploaded(c: sqlite3.Connection, tally: Counter[str], job: Job, body: str, rb
 def land(c: sqlite3.Connection, index: list[Row], forget: list[Object]) -> None:
     c.executemany("INSERT OR REPLACE INTO landed (endpoint, bucket, key, st_size, "
                   "st_mtime_ns, st_ino, at, size, etag, checksum, checksum_algorithm, "
-                  "parts, uri, path, uid, part_size) VALUES "
-                  "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", index)
+                  "parts, uri, path, uid, part_size, version_id, storage_class, encryption, "
+                  "options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                  "?)", index)
     if forget:
         c.executemany("DELETE FROM landed WHERE endpoint = ? AND bucket = ? AND key = ?",
                       forget)
@@ -181,17 +183,21 @@ def landed(rows_of: Rows, endpoint: str, bucket: str, key: str, since: float,
            stat: Stat | None = None) -> UploadResult | None:
     """What landed at the object at ``since`` or later (with ``stat``: that file only)."""
     rows = rows_of("SELECT size, etag, checksum, checksum_algorithm, parts, uri, path, "
-                   "uid, part_size, st_size, st_mtime_ns, st_ino FROM landed WHERE "
+                   "uid, part_size, version_id, storage_class, encryption, options, "
+                   "st_size, st_mtime_ns, st_ino FROM landed WHERE "
                    "endpoint = ? AND bucket = ? AND key = ? AND at >= ?",
                    (endpoint, bucket, key, since))
     if not rows:
         return None
-    rsize, etag, checksum, algorithm, parts, uri, path, uid, part_size, *st = rows[0]
+    (rsize, etag, checksum, algorithm, parts, uri, path, uid, part_size, version_id,
+     storage_class, encryption, options, *st) = rows[0]
     recorded = (st[0], st[1], _u64(st[2]))
     if stat is not None and recorded != tuple(stat):
         return None
     upload = Upload(SourceFile(uri=uri, path=Path(path), uid=uid), bucket, key)
-    return _answer(upload, rsize, etag, checksum, algorithm, parts, recorded, part_size)
+    return _answer(upload, rsize, etag, checksum, algorithm, parts, recorded, part_size,
+                   version_id=version_id, storage_class=storage_class,
+                   encryption=encryption, written_with=options)
 
 
 def prune(conn: sqlite3.Connection, *, now: float, keep_seconds: float, keep_max: int,

@@ -28,7 +28,7 @@ from .codec import UNREADABLE, _job_record, _request, unreadable
 logger = logging.getLogger(__name__)
 
 #: the SQLite schema this version writes (``PRAGMA user_version``)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: quarantined rows are kept this long for an operator to look at
 QUARANTINE_KEEP_SECONDS = 30 * 86400
 #: and at most this many (the newest): a bound on the file, whatever goes wrong
@@ -84,7 +84,10 @@ SCHEMA = [
         checksum TEXT,
         PRIMARY KEY (multipart, number)) WITHOUT ROWID""",
     # part_size (v2): the part size a multipart object was uploaded with (NULL: a single
-    # PUT, or not recorded); last, where the v1 -> v2 upgrade adds it
+    # PUT, or not recorded); last, where the v1 -> v2 upgrade adds it.  v3 adds what a
+    # completion of the object says (version_id, storage_class, encryption) and the
+    # fingerprint of the object options it was written with (``options``: '' for none,
+    # what every object written before v3 had; NULL: not known)
     """CREATE TABLE landed (
         endpoint TEXT NOT NULL,
         bucket TEXT NOT NULL,
@@ -102,6 +105,10 @@ SCHEMA = [
         path TEXT NOT NULL,
         uid TEXT NOT NULL,
         part_size INTEGER,
+        version_id TEXT,
+        storage_class TEXT,
+        encryption TEXT,
+        options TEXT DEFAULT '',
         PRIMARY KEY (endpoint, bucket, key))""",
     "CREATE INDEX landed_at ON landed (at)",
     *_QUARANTINE,
@@ -110,6 +117,10 @@ SCHEMA = [
 #: statements that take a file from version ``v`` to ``v + 1``; every row stays
 _UPGRADES: dict[int, list[str]] = {
     1: [*_QUARANTINE, "ALTER TABLE landed ADD COLUMN part_size INTEGER"],
+    2: ["ALTER TABLE landed ADD COLUMN version_id TEXT",
+        "ALTER TABLE landed ADD COLUMN storage_class TEXT",
+        "ALTER TABLE landed ADD COLUMN encryption TEXT",
+        "ALTER TABLE landed ADD COLUMN options TEXT DEFAULT ''"],
 }
 
 

@@ -1,9 +1,10 @@
 """Transfer: files to S3 objects through one warm pool per endpoint, under one retry policy.
 
 ``engine`` is the facade (``TransferEngine``); ``policy`` decides what is tried again, at
-once or later; ``single`` and ``multipart`` make the store calls of one upload; ``pool``
-keeps each endpoint's connections warm and its slots; ``source`` opens and reads the
-files; ``checksum`` computes what the store verifies.
+once or later; ``single`` and ``multipart`` make the store calls of one upload;
+``conditional`` decides what a conditional write's 412 means; ``pool`` keeps each
+endpoint's connections warm and its slots; ``source`` opens and reads the files;
+``checksum`` computes what the store verifies.
 
 The names below are imported on first use (PEP 562), as in ``trollpush`` itself: the
 config and the receivers need only ``checksum`` and ``source``, and must not pay for

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import EndpointConfig
 from ..errors import PermanentTransferError, Reason, TransferError
-from ..models import ObjectOptions, Upload, UploadResult
+from ..models import NO_OPTIONS, ObjectOptions, Upload, UploadResult
 from ..stats import (
     ATTEMPTS,
     BYTES,
@@ -30,7 +30,7 @@ from ..stats import (
     UPLOADS,
     Stats,
 )
-from . import checksum, multipart, policy, single
+from . import checksum, conditional, multipart, policy, single
 from .endpoints import Endpoints
 from .files import Files
 from .multipart import Progress
@@ -42,6 +42,21 @@ if TYPE_CHECKING:
     from ..progress import Meter
 
 logger = logging.getLogger(__name__)
+
+#: the options of uploads given none, per checksum algorithm: one instance each, so
+#: their S3 parameters are built once, not per file (the small-file firehose)
+_PLAIN: dict[str, ObjectOptions] = {}
+
+
+def _options(upload: Upload, algorithm: str) -> ObjectOptions:
+    """What the upload's store calls carry: its options with the endpoint's checksum."""
+    given = upload.options
+    if given is NO_OPTIONS:
+        plain = _PLAIN.get(algorithm)
+        if plain is None:
+            plain = _PLAIN[algorithm] = ObjectOptions(checksum=algorithm)
+        return plain
+    return given if given.checksum == algorithm else replace(given, checksum=algorithm)
 
 
 class TransferEngine:
@@ -162,16 +177,21 @@ class TransferEngine:
         during which the file changes is abandoned before the store commits it; a file
         that changed after a commit is uploaded again (up to ``tries`` times), never
         reported as landed.  ``landed``: what the journal says landed at this object
-        earlier; if the file's content and the object at the store both still match it,
-        nothing is sent (``attempts`` 0).
+        earlier; if the file's content and the object at the store both still match it
+        (and it was written with the same object options), nothing is sent (``attempts``
+        0).  A conditional write (``if_none_match``) that finds an object at the key
+        compares it with what was sent: the same size and checksum count as landed
+        (``already_there``), anything else fails with reason ``exists``.
         """
         end = (self._endpoints if via is None else via)[endpoint]
-        options = ObjectOptions(checksum=end.config.checksum)
+        options = _options(upload, end.config.checksum)
         start = time.monotonic()
         counter = AttemptCounter()
         source: Source | None = None
         end.pool.uploading += 1
         try:
+            if options.missing_key is not None:
+                raise _key_missing(upload, options.missing_key)
             source = await end.files.call(end.config, 0, open_source, upload.source.path,
                                           upload.source.uri, self._roots, discard=Source.close)
             if landed is not None:
@@ -190,14 +210,19 @@ class TransferEngine:
         seconds = time.monotonic() - start
         end.pool.last_success = time.time()
         self._count(endpoint, "completed", None, counter.attempts, source.size, seconds)
-        logger.info("upload complete %s -> %s (%d bytes, %.3f s, %d attempt(s)%s)",
+        logger.info("upload complete %s -> %s (%d bytes, %.3f s, %d attempt(s)%s%s)",
                     upload.source.uri, upload.url, source.size, seconds, counter.attempts,
-                    f", {out.parts} parts" if out.parts else "")
+                    f", {out.parts} parts" if out.parts else "",
+                    ", already there: the same size and checksum" if out.exists else "")
         return UploadResult(upload, source.size, counter.attempts, seconds, etag=out.etag,
                             checksum=out.checksum,
                             checksum_algorithm=None if options.checksum == "none"
                             else options.checksum,
-                            parts=out.parts, part_size=out.part_size, source_stat=source.stat)
+                            parts=out.parts, part_size=out.part_size, source_stat=source.stat,
+                            version_id=out.version_id, storage_class=options.storage_class,
+                            encryption=out.encryption,
+                            written_with=None if out.exists else options.fingerprint,
+                            already_there=out.exists)
 
     async def _send(self, end: Endpoint, upload: Upload, source: Source,
                     options: ObjectOptions, counter: AttemptCounter,
@@ -220,7 +245,12 @@ class TransferEngine:
                 except SourceChanged as err:
                     logger.warning("%s (upload %d of %d)", err.detail, turn, ep.tries)
                     continue
-                committed = True
+                if out.exists:
+                    if committed:  # our copy of the file's earlier content is in the way
+                        break
+                    out = await conditional.existing(end, upload, source.size, options, out)
+                else:
+                    committed = True
                 if await end.files.call(ep, 0, source.fingerprint) == source.opened:
                     return out
                 logger.warning("file changed after its upload to %s; upload %d of %d",
@@ -277,6 +307,8 @@ class TransferEngine:
         why = None
         if algo == "none" or landed.checksum_algorithm != algo or landed.checksum is None:
             why = "no recorded checksum to compare with"
+        elif landed.written_with != options.fingerprint:
+            why = _other_options(landed, options)
         elif landed.size != source.size:
             why = f"size {source.size} is not the {landed.size} recorded"
         if why is None:
@@ -327,6 +359,20 @@ class TransferEngine:
         except TransferError as err:
             logger.error("could not remove %s, the copy of a file that kept changing: %s",
                          upload.url, err.detail)
+
+
+def _key_missing(upload: Upload, name: str) -> PermanentTransferError:
+    return PermanentTransferError(f"the SSE-C key with MD5 {name} that {upload.url} is "
+                                  "written with is not loaded (no key file of the config "
+                                  "has it)", reason=Reason.BAD_OBJECT_OPTIONS)
+
+
+def _other_options(landed: UploadResult, options: ObjectOptions) -> str:
+    """Why an object that landed is not reused: written with other object options."""
+    if landed.storage_class != options.storage_class:
+        return (f"it was written with other object options (storage class "
+                f"{landed.storage_class or 'default'}, now {options.storage_class or 'default'})")
+    return "it was written with other object options"
 
 
 class EngineView:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config.defaults import MIN_PART
 from ..config.units import MiB
-from ..errors import TransferError
+from ..errors import ObjectExists, TransferError
 from ..models import ObjectOptions, Stat, Upload
 from . import checksum
 from .policy import AttemptCounter, Endpoint, classify
@@ -93,10 +93,13 @@ async def send(end: Endpoint, upload: Upload, source: Source, options: ObjectOpt
                  for n in range(1, count + 1)]
         # the last moment to keep a changed file from becoming the object
         await end.files.call(end.config, 0, guard.check)
-        done = await end.tries(0, counter, lambda: end.client.complete_multipart_upload(
-            Bucket=upload.bucket, Key=upload.key, UploadId=upload_id,
-            MultipartUpload={"Parts": [p for p, _ in parts]}, **options.complete()),
-            f"complete {upload.url}")
+        try:
+            done = await end.tries(0, counter, lambda: end.client.complete_multipart_upload(
+                Bucket=upload.bucket, Key=upload.key, UploadId=upload_id,
+                MultipartUpload={"Parts": [p for p, _ in parts]}, **options.complete()),
+                f"complete {upload.url}")
+        except ObjectExists:  # (if_none_match) another object is there: ours is dropped
+            done = None
     except BaseException as err:
         if (isinstance(err, asyncio.CancelledError) and progress is not None
                 and not progress.abandoned):
@@ -106,8 +109,11 @@ async def send(end: Endpoint, upload: Upload, source: Source, options: ObjectOpt
         if isinstance(err, BaseExceptionGroup):
             raise await _first_failure(end, upload, err, guard) from err
         raise
-    return Outcome(done.get("ETag"), checksum.composite(options.checksum,
-                                                        [v for _, v in parts]), count, chunk)
+    value = checksum.composite(options.checksum, [v for _, v in parts])
+    if done is None:  # no parts left behind; the engine compares what is there
+        await asyncio.shield(abort(end, upload, upload_id))
+        return Outcome(None, value, count, chunk, exists=True)
+    return Outcome.of(done, options, value, count, chunk)
 
 
 async def _create(end: Endpoint, upload: Upload, options: ObjectOptions,
@@ -160,7 +166,7 @@ async def _resumable(end: Endpoint, upload: Upload, options: ObjectOptions, chun
         listed: dict[int, str] = {}
         paginator = end.client.get_paginator("list_parts")
         async for page in paginator.paginate(Bucket=upload.bucket, Key=upload.key,
-                                             UploadId=upload_id):
+                                             UploadId=upload_id, **options.list_parts()):
             listed.update({p["PartNumber"]: p["ETag"] for p in page.get("Parts", [])})
     except Exception as err:  # NoSuchUpload (aborted or expired), or the store is down
         logger.info("not resuming %s (%s): %s", upload.url, upload_id, classify(err).detail)

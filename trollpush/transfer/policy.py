@@ -7,9 +7,10 @@ error is retried at once, after a short pause only when the store asks to slow d
 overloaded, no slot free) is worth a new round: the rounds wait 1 s, doubling to 60 s,
 until the request's ``max_age``.  Never: a refusal no retry can fix
 (:class:`PermanentTransferError`: no bucket, bad credentials, a file that is missing or
-not allowed, a bug) nor a file that kept changing.  Which is which follows from the
-error's family, decided by :func:`classify` at the one boundary where botocore, aiohttp
-and OS errors come in.
+not allowed, a bug; a conditional write refused with 412, :class:`ObjectExists`, which
+the engine then compares with what it sent) nor a file that kept changing.  Which is
+which follows from the error's family, decided by :func:`classify` at the one boundary
+where botocore, aiohttp and OS errors come in.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import aiohttp
 import botocore.exceptions
 
 from ..errors import (
+    ObjectExists,
     PermanentTransferError,
     Reason,
     RetriesExhausted,
@@ -58,7 +60,10 @@ THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException",
 #: client, a clock or token refreshed meanwhile
 RETRY_4XX_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch",
                              "XAmzContentChecksumMismatch", "RequestTimeout",
-                             "RequestTimeTooSkewed", "IncompleteBody", "ExpiredToken"})
+                             "RequestTimeTooSkewed", "IncompleteBody", "ExpiredToken",
+                             # a conditional write raced another write of the key (409):
+                             # AWS says to try again
+                             "ConditionalRequestConflict"})
 #: the pause between rounds of uploads that failed in a way worth waiting out
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0
 
@@ -72,6 +77,8 @@ def classify(err: BaseException) -> TransferError:
         code = str(info.get("Code", "?"))
         status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         detail = f"{code}: {info.get('Message', err)}"
+        if status == 412 or code == "PreconditionFailed":  # If-None-Match: * refused
+            return ObjectExists(detail)
         if code in PERMANENT_CODES:
             return PermanentTransferError(detail)
         if code in THROTTLE_CODES or status in (429, 503):
@@ -164,8 +171,8 @@ class Endpoint:
             finally:
                 pool.end()
             if isinstance(error, PermanentTransferError) or attempt == ep.tries:
-                if attempt == 1:
-                    raise error
+                if attempt == 1 or isinstance(error, ObjectExists):  # (412: an answer,
+                    raise error  # maybe to our own earlier attempt that landed)
                 raise RetriesExhausted(error, attempts=attempt)
             self.stats.inc(RETRIES, endpoint=self.name)
             logger.info("retry %s (attempt %d failed: %s)", what, attempt, error.detail)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ObjectExists
 from ..models import ObjectOptions, Upload
 from . import checksum
 from .policy import AttemptCounter, Endpoint
@@ -21,12 +22,26 @@ if TYPE_CHECKING:
 
 @dataclass
 class Outcome:
-    """What the store answered for an upload that landed (a single PUT: ``parts`` 0)."""
+    """What the store answered for an upload that landed (a single PUT: ``parts`` 0);
+    or, ``exists``, that a conditional write found an object at the key and wrote
+    nothing (``checksum``: of what was sent, for the engine to compare)."""
 
     etag: str | None
     checksum: str | None
     parts: int
     part_size: int | None = None
+    version_id: str | None = None
+    encryption: str = "none"  # see ObjectOptions.encryption_of
+    exists: bool = False
+
+    @classmethod
+    def of(cls, response: Any, options: ObjectOptions, checksum: str | None, parts: int = 0,
+           part_size: int | None = None) -> Outcome:
+        """From a PutObject or CompleteMultipartUpload response (or a HeadObject's)."""
+        version = response.get("VersionId")
+        # "null": S3's name for "no version" (moto says it of an unversioned bucket)
+        return cls(response.get("ETag"), checksum, parts, part_size,
+                   None if version == "null" else version, options.encryption_of(response))
 
 
 async def put(end: Endpoint, upload: Upload, source: Source, options: ObjectOptions,
@@ -66,7 +81,10 @@ async def put(end: Endpoint, upload: Upload, source: Source, options: ObjectOpti
                                               tally=tally),
                     **options.put(value))
 
-        response = await end.tries(size, counter, attempt, f"PUT {upload.url}", guard)
+        try:
+            response = await end.tries(size, counter, attempt, f"PUT {upload.url}", guard)
+        except ObjectExists:  # (if_none_match) nothing was written: the engine compares
+            return Outcome(None, value, 0, exists=True)
         if small is not None and meter is not None:
             meter.sent((end.name, upload.url, 0), size)
-    return Outcome(response.get("ETag"), value, 0)
+    return Outcome.of(response, options, value)
