@@ -26,7 +26,6 @@ from typing import Any
 
 import boto3
 import pytest
-import yaml
 from botocore.exceptions import ClientError
 
 from .conftest import CREDS
@@ -222,4 +221,4 @@ def test_versioned_bucket_and_sse_s3_on_moto(s3_url: str, tmp_path: Path) -> Non
     assert item["encryption"] == "sse-s3" and head["ServerSideEncryption"] == "AES256"
     assert item["storage_class"] == "STANDARD_IA" == head["StorageClass"]
     assert item["etag"] == head["ETag"].strip('"')
-    assert yaml.safe_load(json.dumps(item))["size"] == 50_000
+    assert item["size"] == 50_000
