@@ -153,10 +153,10 @@ def test_a_mapping_collection_is_announced_once_with_the_same_names() -> None:
     out = message.data["collection"]
     assert list(out) == ["ir", "vs"]
     assert out["ir"] == {"band": "ir", "dataset": [
-        {"uri": "s3://b/ir/f0.nc", "uid": "f0.nc", "size": 10},
-        {"uri": "s3://b/ir/f1.nc", "uid": "f1.nc", "size": 11}]}
+        {"uri": "s3://b/ir/f0.nc", "uid": "f0.nc", "size": 10, "encryption": "none"},
+        {"uri": "s3://b/ir/f1.nc", "uid": "f1.nc", "size": 11, "encryption": "none"}]}
     assert out["vs"] == {"band": "vs", "dataset": [
-        {"uri": "s3://b/vs/f0.nc", "uid": "f0.nc", "size": 12}]}
+        {"uri": "s3://b/vs/f0.nc", "uid": "f0.nc", "size": 12, "encryption": "none"}]}
     assert message.data["platform_name"] == "Meteosat-11"
     assert message.data["endpoint"] == "default"
 
@@ -165,8 +165,9 @@ def test_a_list_collection_is_still_announced_as_a_list() -> None:
     data = {"collection": [{"dataset": files(1), "band": "ir"}, {"uri": "/data/in/x.nc"}]}
     [job] = router("s3://b/{uid}").route(request_of(data)).jobs
     assert completion(job, landed(job)).data["collection"] == [
-        {"band": "ir", "dataset": [{"uri": "s3://b/f0.nc", "uid": "f0.nc", "size": 10}]},
-        {"uri": "s3://b/x.nc", "uid": "x.nc", "size": 11}]
+        {"band": "ir", "dataset": [{"uri": "s3://b/f0.nc", "uid": "f0.nc", "size": 10,
+                                    "encryption": "none"}]},
+        {"uri": "s3://b/x.nc", "uid": "x.nc", "size": 11, "encryption": "none"}]
 
 
 # --- end to end: what segment_gatherer publishes ------------------------------------------

@@ -743,3 +743,39 @@ def test_a_waiting_client_is_answered_503_at_shutdown_and_the_next_start_finishe
     with running_daemon(config) as daemon:
         wait_until(lambda: daemon.counts["completed"] == 1, what="the resumed upload")
     assert s3.head_object(Bucket=bucket, Key="held.h5")["ContentLength"] == 70_000
+
+
+def test_if_none_match_answers_409_for_another_object_and_200_for_the_same(
+        base_config: dict[str, Any], tmp_path: Path, bucket: str, s3: Any) -> None:
+    """An endpoint with ``if_none_match`` (and a tag from a metadata field): curl's upload
+    lands; another file for the same key is 409 ``exists`` and the object is kept; the
+    same file again is 200 (it is already there); a tag beyond S3's limits is a 400
+    ``bad_object_options`` before anything is sent."""
+    base_config["endpoints"]["default"].update(
+        # md5: moto keeps no checksum of a single PUT, the ETag is compared
+        checksum="md5", object={"if_none_match": True, "tags": {"mission": "{mission}"}})
+    first, other = tmp_path / "first.h5", tmp_path / "other.h5"
+    first.write_bytes(os.urandom(3000))
+    other.write_bytes(os.urandom(3000))
+    uri = f"s3://{bucket}/kept/x.h5"
+    with running_daemon(http_config(base_config)) as daemon:
+        url = url_of(daemon)
+        code, reply, _ = post(url, {"file": str(first), "uri": uri, "mission": "one"})
+        assert code == 200, reply
+        code, reply, headers = post(url, {"file": str(other), "uri": uri, "mission": "one"})
+        assert code == 409 and reply["task"]["reason"] == "exists", reply
+        assert "not overwritten" in headers.get("X-Error", ""), headers
+        code, reply, _ = post(url, {"file": str(first), "uri": f"s3://{bucket}/bad.h5",
+                                    "mission": "x" * 257})
+        assert code == 400 and reply["task"]["reason"] == "bad_object_options", reply
+    # a daemon with a journal of its own (nothing recorded): the store refuses the write,
+    # and what is there is this same file
+    base_config["journal"] = {"path": str(tmp_path / "other-journal.sqlite")}
+    with running_daemon(http_config(base_config)) as daemon:
+        code, reply, _ = post(url_of(daemon), {"file": str(first), "uri": uri, "mission": "one"})
+        assert code == 200, reply
+        assert daemon.transfer.completed == 1
+    assert s3.get_object(Bucket=bucket, Key="kept/x.h5")["Body"].read() == first.read_bytes()
+    tags = s3.get_object_tagging(Bucket=bucket, Key="kept/x.h5")["TagSet"]
+    assert tags == [{"Key": "mission", "Value": "one"}]
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="bad")

@@ -17,6 +17,7 @@ import base64
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import urllib.request
@@ -222,3 +223,67 @@ def test_versioned_bucket_and_sse_s3_on_moto(s3_url: str, tmp_path: Path) -> Non
     assert item["storage_class"] == "STANDARD_IA" == head["StorageClass"]
     assert item["etag"] == head["ETag"].strip('"')
     assert item["size"] == 50_000
+
+
+def test_kill_9_mid_sse_c_multipart_then_restart_resumes_with_the_key(
+        seaweed: str, weed_bucket: str, tmp_path: Path) -> None:
+    """kill -9 while an SSE-C multipart upload is half done; the restarted daemon takes the
+    key again from its config (the journal holds only its MD5), lists the parts with it,
+    sends the rest with it, and the object reads back only with it."""
+    key = os.urandom(32)
+    key_file = tmp_path / "sse-c.key"
+    key_file.write_bytes(key)
+    config, ports = _config(seaweed, weed_bucket, key_file, tmp_path)
+    # slow enough to be cut in the middle: 40 MiB at 40 Mbit/s, one part at a time
+    config["endpoints"]["default"].update(bandwidth_limit="40Mbit", max_parts_in_flight=1)
+    path = tmp_path / NAME.format(orbit=3)
+    path.write_bytes(os.urandom(40 * 1024 * 1024))
+    journal = tmp_path / "journal.sqlite"
+
+    def parts_done() -> int:
+        if not journal.exists():
+            return 0
+        conn = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(conn.execute("SELECT count(*) FROM parts").fetchone()[0])
+        finally:
+            conn.close()
+
+    store = _client(seaweed)
+    listener = Listener(f"tcp://127.0.0.1:{ports['pub']}")
+    producer = Producer(f"tcp://127.0.0.1:{ports['sub']}")
+    try:
+        with daemon_process(config, tmp_path, "-v") as (proc, log):
+            wait_until(lambda: "trollpush ready" in log.read_text() or proc.poll() is not None,
+                       30, "daemon ready")
+            link(producer, listener, SUBJECT)
+            producer.send(SUBJECT, "file", {"uri": str(path), "uid": path.name})
+            wait_until(lambda: parts_done() >= 2, 60, "two parts recorded")
+            proc.kill()
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+        assert not listener.of_type("file")
+        first = log.read_text()
+        with daemon_process(config, tmp_path, "-v") as (proc, log):
+            done = listener.wait_for(lambda ms: any(m.type == "file" for m in ms), 90,
+                                     "the completion after the restart")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        second = log.read_text()
+    finally:
+        producer.close()
+        listener.close()
+    assert "resuming multipart upload" in second, second
+    resumed = int(second.split("resuming multipart upload", 1)[1].split(": ", 1)[1]
+                  .split(" part(s)", 1)[0])
+    assert resumed >= 2
+    item = next(m.data for m in done if m.type == "file")
+    assert item["encryption"] == "sse-c" and item["checksum"].endswith("-8")
+    obj = f"NOAA-20/{path.name}"
+    sse = {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": key}
+    assert store.get_object(Bucket=weed_bucket, Key=obj, **sse)["Body"].read() == \
+        path.read_bytes()
+    with pytest.raises(ClientError):
+        store.head_object(Bucket=weed_bucket, Key=obj)
+    assert store.list_multipart_uploads(Bucket=weed_bucket).get("Uploads", []) == []
+    for form in (base64.b64encode(key).decode(), key.hex(), repr(key)[2:-1]):
+        assert form not in first + second

@@ -27,12 +27,14 @@ _MEANING = {
     202: "`wait=false`: the request is in the journal; its outcome is only announced.",
     400: "A missing or invalid field, a path that is not absolute, a file that is missing, "
          "unreadable, not a regular file or outside `allowed_roots`, a bad `uri`, or no "
-         "target matched.",
+         "target matched, or object options that do not compose or are beyond S3's "
+         "limits (`bad_object_options`).",
     401: "`http.token_file` is set and the `Authorization: Bearer TOKEN` header is missing "
          "or wrong.",
     404: "The bucket does not exist (`NoSuchBucket`).",
     408: "The request waited longer than the endpoint's `queue_timeout` for an upload "
          "slot, or the client took longer than `http.read_timeout` to send it.",
+    409: "`if_none_match`: another object is already at the key, and was kept (`exists`).",
     413: "The body is larger than `daemon.max_request_bytes`.",
     500: "Anything else (`internal_error`, `file_changed`).",
     502: "Another error from the store, after the last try.",

@@ -32,6 +32,8 @@ STATUS: Mapping[str, int] = {
     Reason.NOT_ALLOWED: 400, Reason.FILE_UNREADABLE: 400, Reason.BAD_DESTINATION: 400,
     Reason.NO_ROUTE: 400, Reason.COMPOSE_ERROR: 400, Reason.BAD_OBJECT_OPTIONS: 400,
     Reason.TOO_LARGE: 413,
+    # if_none_match: another object is at the key, and was kept
+    Reason.EXISTS: 409,
     # the store (s3nd: 404 NoSuchBucket, 408 queue timeout, 502 other S3 errors, 504 the
     # last attempt timed out)
     NO_SUCH_BUCKET: 404,

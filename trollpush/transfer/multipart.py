@@ -206,6 +206,10 @@ async def abort(end: Endpoint, upload: Upload, upload_id: str) -> None:
             Bucket=upload.bucket, Key=upload.key, UploadId=upload_id), f"abort {upload.url}")
         logger.info("multipart upload aborted %s (%s)", upload.url, upload_id)
     except TransferError as err:
+        if "NoSuchUpload" in err.detail:  # completed after all (a retried complete whose
+            # first answer was lost), aborted or expired: nothing is left behind
+            logger.info("multipart upload %s (%s) is gone already", upload.url, upload_id)
+            return
         logger.error("could not abort multipart upload %s (%s): %s: parts remain until "
                      "a lifecycle rule removes them", upload.url, upload_id, err.detail)
 
