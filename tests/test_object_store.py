@@ -126,6 +126,28 @@ async def test_an_upload_lands_with_every_option(store: Store, tmp_path: Path,
             == path.read_bytes())
 
 
+@pytest.mark.parametrize("size", [70_000, 11 * MiB], ids=["single", "multipart"])
+async def test_sse_kms_with_a_key_id(s3_url: str, s3: Any, bucket: str, tmp_path: Path,
+                                     size: int) -> None:
+    """moto only: it records the KMS key id as given (a key made in its own KMS).  SeaweedFS
+    4.48 without a KMS provider configured answers ``aws:kms`` with 500 InternalError
+    (its log: "KMS is not configured"), seen here."""
+    kms = boto3.client("kms", endpoint_url=s3_url, region_name="us-east-1",
+                       aws_access_key_id=CREDS["AWS_ACCESS_KEY_ID"],
+                       aws_secret_access_key=CREDS["AWS_SECRET_ACCESS_KEY"])
+    key_id = kms.create_key(Description="trollpush test")["KeyMetadata"]["KeyId"]
+    path = _file(tmp_path, "kms.h5", size)
+    store = Store("moto", s3_url, bucket, s3)
+    options = ObjectOptions(encryption="sse-kms", kms_key_id=key_id)
+    result = await _one(store, _upload(path, bucket, "kms.h5", options), **SMALL_PARTS)
+    assert result.ok, result.error
+    head = s3.head_object(Bucket=bucket, Key="kms.h5")
+    assert head["ServerSideEncryption"] == "aws:kms"
+    assert head["SSEKMSKeyId"].endswith(key_id)
+    assert result.encryption == "sse-kms"
+    assert s3.get_object(Bucket=bucket, Key="kms.h5")["Body"].read() == path.read_bytes()
+
+
 async def test_the_acl_asked_for_is_applied(s3_url: str, s3: Any, bucket: str,
                                             tmp_path: Path) -> None:
     """moto only: SeaweedFS 4.48 accepts ``x-amz-acl: public-read`` on the PUT (200),
