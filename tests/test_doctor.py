@@ -4,8 +4,11 @@ test CA, and this host's addresses, journal and directories."""
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import hashlib
 import json
+import os
 import socket
 import ssl
 import threading
@@ -17,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import yaml
 from aiobotocore.session import AioSession
@@ -24,6 +28,7 @@ from aiobotocore.session import AioSession
 from trollpush.cli import build_parser, main
 from trollpush.config import EndpointConfig, JournalConfig, default_journal_path, parse_config
 from trollpush.doctor import Check, Status, diagnose, exit_code, render
+from trollpush.doctor.buckets import buckets_by_endpoint, check_bucket
 from trollpush.doctor.checks import in_thread
 from trollpush.doctor.endpoints import clock_skew, ssl_context, tls
 from trollpush.doctor.host import host_checks
@@ -34,6 +39,7 @@ from trollpush.doctor.local import (
     nameserver_check,
 )
 
+from .conftest import CREDS
 from .helpers import daemon_process, free_port, wait_until
 from .test_light import _heavy, _imports
 from .test_tls import _certificates
@@ -200,6 +206,171 @@ def test_secrets_are_never_printed(s3_url: str, bucket: str, tmp_path: Path,
     assert "credentials default: found (env; not shown)" in text
     for value in (key, secret, token, "AKIDFROMTHEENV0002", "env/secret+Value0002"):
         assert value not in text
+
+
+# --- the probe carries the targets' object options -----------------------------------------
+
+def _with_object(config: dict[str, Any], **block: Any) -> dict[str, Any]:
+    """``config`` whose first target has this ``object`` block."""
+    config["targets"][0]["object"] = block
+    return config
+
+
+def _weed_client(url: str) -> Any:
+    return boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                        aws_access_key_id=CREDS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=CREDS["AWS_SECRET_ACCESS_KEY"])
+
+
+def _probes_left(s3: Any, bucket: str) -> list[str]:
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=".trollpush-doctor/")
+    return [o["Key"] for o in listed.get("Contents", [])]
+
+
+def test_the_probe_carries_the_object_options(s3_url: str, s3: Any, bucket: str,
+                                              tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """moto: storage class, SSE-S3, ACL, content type ``auto``, metadata and tags (those
+    composed per file left out), ``if_none_match``; the probe's old version shows them."""
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    config = _with_object(
+        _config(tmp_path, s3_url, bucket), storage_class="STANDARD_IA", encryption="sse-s3",
+        acl="bucket-owner-full-control", content_type="auto", if_none_match=True,
+        metadata={"site": "kiruna", "platform": "{platform_name}"},
+        tags={"project": "eo", "mission": "{platform_name}"})
+    code, out, _ = _cli(tmp_path, config, capsys=capsys)
+    assert code == 0, out
+    line = next(x for x in out.splitlines() if x.startswith(f"OK    bucket s3://{bucket}"))
+    assert line.startswith(
+        f"OK    bucket s3://{bucket} @default: exists; a probe object with the object "
+        "options of target t0 (storage_class=STANDARD_IA "
+        "content_type=application/octet-stream acl=bucket-owner-full-control "
+        "metadata=[site] tags=[project] encryption=sse-s3 if_none_match=true) written ("), line
+    assert line.endswith(") and deleted")  # entries left out do not matter here
+    assert _probes_left(s3, bucket) == []
+    versions = s3.list_object_versions(Bucket=bucket, Prefix=".trollpush-doctor/")
+    assert len(versions["DeleteMarkers"]) == 1
+    [version] = versions["Versions"]
+    head = s3.head_object(Bucket=bucket, Key=version["Key"], VersionId=version["VersionId"])
+    assert head["StorageClass"] == "STANDARD_IA" and head["ServerSideEncryption"] == "AES256"
+    assert head["Metadata"] == {"site": "kiruna"}
+    assert head["ContentType"] == "application/octet-stream"
+    tags = s3.get_object_tagging(Bucket=bucket, Key=version["Key"],
+                                 VersionId=version["VersionId"])["TagSet"]
+    assert tags == [{"Key": "project", "Value": "eo"}]
+
+
+def test_one_probe_per_distinct_set_of_options(s3_url: str, s3: Any, bucket: str,
+                                               tmp_path: Path) -> None:
+    config = _config(tmp_path, s3_url, bucket, bucket, bucket)
+    for target, tags in zip(config["targets"][:2], ("{platform_name}", "{orbit}"), strict=True):
+        target["object"] = {"storage_class": "STANDARD_IA", "tags": {"mission": tags}}
+    checks = _run(diagnose(parse_config(config), limit=3))
+    found = sorted((c for c in checks if c.check == "bucket"), key=lambda c: c.detail)
+    assert [c.status for c in found] == [Status.OK] * 2, render(checks)
+    assert found[0].detail.startswith("exists; a probe object for target t2 written (")
+    assert found[1].detail.startswith("exists; a probe object with the object options of "
+                                      "target t0, t1 (storage_class=STANDARD_IA) written (")
+    assert found[1].detail.endswith(" and deleted; tags not tried (composed per file: "
+                                    "mission)")
+    assert _probes_left(s3, bucket) == []
+
+
+def test_sse_kms_without_a_kms_is_named_as_refused(seaweed: str, weed_bucket: str,
+                                                   tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]
+                                                   ) -> None:
+    """SeaweedFS 4.48 without a KMS answers SSE-KMS with 500 InternalError, which the
+    daemon would retry for max_age; the storage class beside it is taken."""
+    config = _with_object(_config(tmp_path, seaweed, weed_bucket),
+                          storage_class="STANDARD_IA", encryption="sse-kms",
+                          metadata={"site": "kiruna"})
+    code, out, _ = _cli(tmp_path, config, capsys=capsys)
+    assert code == 1, out
+    lines = out.splitlines()
+    at = next(i for i, x in enumerate(lines) if x.startswith("FAIL  bucket"))
+    assert lines[at].startswith(
+        f"FAIL  bucket s3://{weed_bucket} @default: exists, but a PUT of .trollpush-doctor/")
+    assert (" with the object options of target t0 failed: InternalError (HTTP 500); a plain "
+            "PUT succeeds: the store refuses encryption=sse-kms (InternalError, HTTP 500) "
+            "(the daemon would try each upload again until daemon.max_age before failing "
+            "it)") in lines[at]
+    assert "storage_class" not in lines[at] and "metadata" not in lines[at]
+    assert lines[at + 1] == (
+        "      fix: configure the store's KMS (or give kms_key_id a key these credentials "
+        "may use: kms:GenerateDataKey), or choose another encryption (sse-s3, or none: the "
+        "bucket's default); in the object block of target t0 or endpoints.default.object")
+    assert _probes_left(_weed_client(seaweed), weed_bucket) == []
+
+
+def test_a_storage_class_the_store_lacks_is_named(s3_url: str, s3: Any, bucket: str,
+                                                  tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    config = _with_object(_config(tmp_path, s3_url, bucket), storage_class="COLD_TAPE",
+                          encryption="sse-s3", tags={"project": "eo"})
+    code, out, _ = _cli(tmp_path, config, "--json", capsys=capsys)
+    assert code == 1, out
+    [found] = [c for c in json.loads(out) if c["check"] == "bucket"]
+    assert found["status"] == "FAIL"
+    assert found["detail"].endswith(
+        "failed: InvalidStorageClass (HTTP 400); a plain PUT succeeds: the store refuses "
+        "storage_class=COLD_TAPE (InvalidStorageClass, HTTP 400)")  # refused at once
+    assert found["fix"].startswith("use one of the store's storage classes instead of "
+                                   "COLD_TAPE (or leave storage_class out")
+    assert _probes_left(s3, bucket) == []
+
+
+def test_an_sse_c_probe_names_its_key_by_md5_only(seaweed: str, weed_bucket: str,
+                                                  tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """SeaweedFS enforces SSE-C; the probe's DELETE needs no key."""
+    raw = os.urandom(32)
+    key_file = tmp_path / "sse-c.key"
+    key_file.write_bytes(raw)
+    key_file.chmod(0o600)
+    md5 = base64.b64encode(hashlib.md5(raw).digest()).decode()
+    config = _with_object(_config(tmp_path, seaweed, weed_bucket), encryption="sse-c",
+                          sse_c_key_file=str(key_file))
+    code, out, err = _cli(tmp_path, config, capsys=capsys)
+    assert code == 0, out
+    assert (f"OK    bucket s3://{weed_bucket} @default: exists; a probe object with the "
+            f"object options of target t0 (encryption=sse-c (key md5 {md5})) written") in out
+    _, json_out, _ = _cli(tmp_path, config, "--json", capsys=capsys)
+    for form in (base64.b64encode(raw).decode(), raw.hex(), repr(raw)[2:-1]):
+        assert form not in out + err + json_out
+    assert _probes_left(_weed_client(seaweed), weed_bucket) == []
+
+
+class _Refusing:
+    """A client whose bucket exists and that refuses every PUT, as a store does to
+    credentials without s3:PutObject."""
+
+    def __init__(self) -> None:
+        self.puts: list[dict[str, Any]] = []
+
+    async def head_bucket(self, **kw: Any) -> None:
+        return None
+
+    async def put_object(self, **kw: Any) -> None:
+        from botocore.exceptions import ClientError
+
+        self.puts.append(kw)
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"},
+                           "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")
+
+
+async def test_no_write_access_is_told_from_refused_options(tmp_path: Path) -> None:
+    config = parse_config(_with_object(_config(tmp_path, "http://127.0.0.1:1", "b"),
+                                       storage_class="GLACIER", acl="private"))
+    client = _Refusing()
+    [check] = await check_bucket(client, config.endpoints["default"], "b",
+                                 buckets_by_endpoint(config)["default"]["b"], write=True,
+                                 limit=3)
+    assert check.status is Status.FAIL
+    assert check.detail.endswith("a PUT without them failed too: AccessDenied (HTTP 403)")
+    assert check.fix == "grant the endpoint's credentials s3:PutObject on arn:aws:s3:::b/*"
+    given = sorted((p.get("StorageClass", ""), p.get("ACL", "")) for p in client.puts)
+    assert given == [("", ""), ("", "private"), ("GLACIER", ""), ("GLACIER", "private")]
 
 
 # --- clock and TLS on loopback HTTP servers -------------------------------------------------

@@ -5,13 +5,15 @@ FAIL, with the fix in one line): the host's TCP tuning (``host``), each endpoint
 (``endpoints``, ``buckets``) and this host's side of the config (``local``).  Endpoints
 and local checks run concurrently; the host checks size socket buffers against the RTTs
 the endpoints measured.  Every network call is bounded by ``limit`` (``--timeout``);
-secrets found on the way are scrubbed from every line.  docs/tuning.md says what each check means.
+secrets found on the way (and every SSE-C key the probes send) are scrubbed from every
+line.  docs/tuning.md says what each check means.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 from collections.abc import Sequence
@@ -44,13 +46,22 @@ async def diagnose(config: Config, *, write: bool = True, rate: float = DEFAULT_
         for name, ep in config.endpoints.items()))
     host = host_checks(sysctl_root or SYSCTL_ROOT, {r.name: r.rtt for r in reports}, rate)
     checks = [*host, *(c for r in reports for c in r.checks), *await local]
-    secrets = {s for r in reports for s in r.secrets} | _env_secrets()
+    secrets = {s for r in reports for s in r.secrets} | _env_secrets() | _key_secrets(config)
     return [c.scrubbed(secrets) for c in checks]
 
 
 def _env_secrets() -> set[str]:
     return {v for k, v in os.environ.items()
             if k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID") and v}
+
+
+def _key_secrets(config: Config) -> set[str]:
+    """Every form of each SSE-C key the probes send (an error text must not quote one)."""
+    blocks = [*(ep.object for ep in config.endpoints.values()),
+              *(t.object for t in config.targets)]
+    keys = {b.sse_c.key for b in blocks if b.sse_c is not None and b.sse_c.key is not None}
+    return {form for key in keys
+            for form in (base64.b64encode(key).decode(), key.hex(), repr(key)[2:-1])}
 
 
 def exit_code(checks: Sequence[Check]) -> int:

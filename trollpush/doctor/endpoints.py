@@ -26,7 +26,7 @@ from aiobotocore.session import AioSession
 from botocore.httpsession import create_urllib3_context, get_cert_path
 
 from ..config import EndpointConfig
-from .buckets import bucket_checks
+from .buckets import Probe, bucket_checks
 from .checks import Check, Status, fail, in_thread, ms, ok, warn, why
 
 SKEW_WARN = 60.0  # seconds; past this a clock is drifting
@@ -44,10 +44,10 @@ class EndpointReport:
     secrets: set[str] = field(default_factory=set)
 
 
-async def check_endpoint(ep: EndpointConfig, buckets: Mapping[str, Sequence[str]], *,
+async def check_endpoint(ep: EndpointConfig, buckets: Mapping[str, Sequence[Probe]], *,
                          write: bool, limit: float) -> EndpointReport:
     """Every check of one endpoint; ``buckets`` maps each bucket (or bucket template)
-    its targets name to those targets' names."""
+    its targets name to the probes of those targets' object options."""
     from ..transfer.pool import EndpointPool
 
     report = EndpointReport(ep.name)
