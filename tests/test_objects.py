@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from trollpush import objects
+from trollpush import models, objects
 from trollpush.config import Config, ObjectConfig, parse_config
 from trollpush.config.model import NO_OBJECT
 from trollpush.errors import ConfigError, Reason
@@ -75,7 +75,8 @@ def test_no_object_block_gives_exactly_the_default_options() -> None:
     cfg = config(None, {})
     assert cfg.endpoints["default"].object is NO_OBJECT
     assert cfg.targets[0].object is NO_OBJECT
-    assert options_of(cfg) == ObjectOptions()
+    # the very instance the engine and the journal know: no per-upload work, no record
+    assert options_of(cfg) is models.NO_OPTIONS
     assert objects.plan(NO_OBJECT) is None  # routing does no work at all for it
 
 
@@ -219,6 +220,19 @@ def test_a_target_overrides_key_by_key_and_entry_by_entry() -> None:
     assert merged.tags == (("mission", "{platform_name}"), ("level", "l1b"))
     assert merged.if_none_match is True
     assert cfg.endpoints["default"].object.if_none_match is False  # the endpoint's own
+
+
+def test_null_metadata_or_tags_in_a_target_drops_the_endpoints_an_empty_one_keeps_them(
+        ) -> None:
+    cfg = config({"metadata": {"site": "nkp"}, "tags": {"level": "l1"}},
+                 {"object": {"metadata": None, "tags": None}},
+                 {"object": {"metadata": {}, "tags": {}}})
+    dropped, kept = (t.object for t in cfg.targets)
+    assert (dropped.metadata, dropped.tags) == ((), ())
+    assert (kept.metadata, kept.tags) == ((("site", "nkp"),), (("level", "l1"),))
+    first, second = routed(cfg).jobs
+    assert first.uploads[0].options.metadata == ()  # the first target's upload sends none
+    assert second.uploads[0].options.metadata == (("site", "nkp"),)
 
 
 def test_encryption_keys_are_taken_together(key_file: tuple[Path, bytes]) -> None:

@@ -21,7 +21,7 @@ from .config import Choice, Comparison, Condition, ConditionSet, Config, Scalar,
 from .errors import Reason, RouteError
 from .logsafe import short
 from .messages import parse_destination
-from .models import Job, ObjectOptions, Request, SourceFile, Upload
+from .models import NO_OPTIONS, Job, Request, SourceFile, Upload
 from .templates import compose as _compose
 from .templates import fields as template_fields
 
@@ -31,8 +31,6 @@ __all__ = ["DEFAULT_TOPIC", "Field", "RouteFailure", "RouteResult", "Router", "R
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOPIC = "/trollpush/uploaded/"
-#: the options of every upload whose target and endpoint have no object block
-_NO_OPTIONS = ObjectOptions()
 
 
 @dataclass(frozen=True)
@@ -111,7 +109,7 @@ class Router:
         uploads = []
         for f in request.files:
             try:
-                options = _NO_OPTIONS if plan is None else objects.compose_options(
+                options = NO_OPTIONS if plan is None else objects.compose_options(
                     plan, _merged({}, request, f), f.path.name, f"endpoints.{endpoint}.object")
                 uploads.append(Upload(f, *parse_destination(dest, f.path.name), options))
             except RouteError as err:
@@ -156,7 +154,7 @@ class Router:
             named = _aliased(meta, target.aliases)
             try:
                 dest = _compose(target.destination, named, f"targets[{target.name}].destination")
-                options = _NO_OPTIONS if plan is None else objects.compose_options(
+                options = NO_OPTIONS if plan is None else objects.compose_options(
                     plan, named, f.path.name, f"targets[{target.name}].object")
                 uploads.append(Upload(f, *parse_destination(dest, f.path.name), options))
             except RouteError as err:

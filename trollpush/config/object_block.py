@@ -127,9 +127,11 @@ def _acl(v: Validator, value: object, key: str) -> str | None:
 def _entries(v: Validator, raw: object, key: str, inherited: tuple[tuple[str, str], ...],
              check: Any) -> tuple[tuple[str, str], ...]:
     """``metadata`` or ``tags`` merged entry by entry over ``inherited``; the literal
-    values (and every key) checked against S3's limits, templates for their syntax."""
+    values (and every key) checked against S3's limits, templates for their syntax.
+    ``null`` is the default, none at all, as for every key (a target drops its
+    endpoint's entries so)."""
     if raw is None:
-        return inherited
+        return ()
     data = v.mapping(raw, key)
     if data is None:
         return inherited
