@@ -300,6 +300,15 @@ async def test_an_sse_c_multipart_upload_resumes_with_its_key(weed: Store,
 ONCE = ObjectOptions(if_none_match=True)
 
 
+def _crc32c(data: bytes) -> str:
+    """The CRC32C header value of ``data`` (botocore would need awscrt to make it)."""
+    from trollpush.transfer import checksum
+
+    h = checksum.new("crc32c")
+    h.update(data)
+    return checksum.encode(h)
+
+
 def _comparable(store: Store, size: int) -> dict[str, Any]:
     """A checksum the store reports back for an object of ``size`` bytes: moto 5.2 keeps
     none of a single PUT (its HEAD has no x-amz-checksum-*), so there md5 (the ETag of a
@@ -344,6 +353,28 @@ async def test_if_none_match_answers_the_same_content_as_landed(
     assert again.storage_class == "STANDARD_IA" and again.written_with is None
     assert "already there" in caplog.text
     assert store.s3.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []
+
+
+async def test_an_object_already_there_is_announced_as_it_is_not_as_asked(
+        store: Store, tmp_path: Path) -> None:
+    """Another writer put the same bytes there, plainly: the completion tells the storage
+    class and encryption the object has; asked to encrypt, it is not the file (``exists``):
+    a completion never calls an object kept in clear encrypted."""
+    path = _file(tmp_path, "theirs.h5", 70_000)
+    store.s3.put_object(Bucket=store.bucket, Key="theirs.h5", Body=path.read_bytes(),
+                        ContentType="text/plain", Metadata={"owner": "someone-else"},
+                        ChecksumCRC32C=_crc32c(path.read_bytes()))  # (moto: by the ETag)
+    config = _comparable(store, 70_000)
+    asked = replace(ONCE, storage_class="STANDARD_IA")
+    found = await _one(store, _upload(path, store.bucket, "theirs.h5", asked), **config)
+    assert found.ok and found.already_there, found.error
+    assert (found.storage_class, found.encryption) == ("STANDARD", "none")
+    encrypted = replace(ONCE, encryption="sse-s3")
+    refused = await _one(store, _upload(path, store.bucket, "theirs.h5", encrypted), **config)
+    assert refused.reason == "exists", refused
+    assert "encrypted none, not sse-s3" in (refused.error or "")
+    head = store.s3.head_object(Bucket=store.bucket, Key="theirs.h5")
+    assert head["Metadata"] == {"owner": "someone-else"}  # never overwritten
 
 
 async def test_a_put_whose_answer_was_lost_comes_out_as_done(store: Store,

@@ -127,6 +127,14 @@ SSE_MODES = {"none": None, "sse-s3": "AES256", "sse-kms": "aws:kms", "sse-c": No
 _SSE_REPORTED = {"AES256": "sse-s3", "aws:kms": "sse-kms", "aws:kms:dsse": "sse-kms"}
 
 
+def encryption_found(head: Mapping[str, Any]) -> str:
+    """The encryption mode a store reports of an object (a HeadObject, or the answer to
+    the call that wrote it): ``sse-c``, ``sse-s3``, ``sse-kms`` or ``none``."""
+    if head.get("SSECustomerAlgorithm"):
+        return "sse-c"
+    return _SSE_REPORTED.get(str(head.get("ServerSideEncryption")), "none")
+
+
 @dataclass(frozen=True)
 class SseCKey:
     """An SSE-C key (32 bytes), named by ``md5`` (base64 of its MD5, S3's
@@ -217,11 +225,11 @@ class ObjectOptions:
         return str(value) if value else None
 
     def encryption_of(self, response: Mapping[str, Any]) -> str:
-        """The encryption mode to announce: the one asked for, else what the store says it
-        applied (a bucket's default encryption), else ``none``."""
+        """The encryption mode to announce for an object this upload wrote: the one asked
+        for, else what the store says it applied (a bucket's default), else ``none``."""
         if self.encryption != "none":
             return self.encryption
-        return _SSE_REPORTED.get(str(response.get("ServerSideEncryption")), "none")
+        return encryption_found(response)
 
     def _for(self, call: str, value: str | None = None) -> dict[str, Any]:
         takes = _TAKES[call]

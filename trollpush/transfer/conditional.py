@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ObjectExists, TransferError
-from ..models import ObjectOptions, Upload
+from ..models import ObjectOptions, Upload, encryption_found
 from . import policy
 from .policy import AttemptCounter, Endpoint
 from .single import Outcome
@@ -41,17 +41,20 @@ async def existing(end: Endpoint, upload: Upload, size: int, options: ObjectOpti
     if why is not None:
         raise ObjectExists(f"{upload.url} exists with other content ({why}) and was not "
                            "overwritten (if_none_match)")
-    there = Outcome.of(head, options, sent.checksum, sent.parts, sent.part_size)
-    there.exists = True
-    return there
+    return Outcome.found(head, sent.checksum, sent.parts, sent.part_size)
 
 
 def differs(head: Mapping[str, Any], size: int, options: ObjectOptions,
             sent: Outcome) -> str | None:
-    """Why the object a HEAD describes is not the ``size`` bytes we sent (None: it is)."""
+    """Why the object a HEAD describes is not the ``size`` bytes we sent (None: it is).
+    An object not encrypted as asked is not it either: a completion must not say that
+    what is kept in clear is encrypted (its storage class is announced as found)."""
     there = head.get("ContentLength")
     if there != size:
         return f"{there} bytes, not the {size} sent"
+    found = encryption_found(head)
+    if options.encryption != "none" and found != options.encryption:
+        return f"it is encrypted {found}, not {options.encryption}"
     stored = options.stored(head)
     ours = sent.checksum
     if stored is not None and ours is not None:

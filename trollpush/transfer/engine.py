@@ -219,7 +219,7 @@ class TransferEngine:
                             checksum_algorithm=None if options.checksum == "none"
                             else options.checksum,
                             parts=out.parts, part_size=out.part_size, source_stat=source.stat,
-                            version_id=out.version_id, storage_class=options.storage_class,
+                            version_id=out.version_id, storage_class=out.storage_class,
                             encryption=out.encryption,
                             written_with=None if out.exists else options.fingerprint,
                             already_there=out.exists)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ObjectExists
-from ..models import ObjectOptions, Upload
+from ..models import ObjectOptions, Upload, encryption_found
 from . import checksum
 from .policy import AttemptCounter, Endpoint
 from .source import Source
@@ -33,15 +33,29 @@ class Outcome:
     version_id: str | None = None
     encryption: str = "none"  # see ObjectOptions.encryption_of
     exists: bool = False
+    storage_class: str | None = None
 
     @classmethod
     def of(cls, response: Any, options: ObjectOptions, checksum: str | None, parts: int = 0,
            part_size: int | None = None) -> Outcome:
-        """From a PutObject or CompleteMultipartUpload response (or a HeadObject's)."""
-        version = response.get("VersionId")
-        # "null": S3's name for "no version" (moto says it of an unversioned bucket)
-        return cls(response.get("ETag"), checksum, parts, part_size,
-                   None if version == "null" else version, options.encryption_of(response))
+        """From a PutObject or CompleteMultipartUpload response: the object as written."""
+        return cls(response.get("ETag"), checksum, parts, part_size, _version(response),
+                   options.encryption_of(response), storage_class=options.storage_class)
+
+    @classmethod
+    def found(cls, head: Any, checksum: str | None, parts: int = 0,
+              part_size: int | None = None) -> Outcome:
+        """From the HeadObject of an object that was already there (``exists``): what it
+        is, not what was asked for (S3 leaves out the class STANDARD)."""
+        return cls(head.get("ETag"), checksum, parts, part_size, _version(head),
+                   encryption_found(head), exists=True,
+                   storage_class=str(head.get("StorageClass") or "STANDARD"))
+
+
+def _version(response: Any) -> str | None:
+    """"null" is S3's name for "no version" (moto says it of an unversioned bucket)."""
+    version = response.get("VersionId")
+    return None if version == "null" else version
 
 
 async def put(end: Endpoint, upload: Upload, source: Source, options: ObjectOptions,
