@@ -295,6 +295,32 @@ async def test_an_sse_c_multipart_upload_resumes_with_its_key(weed: Store,
     assert weed.s3.list_multipart_uploads(Bucket=weed.bucket).get("Uploads", []) == []
 
 
+async def test_a_recorded_sse_c_multipart_upload_without_its_key_is_aborted(
+        weed: Store, tmp_path: Path) -> None:
+    """Resumed (after a restart) under a config that no longer has the key: the upload
+    fails with ``bad_object_options`` and its recorded multipart upload is aborted (an
+    abort needs no key): no encrypted parts are left at the store."""
+    key = _sse_c()
+    path = _file(tmp_path, "rotated.h5", 21 * MiB)
+    options = ObjectOptions(encryption="sse-c", sse_c=key)
+    recorder = _Recorder()
+    engine = await started_engine(weed.url, max_parts_in_flight=1, **SMALL_PARTS)
+    try:
+        task = asyncio.create_task(engine.upload(
+            _upload(path, weed.bucket, "rotated.h5", options), "default", progress=recorder))
+        await wait_until_async(lambda: len(recorder.parts) >= 2, what="two parts recorded")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert weed.s3.list_multipart_uploads(Bucket=weed.bucket).get("Uploads")
+        keyless = replace(options, sse_c=SseCKey(key.md5))  # as the journal gives it back
+        result = await engine.upload(_upload(path, weed.bucket, "rotated.h5", keyless),
+                                     "default", progress=recorder)
+    finally:
+        await engine.close()
+    assert result.reason == "bad_object_options" and key.md5 in (result.error or "")
+    assert weed.s3.list_multipart_uploads(Bucket=weed.bucket).get("Uploads", []) == []
+
+
 # --- conditional writes ---------------------------------------------------------------------
 
 ONCE = ObjectOptions(if_none_match=True)
@@ -306,7 +332,9 @@ def _crc32c(data: bytes) -> str:
 
     h = checksum.new("crc32c")
     h.update(data)
-    return checksum.encode(h)
+    value = checksum.encode(h)
+    assert value is not None
+    return value
 
 
 def _comparable(store: Store, size: int) -> dict[str, Any]:

@@ -191,6 +191,7 @@ class TransferEngine:
         end.pool.uploading += 1
         try:
             if options.missing_key is not None:
+                await self._abort_recorded(end, upload, progress)
                 raise _key_missing(upload, options.missing_key)
             source = await end.files.call(end.config, 0, open_source, upload.source.path,
                                           upload.source.uri, self._roots, discard=Source.close)
@@ -223,6 +224,15 @@ class TransferEngine:
                             encryption=out.encryption,
                             written_with=None if out.exists else options.fingerprint,
                             already_there=out.exists)
+
+    @staticmethod
+    async def _abort_recorded(end: Endpoint, upload: Upload,
+                              progress: Progress | None) -> None:
+        """A multipart upload recorded for this file that cannot go on (its SSE-C key is
+        gone) is aborted, which needs no key: no encrypted parts are left behind."""
+        recorded = progress.multipart(upload) if progress is not None else None
+        if recorded is not None:
+            await asyncio.shield(multipart.abort(end, upload, recorded[0]))
 
     async def _send(self, end: Endpoint, upload: Upload, source: Source,
                     options: ObjectOptions, counter: AttemptCounter,
