@@ -86,6 +86,18 @@ def test_a_refused_conditional_write_is_object_exists_and_a_conflict_is_retried(
     assert not isinstance(conflict, PermanentTransferError) and retry_later(conflict)
 
 
+async def test_a_conflicting_write_is_not_tried_again_in_place_but_in_a_later_round() -> None:
+    """409 ConditionalRequestConflict: AWS says to write again from the start (a new
+    multipart upload), so the same call is not repeated; a later round does it all."""
+    end = _endpoint(tries=4)
+    counter = AttemptCounter()
+    with pytest.raises(TransferError) as caught:
+        await end.tries(0, counter, _script(_client_error("ConditionalRequestConflict", 409),
+                                            "never"), "complete x")
+    assert counter.attempts == 1 and retry_later(caught.value)
+    assert end.stats.count(RETRIES) == 0
+
+
 def test_classify_raises_what_it_does_not_know() -> None:
     with pytest.raises(ZeroDivisionError):
         classify(ZeroDivisionError())

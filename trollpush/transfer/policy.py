@@ -60,12 +60,16 @@ THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException",
 #: client, a clock or token refreshed meanwhile
 RETRY_4XX_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch",
                              "XAmzContentChecksumMismatch", "RequestTimeout",
-                             "RequestTimeTooSkewed", "IncompleteBody", "ExpiredToken",
-                             # a conditional write raced another write of the key (409):
-                             # AWS says to try again
-                             "ConditionalRequestConflict"})
+                             "RequestTimeTooSkewed", "IncompleteBody", "ExpiredToken"})
 #: the pause between rounds of uploads that failed in a way worth waiting out
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0
+
+
+class ConflictingWrite(TransferError):
+    """A conditional write raced another write of the key (409
+    ConditionalRequestConflict).  AWS says to write again from the start, a multipart
+    upload from a new CreateMultipartUpload: so not retried on the same call, but worth
+    a later round (where the other write may have landed: a 412, then compared)."""
 
 
 def classify(err: BaseException) -> TransferError:
@@ -79,6 +83,8 @@ def classify(err: BaseException) -> TransferError:
         detail = f"{code}: {info.get('Message', err)}"
         if status == 412 or code == "PreconditionFailed":  # If-None-Match: * refused
             return ObjectExists(detail)
+        if code == "ConditionalRequestConflict":
+            return ConflictingWrite(detail)
         if code in PERMANENT_CODES:
             return PermanentTransferError(detail)
         if code in THROTTLE_CODES or status in (429, 503):
@@ -170,7 +176,8 @@ class Endpoint:
                 error.detail = f"{what}: {error.detail}"
             finally:
                 pool.end()
-            if isinstance(error, PermanentTransferError) or attempt == ep.tries:
+            if (isinstance(error, (PermanentTransferError, ConflictingWrite))
+                    or attempt == ep.tries):
                 if attempt == 1 or isinstance(error, ObjectExists):  # (412: an answer,
                     raise error  # maybe to our own earlier attempt that landed)
                 raise RetriesExhausted(error, attempts=attempt)
