@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 import yaml
 
-from trollpush.config import EVENT_LOOPS, config_schema
+from trollpush.config import EVENT_LOOPS, config_schema, parse_config
 from trollpush.config.defaults import SECTIONS, Key, Kind
 from trollpush.config.schema import kind_schema
 from trollpush.transfer.checksum import ALGORITHMS
@@ -115,3 +115,12 @@ def test_schema_takes_choices_and_defaults_from_the_code() -> None:
 @pytest.mark.parametrize("kind", list(Kind))
 def test_every_kind_of_key_has_a_schema(kind: Kind) -> None:
     assert kind_schema(Key(kind, "doc", choices=("a",)))
+
+
+def test_tags_of_letters_beyond_ascii_are_taken_by_the_schema_as_by_the_validator() -> None:
+    """ECMA-262's ``\\w`` is ASCII only (an editor's JSON Schema engine): the schema lets
+    every character beyond ASCII through, so a tag the validator takes is never refused."""
+    data = {"requests": {}, "endpoints": {"default": {"object": {
+        "tags": {"höhe": "Göteborg {platform_name}", "Plats": "Norrköping"}}}}}
+    parse_config(data)
+    assert errors(config_schema(), data) == []

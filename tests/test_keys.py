@@ -58,16 +58,25 @@ def test_a_key_file_of_the_wrong_size_or_form(tmp_path: Path, content: bytes, wh
         assert content.decode(errors="replace")[:20] not in str(info.value)
 
 
-def test_a_symlink_a_directory_and_a_missing_file_are_refused(tmp_path: Path) -> None:
-    real = tmp_path / "real"
-    real.write_bytes(os.urandom(32))
-    (tmp_path / "link").symlink_to(real)
-    with pytest.raises(keys.KeyFileError, match="cannot open"):
-        keys.load(str(tmp_path / "link"))  # a final symlink is never followed
+def test_a_symlinked_key_is_read_a_directory_and_a_missing_file_are_refused(
+        tmp_path: Path) -> None:
+    """A Kubernetes secret volume: ``key -> ..data/key``, ``..data -> ..2026_12_01``."""
+    version = tmp_path / "..2026_12_01"
+    version.mkdir()
+    key = os.urandom(32)
+    (version / "key").write_bytes(key)
+    (tmp_path / "..data").symlink_to(version.name)
+    (tmp_path / "key").symlink_to("..data/key")
+    assert keys.load(str(tmp_path / "key")).key == key
+    (tmp_path / "dir-link").symlink_to(version)
+    with pytest.raises(keys.KeyFileError, match="not a regular file"):
+        keys.load(str(tmp_path / "dir-link"))
     with pytest.raises(keys.KeyFileError, match="not a regular file"):
         keys.load(str(tmp_path))
-    with pytest.raises(keys.KeyFileError, match="cannot open"):
-        keys.load(str(tmp_path / "absent"))
+    (tmp_path / "dangling").symlink_to("nowhere")
+    for missing in ("absent", "dangling"):
+        with pytest.raises(keys.KeyFileError, match="cannot open"):
+            keys.load(str(tmp_path / missing))
 
 
 def test_no_log_line_shows_a_loaded_key(safe_records: None, tmp_path: Path,
@@ -91,3 +100,26 @@ def test_no_log_line_shows_a_loaded_key(safe_records: None, tmp_path: Path,
         assert form not in text
     assert text.count("<hidden>") >= 4
     assert repr(named) == f"SseCKey(md5='{named.md5}')"  # a repr never shows the key
+
+
+def test_a_stores_error_text_that_echoes_a_key_is_hidden_in_the_detail() -> None:
+    """A failure's detail goes into replies, announcements and the journal, not only log
+    lines: a store's message echoing the key header is hidden there too."""
+    import botocore.exceptions
+
+    from trollpush.transfer import classify
+
+    key = os.urandom(32)
+    keys.remember(key)
+    echoed = base64.b64encode(key).decode()
+    err = botocore.exceptions.ClientError(
+        {"Error": {"Code": "InvalidArgument", "Message": f"bad header {echoed}"},
+         "ResponseMetadata": {"HTTPStatusCode": 400}}, "PutObject")
+    detail = classify(err).detail
+    assert echoed not in detail and "<hidden>" in detail
+
+
+def test_sse_c_without_any_key_is_a_missing_key_never_an_unencrypted_write() -> None:
+    assert ObjectOptions(encryption="sse-c").missing_key == "(none recorded)"
+    assert ObjectOptions(encryption="sse-s3").missing_key is None
+    assert ObjectOptions(encryption="sse-c", sse_c=SseCKey("abc")).missing_key == "abc"

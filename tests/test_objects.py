@@ -265,13 +265,33 @@ def test_encryption_keys_are_taken_together(key_file: tuple[Path, bytes]) -> Non
                  "tags.note", "at most 256 characters", id="tag-value-too-long"),
     pytest.param({"tags": {"note": "{notes}"}}, {"notes": "a;b"},
                  "tags.note", "+ - = . _ : / @", id="tag-value-bad-character"),
+    pytest.param({"metadata": {"station": "{station}"}}, {"station": " Kiruna "},
+                 "metadata.station", "without leading or trailing blanks",
+                 id="metadata-value-outer-blanks"),
+    # each tag within its limits, 10 of them: 23 KiB once URL-encoded (6 bytes a "ü")
+    pytest.param({"tags": {f"t{i}": "{station}" for i in range(10)}}, {"station": "ü" * 256},
+                 "", "at most 6144 bytes of headers", id="tags-encoded-beyond-s3s-headers"),
 ])
 def test_a_composed_value_beyond_s3s_limits_fails_with_bad_object_options(
         block: dict[str, Any], meta: dict[str, Any], where: str, expected: str) -> None:
     reason, detail = failure(config(block, {}), **meta)
     assert reason == Reason.BAD_OBJECT_OPTIONS
-    assert detail.startswith(f"targets[t0].object.{where}: composed ")
+    assert detail.startswith(f"targets[t0].object{'.' if where else ''}{where}: composed ")
     assert expected in detail
+
+
+def test_literal_headers_beyond_what_s3_takes_are_a_config_problem() -> None:
+    [problem] = problems_of({"requests": None, "endpoints": {"default": {"object": {
+        "tags": {f"ü{i}" * 40: "ü" * 256 for i in range(10)}}}}})
+    assert problem.key == "endpoints.default.object"
+    assert "bytes of headers" in str(problem) and "8 KiB" in str(problem)
+
+
+def test_auto_content_type_is_of_the_objects_name_never_read_as_a_url() -> None:
+    assert objects.content_type_of("data:text/html,x.nc") == "application/x-netcdf"
+    renamed = config({"content_type": "auto"},
+                     {"pattern": None, "destination": "s3://b/{uid}.nc.gz"})
+    assert options_of(renamed).content_type == "application/gzip"  # not the .h5's
 
 
 def test_tags_allow_unicode_letters_spaces_and_the_listed_signs() -> None:

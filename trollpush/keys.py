@@ -1,7 +1,10 @@
 """SSE-C keys: read once at load, found again by name after a restart, never shown.
 
 A key file holds the 32-byte key, raw or in base64 (44 characters, a trailing newline
-allowed).  It is opened without following a final symlink and read with a bound.  Each
+allowed).  Its path comes from the operator's config and may be a symlink (a
+Kubernetes secret volume is made of them): it is resolved first, then the real file is
+opened without following a symlink, checked to be a regular file and read, with a bound,
+from that one descriptor.  Each
 key loaded is kept in this process's key ring under its name (``SseCKey.md5``, base64 of
 its MD5, S3's ``SSECustomerKeyMD5``), which is all the journal records: a multipart upload
 resumed after a restart takes its key from the ring again.  Every form in which a key
@@ -37,8 +40,9 @@ def name_of(key: bytes) -> str:
 
 def load(path: str) -> SseCKey:
     """The key in ``path`` (raw 32 bytes, or base64 of them), added to the ring."""
+    real = os.path.realpath(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         raise KeyFileError(f"cannot open {path}: {err.strerror}") from None
     try:

@@ -107,6 +107,12 @@ def hide(*secrets: str) -> None:
             _SECRETS.append(secret)
 
 
+def hidden(text: str) -> str:
+    """``text`` with every secret given to :func:`hide` replaced (for texts that leave
+    the process other than by a log line: an error's detail in a reply)."""
+    return _hidden(text) if _SECRETS else text
+
+
 def _hidden(text: str) -> str:
     for secret in _SECRETS:
         if secret in text:

@@ -214,9 +214,13 @@ class ObjectOptions:
     @property
     def missing_key(self) -> str | None:
         """The name (MD5) of the SSE-C key these options need and this process has not
-        loaded (a journaled upload resumed under a config without it); None: none."""
+        loaded (a journaled upload resumed under a config without it); None: none.
+        ``sse-c`` without any key (a damaged record) is one missing too: never written
+        unencrypted."""
         sse_c = self.sse_c
-        return sse_c.md5 if sse_c is not None and sse_c.key is None else None
+        if sse_c is None:
+            return "(none recorded)" if self.encryption == "sse-c" else None
+        return sse_c.md5 if sse_c.key is None else None
 
     def stored(self, head: Mapping[str, Any]) -> str | None:
         """The checksum a HeadObject reports, if the store keeps one of this algorithm."""

@@ -20,7 +20,9 @@ import mimetypes
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
 
 from .errors import Reason, RouteError
 from .models import ObjectOptions
@@ -46,6 +48,9 @@ HEADER_NAME_PATTERN = rf"^{_TOKEN}$"
 HEADER_VALUE_PATTERN = r"^[ -~]*$"
 MEDIA_TYPE_PATTERN = (rf'^{_TOKEN}/{_TOKEN}( *; *{_TOKEN}=({_TOKEN}|"[ !#-\[\]-~]*"))* *$')
 TAG_PATTERN = r"^[\w +\-=.:/@]*$"
+#: the JSON Schema's form of it: ECMA-262's ``\w`` is ASCII only, so every character
+#: beyond ASCII is let through there (the validator checks them as letters)
+TAG_SCHEMA_CHARS = r"\w\u0080-\uffff +\-=.:/@"
 #: S3's limits: user metadata (keys and values, UTF-8 bytes), tags per object, and the
 #: length of a tag's key and value (characters)
 MAX_METADATA_BYTES = 2048
@@ -57,6 +62,9 @@ MAX_TAG_VALUE = 256
 COMPRESSED = {"gzip": "application/gzip", "bzip2": "application/x-bzip2",
               "xz": "application/x-xz"}
 UNKNOWN_TYPE = "application/octet-stream"
+#: the headers an upload's options may make: S3 takes 8 KiB of request headers, and
+#: the rest (signature, checksums, host, length, SSE) needs up to about 1.5 KiB
+MAX_OPTION_HEADERS = 6 * 1024
 #: what ``auto`` knows: Python's own table, never the host's mime.types (a file gets the
 #: same type on every host), and the formats of Earth-observation data
 _TYPES = mimetypes.MimeTypes()
@@ -98,11 +106,39 @@ def check_metadata(pairs: Sequence[tuple[str, str]]) -> list[Problem]:
                         "lowercases the keys: one would replace the other)"))
         if _HEADER_VALUE_RE.match(value) is None:
             out.append((key, value, f"a metadata value of {HEADER_VALUE}"))
+        elif value != value.strip(" "):
+            out.append((key, value, "a metadata value without leading or trailing blanks "
+                        "(HTTP drops them: the store would keep another value)"))
     size = sum(len(k.encode()) + len(v.encode()) for k, v in pairs)
     if size > MAX_METADATA_BYTES:
         out.append((None, f"{size} bytes", f"user metadata of at most {MAX_METADATA_BYTES} "
                     "bytes (S3's limit: the UTF-8 bytes of every key and value)"))
     return out
+
+
+def headers_size(opts: ObjectOptions) -> int:
+    """The bytes of the headers an upload's options make (tags URL-encoded, as sent)."""
+    size = sum(len(f"x-amz-meta-{k}: {v}\r\n".encode()) for k, v in opts.metadata)
+    if opts.tags:
+        size += len(f"x-amz-tagging: {urlencode(opts.tags, quote_via=quote)}\r\n")
+    for name, value in (("content-type", opts.content_type),
+                        ("cache-control", opts.cache_control),
+                        ("content-disposition", opts.content_disposition)):
+        if value is not None:
+            size += len(f"{name}: {value}\r\n")
+    return size
+
+
+def check_headers(opts: ObjectOptions) -> list[Problem]:
+    """Whether the headers the options make fit in a request S3 takes (8 KiB of headers
+    in all, the signature and checksums included): tags, one by one within their limits,
+    can still make a header far longer once URL-encoded."""
+    size = headers_size(opts)
+    if size <= MAX_OPTION_HEADERS:
+        return []
+    return [(None, f"{size} bytes of headers", f"at most {MAX_OPTION_HEADERS} bytes of "
+             "headers for the tags (URL-encoded), metadata, content type, cache control and "
+             "disposition (S3 takes 8 KiB of request headers in all)")]
 
 
 def check_tags(pairs: Sequence[tuple[str, str]]) -> list[Problem]:
@@ -123,9 +159,12 @@ def check_tags(pairs: Sequence[tuple[str, str]]) -> list[Problem]:
 
 
 def content_type_of(name: str) -> str:
-    """``content_type: auto``: the type of the file's base name; a compressed file's is
-    the compressed type (``x.nc.gz`` is application/gzip)."""
-    kind, encoding = _TYPES.guess_type(name, strict=False)
+    """``content_type: auto``: the type of the object's name (the last part of its key:
+    a destination may rename the file); a compressed file's is the compressed type
+    (``x.nc.gz`` is application/gzip)."""
+    # its suffixes only: a name is no URL (``data:text/html,x.nc`` is a NetCDF file)
+    kind, encoding = _TYPES.guess_type("f" + "".join(PurePosixPath(name).suffixes),
+                                       strict=False)
     if encoding is not None:
         return COMPRESSED.get(encoding, UNKNOWN_TYPE)
     return kind or UNKNOWN_TYPE
@@ -175,9 +214,12 @@ def compose_options(plan: Plan, meta: Mapping[str, Any], name: str, where: str
     _refuse(check_metadata(metadata), f"{where}.metadata")
     _refuse(check_tags(tags), f"{where}.tags")
     if plan.auto_type:
-        return replace(plan.base, content_type=content_type_of(name), metadata=metadata,
-                       tags=tags)
-    return replace(plan.base, metadata=metadata, tags=tags)
+        out = replace(plan.base, content_type=content_type_of(name), metadata=metadata,
+                      tags=tags)
+    else:
+        out = replace(plan.base, metadata=metadata, tags=tags)
+    _refuse(check_headers(out), where)
+    return out
 
 
 def options(config: ObjectConfig, meta: Mapping[str, Any], name: str, where: str = "object"

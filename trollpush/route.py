@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import operator
+import posixpath
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -109,9 +110,11 @@ class Router:
         uploads = []
         for f in request.files:
             try:
+                bucket, key = parse_destination(dest, f.path.name)
                 options = NO_OPTIONS if plan is None else objects.compose_options(
-                    plan, _merged({}, request, f), f.path.name, f"endpoints.{endpoint}.object")
-                uploads.append(Upload(f, *parse_destination(dest, f.path.name), options))
+                    plan, _merged({}, request, f), posixpath.basename(key),
+                    f"endpoints.{endpoint}.object")
+                uploads.append(Upload(f, bucket, key, options))
             except RouteError as err:
                 fail = RouteFailure(None, err.reason, err.detail, f, dest)
                 return RouteResult((), (fail,), {})
@@ -154,9 +157,11 @@ class Router:
             named = _aliased(meta, target.aliases)
             try:
                 dest = _compose(target.destination, named, f"targets[{target.name}].destination")
+                bucket, key = parse_destination(dest, f.path.name)
+                # content_type auto: from the object's name, which a destination may change
                 options = NO_OPTIONS if plan is None else objects.compose_options(
-                    plan, named, f.path.name, f"targets[{target.name}].object")
-                uploads.append(Upload(f, *parse_destination(dest, f.path.name), options))
+                    plan, named, posixpath.basename(key), f"targets[{target.name}].object")
+                uploads.append(Upload(f, bucket, key, options))
             except RouteError as err:
                 return RouteFailure(target.name, err.reason, err.detail, f, target.destination)
         job_meta = dict(metas[0]) if request.type == "file" else dict(request.metadata)

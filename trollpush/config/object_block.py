@@ -81,6 +81,10 @@ def read_object(v: Validator, raw: object, prefix: str, *, base: ObjectConfig = 
     if any(name in data for name in _ENCRYPTION):
         given.update(_encryption(v, data, p, key_files, url))
     merged = replace(base, **given)
+    planned = objects.plan(merged)
+    if planned is not None and not planned.templated:  # (composed: checked per file)
+        for _, value, expected in objects.check_headers(planned.base):
+            v.problem(prefix, value, expected)
     return NO_OBJECT if merged == NO_OBJECT else merged
 
 

@@ -169,12 +169,14 @@ def _object_kind(kind: Kind) -> Schema:
                                              "pattern": objects.HEADER_VALUE_PATTERN}}
         case Kind.TAGS:
             return {"type": ["object", "null"],
-                    "propertyNames": {"pattern": objects.TAG_PATTERN, "minLength": 1,
+                    "propertyNames": {"pattern": f"^[{objects.TAG_SCHEMA_CHARS}]*$",
+                                      "minLength": 1,
                                       "maxLength": objects.MAX_TAG_KEY,
                                       "not": {"pattern": "^[aA][wW][sS]:"}},
                     # the tag characters, and {fields} (their values are checked per file)
                     "additionalProperties": {"type": ["string", "null"],
-                                             "pattern": r"^([\w +\-=.:/@]|\{[^{}]*\})*$"}}
+                                             "pattern": rf"^([{objects.TAG_SCHEMA_CHARS}]|"
+                                                        r"\{[^{}]*\})*$"}}
     raise AssertionError(f"no schema for {kind}")  # pragma: no cover
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import botocore.exceptions
 
+from .. import logsafe
 from ..errors import (
     ObjectExists,
     PermanentTransferError,
@@ -80,7 +81,8 @@ def classify(err: BaseException) -> TransferError:
         info = err.response.get("Error", {})
         code = str(info.get("Code", "?"))
         status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        detail = f"{code}: {info.get('Message', err)}"
+        # a store's own text: it could echo a header (an SSE-C key) back
+        detail = logsafe.hidden(f"{code}: {info.get('Message', err)}")
         if status == 412 or code == "PreconditionFailed":  # If-None-Match: * refused
             return ObjectExists(detail)
         if code == "ConditionalRequestConflict":
