@@ -204,3 +204,49 @@ def daemon_process(config: dict[str, Any], tmp_path: Path, *args: str
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class Recorder:
+    """A multipart upload's progress kept in memory, as the journal keeps it on disk."""
+
+    def __init__(self) -> None:
+        self.recovered = False
+        self.abandoned = False
+        self.started: tuple[str, int, Any] | None = None
+        self.parts: dict[int, tuple[str, str | None]] = {}
+
+    async def multipart_started(self, upload: Upload, upload_id: str, part_size: int,
+                                stat: Any) -> None:
+        self.started = (upload_id, part_size, stat)
+        self.parts = {}
+
+    async def part_done(self, upload: Upload, number: int, etag: str,
+                        checksum: str | None) -> None:
+        self.parts[number] = (etag, checksum)
+
+    def multipart(self, upload: Upload) -> Any:
+        if self.started is None:
+            return None
+        upload_id, part_size, stat = self.started
+        return upload_id, dict(self.parts), part_size, stat
+
+
+async def assert_twin_of_a_new_journal(path: Path, new: Path) -> None:
+    """An upgraded journal file has exactly the tables and columns of a new one."""
+    import sqlite3
+
+    from trollpush.journal import SQLiteJournal
+
+    fresh = SQLiteJournal(new)
+    await fresh.open()
+    await fresh.close()
+
+    def schema(where: Path) -> list[Any]:
+        conn = sqlite3.connect(where)
+        try:
+            return [[r[1:] for r in conn.execute(f"PRAGMA table_info({t})")]
+                    for t in ("requests", "jobs", "multipart", "parts", "landed", "quarantine")]
+        finally:
+            conn.close()
+
+    assert schema(path) == schema(new)

@@ -19,12 +19,11 @@ import crc32c
 import pytest
 
 from trollpush.config import EndpointConfig
-from trollpush.models import Upload
 from trollpush.transfer import TransferEngine, part_size
 from trollpush.transfer.pool import SO_MAX_PACING_RATE
 
 from .conftest import CREDS
-from .helpers import started_engine, upload_of, wait_until_async
+from .helpers import Recorder, started_engine, upload_of, wait_until_async
 from .servers import CorruptingProxy
 
 MiB = 1024 * 1024
@@ -289,37 +288,12 @@ async def test_file_that_keeps_changing_fails(s3_url: str, tmp_path: Path, bucke
     assert not result.ok and result.reason == "file_changed"
 
 
-class _Recorder:
-    """Progress kept in memory, as the journal keeps it on disk."""
-
-    def __init__(self) -> None:
-        self.recovered = False
-        self.abandoned = False
-        self.started: tuple[str, int, Any] | None = None
-        self.parts: dict[int, tuple[str, str | None]] = {}
-
-    async def multipart_started(self, upload: Upload, upload_id: str, part_size: int,
-                                stat: Any) -> None:
-        self.started = (upload_id, part_size, stat)
-        self.parts = {}
-
-    async def part_done(self, upload: Upload, number: int, etag: str,
-                        checksum: str | None) -> None:
-        self.parts[number] = (etag, checksum)
-
-    def multipart(self, upload: Upload) -> Any:
-        if self.started is None:
-            return None
-        upload_id, part_size, stat = self.started
-        return upload_id, dict(self.parts), part_size, stat
-
-
 async def test_interrupted_multipart_resumes_from_its_parts(s3_url: str, s3: Any, bucket: str,
                                                             tmp_path: Path) -> None:
     """Cancelled after two parts (a shutdown): the upload is kept, and the next attempt
     sends only the missing parts (ListParts confirms the recorded ones)."""
     path = _file(tmp_path, "long.bin", 26 * MiB)
-    recorder = _Recorder()
+    recorder = Recorder()
     engine = await started_engine(s3_url, multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB,
                            max_parts_in_flight=1)
     sent: list[int] = []
@@ -349,7 +323,7 @@ async def test_an_abandoned_multipart_upload_is_aborted_not_kept(
     """Cancelled after two parts because the requester hung up: nothing is left at the
     store to resume (and nothing for a lifecycle rule to clean up)."""
     path = _file(tmp_path, "gone.bin", 26 * MiB)
-    recorder = _Recorder()
+    recorder = Recorder()
     engine = await started_engine(s3_url, multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB,
                                   max_parts_in_flight=1)
     try:

@@ -27,6 +27,7 @@ from trollpush.journal.codec import (
 from trollpush.journal.schema import _UPGRADES
 from trollpush.models import NO_OPTIONS, Job, ObjectOptions, SseCKey, UploadResult
 
+from .helpers import assert_twin_of_a_new_journal
 from .test_journal import (  # noqa: F401 - fixtures
     T0,
     AnyJournal,
@@ -206,14 +207,4 @@ async def test_a_version_2_journal_is_upgraded_with_every_row(tmp_path: Path) ->
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert conn.execute("SELECT count(*) FROM landed").fetchone()[0] == 1
     conn.close()
-    new = tmp_path / "new.sqlite"
-    fresh = SQLiteJournal(new)
-    await fresh.open()
-    await fresh.close()
-    with sqlite3.connect(path) as old, sqlite3.connect(new) as made:
-        def schema(c: sqlite3.Connection) -> list[Any]:
-            return [[r[1:] for r in c.execute(f"PRAGMA table_info({t})")]
-                    for t in ("requests", "jobs", "multipart", "parts", "landed", "quarantine")]
-        assert schema(old) == schema(made)  # an upgraded file is a new file's twin
-    old.close()
-    made.close()
+    await assert_twin_of_a_new_journal(path, tmp_path / "new.sqlite")

@@ -43,6 +43,12 @@ def trollpush(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60, env=os.environ.copy())
 
 
+def _ready(proc: subprocess.Popen[bytes], log: Path) -> None:
+    wait_until(lambda: "trollpush ready" in log.read_text() or proc.poll() is not None, 30,
+               "daemon ready")
+    assert proc.poll() is None, log.read_text()
+
+
 def _client(url: str) -> Any:
     return boto3.client("s3", endpoint_url=url, region_name="us-east-1",
                         aws_access_key_id=CREDS["AWS_ACCESS_KEY_ID"],
@@ -98,9 +104,7 @@ def test_sse_c_and_conditional_writes_through_the_daemon(seaweed: str, weed_buck
     producer = Producer(f"tcp://127.0.0.1:{ports['sub']}")
     try:
         with daemon_process(config, tmp_path, "-v") as (proc, log):
-            wait_until(lambda: "trollpush ready" in log.read_text() or proc.poll() is not None,
-                       30, "daemon ready")
-            assert proc.poll() is None, log.read_text()
+            _ready(proc, log)
             link(producer, listener, SUBJECT)
             for path in (small, large):
                 producer.send(SUBJECT, "file", {"uri": str(path), "uid": path.name,
@@ -204,9 +208,7 @@ def test_versioned_bucket_and_sse_s3_on_moto(s3_url: str, tmp_path: Path) -> Non
     producer = Producer(f"tcp://127.0.0.1:{ports['sub']}")
     try:
         with daemon_process(config, tmp_path) as (proc, log):
-            wait_until(lambda: "trollpush ready" in log.read_text() or proc.poll() is not None,
-                       30, "daemon ready")
-            assert proc.poll() is None, log.read_text()
+            _ready(proc, log)
             link(producer, listener, SUBJECT)
             producer.send(SUBJECT, "file", {"uri": str(path), "uid": path.name})
             done = listener.wait_for(lambda ms: any(m.type == "file" for m in ms), 30,
@@ -254,8 +256,7 @@ def test_kill_9_mid_sse_c_multipart_then_restart_resumes_with_the_key(
     producer = Producer(f"tcp://127.0.0.1:{ports['sub']}")
     try:
         with daemon_process(config, tmp_path, "-v") as (proc, log):
-            wait_until(lambda: "trollpush ready" in log.read_text() or proc.poll() is not None,
-                       30, "daemon ready")
+            _ready(proc, log)
             link(producer, listener, SUBJECT)
             producer.send(SUBJECT, "file", {"uri": str(path), "uid": path.name})
             wait_until(lambda: parts_done() >= 2, 60, "two parts recorded")

@@ -27,7 +27,7 @@ from trollpush.models import ObjectOptions, SseCKey, Upload
 from trollpush.transfer import TransferEngine
 
 from .conftest import CREDS
-from .helpers import started_engine, upload_of, wait_until_async
+from .helpers import Recorder, started_engine, upload_of, wait_until_async
 
 MiB = 1024 * 1024
 #: multipart from 5 MiB, in 5 MiB parts: an 11 MiB file goes in 3 parts
@@ -236,31 +236,6 @@ async def test_an_sse_c_key_that_is_not_loaded_fails_with_bad_object_options(
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
 
 
-class _Recorder:
-    """Progress kept in memory, as the journal keeps it on disk (see test_engine)."""
-
-    def __init__(self) -> None:
-        self.recovered = False
-        self.abandoned = False
-        self.started: tuple[str, int, Any] | None = None
-        self.parts: dict[int, tuple[str, str | None]] = {}
-
-    async def multipart_started(self, upload: Upload, upload_id: str, part_size: int,
-                                stat: Any) -> None:
-        self.started = (upload_id, part_size, stat)
-        self.parts = {}
-
-    async def part_done(self, upload: Upload, number: int, etag: str,
-                        checksum: str | None) -> None:
-        self.parts[number] = (etag, checksum)
-
-    def multipart(self, upload: Upload) -> Any:
-        if self.started is None:
-            return None
-        upload_id, part_size, stat = self.started
-        return upload_id, dict(self.parts), part_size, stat
-
-
 async def test_an_sse_c_multipart_upload_resumes_with_its_key(weed: Store,
                                                               tmp_path: Path) -> None:
     """Cancelled after two parts (a shutdown); the next attempt lists the parts with the
@@ -269,7 +244,7 @@ async def test_an_sse_c_multipart_upload_resumes_with_its_key(weed: Store,
     path = _file(tmp_path, "long.h5", 21 * MiB)
     upload = _upload(path, weed.bucket, "long.h5",
                      ObjectOptions(encryption="sse-c", sse_c=key, storage_class="STANDARD_IA"))
-    recorder = _Recorder()
+    recorder = Recorder()
     engine = await started_engine(weed.url, max_parts_in_flight=1, **SMALL_PARTS)
     sent: list[int] = []
     listed: list[Any] = []
@@ -303,7 +278,7 @@ async def test_a_recorded_sse_c_multipart_upload_without_its_key_is_aborted(
     key = _sse_c()
     path = _file(tmp_path, "rotated.h5", 21 * MiB)
     options = ObjectOptions(encryption="sse-c", sse_c=key)
-    recorder = _Recorder()
+    recorder = Recorder()
     engine = await started_engine(weed.url, max_parts_in_flight=1, **SMALL_PARTS)
     try:
         task = asyncio.create_task(engine.upload(

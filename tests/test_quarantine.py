@@ -24,7 +24,7 @@ from trollpush.messages import build_request, new_message
 from trollpush.models import Request
 from trollpush.route import Router
 
-from .helpers import running_daemon, wait_until
+from .helpers import assert_twin_of_a_new_journal, running_daemon, wait_until
 from .test_journal import T0, Clock, fields, make_job, make_request, make_result, tables
 
 DAY = 86400.0
@@ -322,17 +322,7 @@ async def test_a_version_1_journal_is_upgraded_with_every_row(tmp_path: Path) ->
         assert conn.execute("SELECT count(*) FROM landed WHERE part_size IS NULL"
                             ).fetchone()[0] == 2
     conn.close()
-    new = tmp_path / "new.sqlite"
-    fresh = SQLiteJournal(new)
-    await fresh.open()
-    await fresh.close()
-    with sqlite3.connect(path) as old, sqlite3.connect(new) as made:
-        def schema(c: sqlite3.Connection) -> list[Any]:
-            return [[r[1:] for r in c.execute(f"PRAGMA table_info({t})")]
-                    for t in ("requests", "jobs", "multipart", "parts", "landed", "quarantine")]
-        assert schema(old) == schema(made)  # an upgraded file is a new file's twin
-    old.close()
-    made.close()
+    await assert_twin_of_a_new_journal(path, tmp_path / "new.sqlite")
 
 
 # --- the daemon ---------------------------------------------------------------------------

@@ -253,15 +253,15 @@ ENDPOINT = _section(
 OBJECT = _section(
     storage_class=Key(Kind.STORAGE_CLASS, "S3 storage class: " + ", ".join(STORAGE_CLASSES)
                       + ", or a store's own upper-case name (default: the bucket's)."),
-    content_type=Key(Kind.MEDIA_TYPE, "auto: from the file's name (a compressed file gets "
-                     "the compressed type); or a type/subtype (default: the store's)."),
+    content_type=Key(Kind.MEDIA_TYPE, "auto: from the object's name (a compressed file "
+                     "gets the compressed type); or a type/subtype (default: the store's)."),
     cache_control=Key(Kind.HEADER, "Cache-Control stored with the object."),
     content_disposition=Key(Kind.HEADER, "Content-Disposition stored with the object."),
     metadata=Key(Kind.METADATA, "User metadata (x-amz-meta-KEY): KEY: trollsift template "
-                 "over the message's metadata; in a target, null removes the endpoint's "
-                 "entry."),
+                 "over the message's metadata; in a target, an entry null removes the "
+                 "endpoint's entry, metadata: null all of them."),
     tags=Key(Kind.TAGS, "Object tags: KEY: trollsift template (at most 10); in a target, "
-             "null removes the endpoint's entry."),
+             "an entry null removes the endpoint's entry, tags: null all of them."),
     encryption=Key(Kind.CHOICE, "Server-side encryption asked for (none: the bucket's "
                    "default applies).", default="none", choices=tuple(SSE_MODES)),
     kms_key_id=Key(Kind.STRING, "sse-kms only: the KMS key (default: the account's AWS "
@@ -271,7 +271,8 @@ OBJECT = _section(
                        "never shown)."),
     acl=Key(Kind.CHOICE, "A canned ACL (default: none sent).", choices=CANNED_ACLS),
     if_none_match=Key(Kind.BOOLEAN, "true: create only; an object already at the key is "
-                      "never overwritten (the upload fails with reason exists).",
+                      "never overwritten (the same file there counts as done, another "
+                      "fails the upload with reason exists).",
                       default=False),
 )
 

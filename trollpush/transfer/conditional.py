@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import ObjectExists, TransferError
 from ..models import ObjectOptions, Upload, encryption_found
 from . import policy
-from .policy import AttemptCounter, Endpoint
+from .policy import Endpoint
 from .single import Outcome
 
 
@@ -27,10 +27,7 @@ async def existing(end: Endpoint, upload: Upload, size: int, options: ObjectOpti
     sent (the same size and checksum: our own earlier attempt whose answer was lost,
     or the same file sent before), else :class:`ObjectExists`."""
     try:
-        async with end.pool.slot():
-            head = await end.tries(0, AttemptCounter(), lambda: end.client.head_object(
-                Bucket=upload.bucket, Key=upload.key, **options.head()),
-                f"HEAD {upload.url}")
+        head = await end.head(upload, options)
     except TransferError as err:
         if policy.retry_later(err):  # the store down or slow: a later round compares
             raise

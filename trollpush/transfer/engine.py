@@ -191,7 +191,7 @@ class TransferEngine:
         end.pool.uploading += 1
         try:
             if options.missing_key is not None:
-                await self._abort_recorded(end, upload, progress)
+                await _abort_recorded(end, upload, progress)
                 raise _key_missing(upload, options.missing_key)
             source = await end.files.call(end.config, 0, open_source, upload.source.path,
                                           upload.source.uri, self._roots, discard=Source.close)
@@ -224,15 +224,6 @@ class TransferEngine:
                             encryption=out.encryption,
                             written_with=None if out.exists else options.fingerprint,
                             already_there=out.exists)
-
-    @staticmethod
-    async def _abort_recorded(end: Endpoint, upload: Upload,
-                              progress: Progress | None) -> None:
-        """A multipart upload recorded for this file that cannot go on (its SSE-C key is
-        gone) is aborted, which needs no key: no encrypted parts are left behind."""
-        recorded = progress.multipart(upload) if progress is not None else None
-        if recorded is not None:
-            await asyncio.shield(multipart.abort(end, upload, recorded[0]))
 
     async def _send(self, end: Endpoint, upload: Upload, source: Source,
                     options: ObjectOptions, counter: AttemptCounter,
@@ -341,10 +332,7 @@ class TransferEngine:
                         landed: UploadResult) -> str | None:
         """Why the object at the store is not the one recorded (None: it is)."""
         try:
-            async with end.pool.slot():
-                head = await end.tries(0, AttemptCounter(), lambda: end.client.head_object(
-                    Bucket=upload.bucket, Key=upload.key, **options.head()),
-                    f"HEAD {upload.url}")
+            head = await end.head(upload, options)
         except TransferError as err:
             return err.detail
         if head.get("ContentLength") != landed.size:
@@ -369,6 +357,14 @@ class TransferEngine:
         except TransferError as err:
             logger.error("could not remove %s, the copy of a file that kept changing: %s",
                          upload.url, err.detail)
+
+
+async def _abort_recorded(end: Endpoint, upload: Upload, progress: Progress | None) -> None:
+    """A multipart upload recorded for this file that cannot go on (its SSE-C key is
+    gone) is aborted, which needs no key: no encrypted parts are left behind."""
+    recorded = progress.multipart(upload) if progress is not None else None
+    if recorded is not None:
+        await asyncio.shield(multipart.abort(end, upload, recorded[0]))
 
 
 def _key_missing(upload: Upload, name: str) -> PermanentTransferError:

@@ -39,7 +39,7 @@ from .source import SourceChanged
 
 if TYPE_CHECKING:
     from ..config import EndpointConfig
-    from ..models import UploadResult
+    from ..models import ObjectOptions, Upload, UploadResult
     from ..stats import Stats
     from .files import Files
     from .pool import EndpointPool
@@ -145,6 +145,13 @@ class Endpoint:
     @property
     def client(self) -> Any:
         return self.pool.client
+
+    async def head(self, upload: Upload, options: ObjectOptions) -> Any:
+        """HeadObject of the upload's object (with the SSE-C key, the checksum asked
+        for), in a slot and with the tries of any store call."""
+        async with self.pool.slot():
+            return await self.tries(0, AttemptCounter(), lambda: self.client.head_object(
+                Bucket=upload.bucket, Key=upload.key, **options.head()), f"HEAD {upload.url}")
 
     async def tries[T](self, size: int, counter: AttemptCounter,
                        call: Callable[[], Awaitable[T]], what: str,
