@@ -22,6 +22,8 @@ import subprocess
 import sys
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,18 @@ NAME = "NOAA-20_20261201_0312_{orbit:05d}.h5"
 def trollpush(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "trollpush", *args], capture_output=True,
                           text=True, timeout=60, env=os.environ.copy())
+
+
+@contextmanager
+def _wired(ports: dict[str, int]) -> Iterator[tuple[Listener, Producer]]:
+    """A listener on the daemon's announcements, a producer on its subscription."""
+    listener = Listener(f"tcp://127.0.0.1:{ports['pub']}")
+    producer = Producer(f"tcp://127.0.0.1:{ports['sub']}")
+    try:
+        yield listener, producer
+    finally:
+        producer.close()
+        listener.close()
 
 
 def _ready(proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -100,9 +114,7 @@ def test_sse_c_and_conditional_writes_through_the_daemon(seaweed: str, weed_buck
     small.write_bytes(os.urandom(100_000))
     large.write_bytes(os.urandom(11 * 1024 * 1024 + 5))
     outputs: list[str] = []
-    listener = Listener(f"tcp://127.0.0.1:{ports['pub']}")
-    producer = Producer(f"tcp://127.0.0.1:{ports['sub']}")
-    try:
+    with _wired(ports) as (listener, producer):
         with daemon_process(config, tmp_path, "-v") as (proc, log):
             _ready(proc, log)
             link(producer, listener, SUBJECT)
@@ -173,9 +185,6 @@ def test_sse_c_and_conditional_writes_through_the_daemon(seaweed: str, weed_buck
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0
         outputs += [log.read_text(), *(repr(m) for m in listener.messages)]
-    finally:
-        producer.close()
-        listener.close()
 
     cfg = tmp_path / "trollpush.yaml"
     checked = trollpush("check", str(cfg))
@@ -204,20 +213,14 @@ def test_versioned_bucket_and_sse_s3_on_moto(s3_url: str, tmp_path: Path) -> Non
     config["targets"][0]["object"]["if_none_match"] = False
     path = tmp_path / NAME.format(orbit=7)
     path.write_bytes(os.urandom(50_000))
-    listener = Listener(f"tcp://127.0.0.1:{ports['pub']}")
-    producer = Producer(f"tcp://127.0.0.1:{ports['sub']}")
-    try:
-        with daemon_process(config, tmp_path) as (proc, log):
-            _ready(proc, log)
-            link(producer, listener, SUBJECT)
-            producer.send(SUBJECT, "file", {"uri": str(path), "uid": path.name})
-            done = listener.wait_for(lambda ms: any(m.type == "file" for m in ms), 30,
-                                     "the completion")
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 0
-    finally:
-        producer.close()
-        listener.close()
+    with _wired(ports) as (listener, producer), daemon_process(config, tmp_path) as (proc, log):
+        _ready(proc, log)
+        link(producer, listener, SUBJECT)
+        producer.send(SUBJECT, "file", {"uri": str(path), "uid": path.name})
+        done = listener.wait_for(lambda ms: any(m.type == "file" for m in ms), 30,
+                                 "the completion")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
     item = next(m.data for m in done if m.type == "file")
     head = store.head_object(Bucket=bucket, Key=f"NOAA-20/{path.name}")
     assert item["version_id"] == head["VersionId"]
@@ -252,9 +255,7 @@ def test_kill_9_mid_sse_c_multipart_then_restart_resumes_with_the_key(
             conn.close()
 
     store = _client(seaweed)
-    listener = Listener(f"tcp://127.0.0.1:{ports['pub']}")
-    producer = Producer(f"tcp://127.0.0.1:{ports['sub']}")
-    try:
+    with _wired(ports) as (listener, producer):
         with daemon_process(config, tmp_path, "-v") as (proc, log):
             _ready(proc, log)
             link(producer, listener, SUBJECT)
@@ -270,9 +271,6 @@ def test_kill_9_mid_sse_c_multipart_then_restart_resumes_with_the_key(
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0
         second = log.read_text()
-    finally:
-        producer.close()
-        listener.close()
     assert "resuming multipart upload" in second, second
     resumed = int(second.split("resuming multipart upload", 1)[1].split(": ", 1)[1]
                   .split(" part(s)", 1)[0])
