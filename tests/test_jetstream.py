@@ -218,6 +218,7 @@ def test_a_missing_file_is_handed_back_then_fails_at_the_last_delivery(
         assert next(m for m in failed if m.type == "failure").data["reason"] == "file_missing"
         taken = _jetstream(daemon)
         assert taken.sent["missing"] == 1  # the first delivery was handed back
+        wait_until(lambda: taken.sent["ack"] == before["ack"] + 1, 5, "the failure acked")
         assert taken.received == before["received"] + 2
         wait_until(lambda: state(nats_url, js["stream"])["messages"] == 0, 5,
                    "the message acknowledged after its failure")

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, JetStreamConfig
@@ -51,6 +52,7 @@ class _Delivery:
         self.msg = msg
         self.rejected = False  # refused before it became a request: terminated
         self.settled = False
+        self.taken = time.monotonic()
 
     def __repr__(self) -> str:
         return f"<_Delivery {self.msg.reply} settled={self.settled}>"
@@ -88,8 +90,12 @@ class JetStreamInput:
     CLOSE_WAIT = 10.0  # seconds close waits for running requests' outcomes
     RETRY = 1.0  # seconds between fetches while the server cannot be reached
 
-    def __init__(self, config: JetStreamConfig, intake: Intake, *, window: int) -> None:
+    def __init__(self, config: JetStreamConfig, intake: Intake, *, window: int,
+                 max_hold: float = 7200.0) -> None:
         self.config = config
+        #: seconds a message is kept from redelivery at most, should its outcome never
+        #: come (a bug): then JetStream gives it again after ack_wait
+        self._max_hold = max_hold
         self._intake = intake
         self._window = max(1, window)  # messages held (fetched, not acknowledged)
         self._held: dict[int, _Delivery] = {}
@@ -262,7 +268,10 @@ class JetStreamInput:
                 self.sent["missing"] += 1
                 await self.settle(delivery, "nak", delay=self.MISSING_DELAY)
                 return
-        delivery.rejected = isinstance(item, Rejection)
+        # refused: terminated, never delivered again; a file missing at the last
+        # delivery is a failure like any other (acknowledged)
+        delivery.rejected = (isinstance(item, Rejection)
+                             and item.reason != Reason.FILE_MISSING)
         try:
             await self._intake.submit(item)
         except asyncio.CancelledError:
@@ -308,8 +317,15 @@ class JetStreamInput:
         interval = self.config.ack_wait / 3
         while True:
             await asyncio.sleep(interval)
+            now = time.monotonic()
             for delivery in list(self._held.values()):
                 if delivery.settled:
+                    continue
+                if now - delivery.taken > self._max_hold:
+                    logger.error("jetstream: no outcome for a message after %.0f s; it is "
+                                 "left to JetStream's redelivery", now - delivery.taken)
+                    self._held.pop(id(delivery), None)
+                    self._room.set()
                     continue
                 try:
                     await delivery.msg.in_progress()
@@ -380,4 +396,5 @@ def create(config: Config, intake: Intake) -> JetStreamInput | None:
         return None
     d = config.daemon
     return JetStreamInput(config.jetstream, intake,
-                          window=min(d.queue_size, d.max_in_flight + JetStreamInput.BATCH))
+                          window=min(d.queue_size, d.max_in_flight + JetStreamInput.BATCH),
+                          max_hold=d.max_age + d.shutdown_grace + config.jetstream.ack_wait)
