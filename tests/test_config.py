@@ -30,6 +30,9 @@ def valid() -> dict[str, Any]:
         "subscribe": {"topics": ["/new/file/"], "nameserver": False,
                       "addresses": ["tcp://127.0.0.1:40000"]},
         "requests": {"address": "tcp://127.0.0.1:15556"},
+        "jetstream": {"servers": ["nats://127.0.0.1:4222"], "stream": "TROLLPUSH",
+                      "subject": "trollpush.requests", "consumer": "trollpush",
+                      "ack_wait": 30, "max_deliver": 5, "replicas": 1},
         "s3daemon": {"address": "127.0.0.1:15557", "endpoint": "archive", "line_timeout": 5,
                      "max_connections": 16},
         "publish": {"name": "trollpush-test", "address": "tcp://127.0.0.1:40001",
@@ -348,9 +351,29 @@ BAD_CONFIGS = [
                  "s3daemon.line_timeout", "'soon'", id="s3daemon-line-timeout-string"),
     pytest.param(renamed(("s3daemon", "endpoint"), "endpiont"),
                  "s3daemon.endpiont", "'archive'", id="s3daemon-unknown-key"),
+    pytest.param(edited((("jetstream", "servers"), ["http://127.0.0.1:4222"])),
+                 "jetstream.servers[0]", "'http://127.0.0.1:4222'", id="jetstream-server-scheme"),
+    pytest.param(edited((("jetstream", "servers"), [])),
+                 "jetstream.servers", "[]", id="jetstream-no-servers"),
+    pytest.param(edited((("jetstream", "stream"), "TROLL.PUSH")),
+                 "jetstream.stream", "'TROLL.PUSH'", id="jetstream-stream-dot"),
+    pytest.param(edited((("jetstream", "consumer"), "a b")),
+                 "jetstream.consumer", "'a b'", id="jetstream-consumer-blank"),
+    pytest.param(edited((("jetstream", "subject"), "trollpush.>")),
+                 "jetstream.subject", "'trollpush.>'", id="jetstream-subject-wildcard"),
+    pytest.param(edited((("jetstream", "ack_wait"), 0.5)),
+                 "jetstream.ack_wait", "0.5", id="jetstream-ack-wait-small"),
+    pytest.param(edited((("jetstream", "max_deliver"), 0)),
+                 "jetstream.max_deliver", "0", id="jetstream-max-deliver-zero"),
+    pytest.param(edited((("jetstream", "replicas"), 7)),
+                 "jetstream.replicas", "7", id="jetstream-replicas-over-five"),
+    pytest.param(edited((("jetstream", "bridge"), True)),
+                 "jetstream.bridge", "True", id="jetstream-bridge-not-yet"),
     pytest.param(edited((("subscribe",), DELETE), (("requests",), DELETE),
-                        (("s3daemon",), DELETE)),
+                        (("s3daemon",), DELETE), (("jetstream",), DELETE)),
                  "subscribe/requests", "None", id="no-inputs"),
+    pytest.param(edited((("subscribe",), DELETE), (("targets",), DELETE)), "targets", "None",
+                 id="jetstream-no-targets"),
     pytest.param(edited((("targets",), DELETE)), "targets", "None", id="subscribe-no-targets"),
     pytest.param(edited((("targets",), [])), "targets", "[]", id="subscribe-empty-targets"),
     pytest.param(edited((("daemon", "queue_size"), 0)),
@@ -705,7 +728,8 @@ def test_limits_are_shown_in_the_unit_the_key_is_written_in(
 # --- docs/config.md against the validator ------------------------------------------------
 
 CONFIG_MD = Path(__file__).resolve().parents[1] / "docs" / "config.md"
-NUMBERS = {"five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
+NUMBERS = {"five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
+           "eleven": 11}
 
 
 def known_keys(section: str | None) -> set[str]:

@@ -15,6 +15,7 @@ from trollpush.config import (
     REQUEST_ADDRESS,
     DaemonConfig,
     EndpointConfig,
+    JetStreamConfig,
     JournalConfig,
     ObjectConfig,
     PublishConfig,
@@ -26,6 +27,7 @@ from trollpush.config import (
 from trollpush.config.defaults import (
     DAEMON,
     ENDPOINT,
+    JETSTREAM,
     JOURNAL,
     OBJECT,
     PUBLISH,
@@ -41,6 +43,7 @@ TABLES: list[tuple[type[Any], dict[str, Key]]] = [
     (EndpointConfig, dict(ENDPOINT)), (TargetConfig, dict(TARGET)), (DaemonConfig, dict(DAEMON)),
     (JournalConfig, dict(JOURNAL)), (RequestsConfig, dict(REQUESTS)),
     (S3DaemonConfig, dict(S3DAEMON)), (ObjectConfig, dict(OBJECT)),
+    (JetStreamConfig, dict(JETSTREAM)),
     (PublishConfig, {k: PUBLISH[k] for k in ("topic", "failure_topic")})]
 #: fields whose default in code means something else than the key left out of a file
 DIFFERENT_ON_PURPOSE = {
@@ -79,14 +82,15 @@ def test_every_field_is_a_documented_key(cls: type[Any], table: dict[str, Key]) 
 
 def test_a_config_that_sets_nothing_gets_exactly_the_documented_defaults() -> None:
     """Every plain key left out reads as its default in config.defaults."""
-    config = parse_config({"requests": None, "s3daemon": None, "publish": {"name": "tp"},
+    config = parse_config({"requests": None, "s3daemon": None, "jetstream": None,
+                           "publish": {"name": "tp"},
                            "endpoints": {"only": None},
                            "targets": [{"destination": "s3://b/"}]})
     sections: list[tuple[object, dict[str, Key]]] = [
         (config.endpoints["only"], dict(ENDPOINT)), (config.targets[0], dict(TARGET)),
         (config.daemon, dict(DAEMON)), (config.journal, dict(JOURNAL)),
         (config.requests, dict(REQUESTS)), (config.s3daemon, dict(S3DAEMON)),
-        (config.publish, dict(PUBLISH))]
+        (config.publish, dict(PUBLISH)), (config.jetstream, dict(JETSTREAM))]
     checked = 0
     for section, table in sections:
         for name, key in table.items():
@@ -96,6 +100,8 @@ def test_a_config_that_sets_nothing_gets_exactly_the_documented_defaults() -> No
     assert checked >= 25
     assert config.requests is not None and config.requests.address == REQUEST_ADDRESS
     assert config.targets[0].name == "target0"
+    assert config.jetstream is not None
+    assert config.jetstream.servers == JETSTREAM["servers"].default
 
 
 def test_the_request_address_is_written_once() -> None:

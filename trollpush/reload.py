@@ -64,6 +64,7 @@ INPUTS: Mapping[str, Callable[[Config], object]] = {
     "subscribe": lambda c: c.subscribe,
     "http": lambda c: c.http,
     "watch": lambda c: c.watch or None,
+    "jetstream": lambda c: c.jetstream,
 }
 
 

@@ -19,6 +19,7 @@ from .model import (
     DaemonConfig,
     EndpointConfig,
     HttpConfig,
+    JetStreamConfig,
     JournalConfig,
     ObjectConfig,
     PublishConfig,
@@ -36,7 +37,8 @@ from .units import MiB
 __all__ = [
     # the configuration and its sections
     "Config", "SubscribeConfig", "RequestsConfig", "S3DaemonConfig", "HttpConfig",
-    "WatchConfig", "PublishConfig", "EndpointConfig", "TargetConfig", "DaemonConfig",
+    "WatchConfig", "JetStreamConfig", "PublishConfig", "EndpointConfig", "TargetConfig",
+    "DaemonConfig",
     "JournalConfig", "ObjectConfig", "Scalar", "default_endpoint",
     # a target's conditions
     "ConditionSet", "Condition", "Comparison", "Choice",

@@ -31,6 +31,14 @@ HTTP_ADDRESS = "127.0.0.1:15555"
 #: messages a SUB socket may buffer per publisher: a burst of 50,000 in 2 s fits with
 #: room to spare while the reader catches up (libzmq's default, 1,000, drops the rest)
 RECEIVE_HWM = 100_000
+#: where the jetstream input connects unless told (nats-server's own default port)
+NATS_SERVER = "nats://127.0.0.1:4222"
+#: a NATS server URL: nats:// or tls://, then [user[:password]@]host[:port], no path
+NATS_URL_PATTERN = r"^(nats|tls)://[^\s/]+$"
+#: a stream or consumer name: no blanks, dots, wildcards or path separators
+NATS_NAME_PATTERN = r"^[^\s.*>/\\]+$"
+#: a NATS subject to publish on: dot-separated tokens, no wildcards, no blanks
+NATS_SUBJECT_PATTERN = r"^[^\s.*>]+(\.[^\s.*>]+)*$"
 #: uvloop first: libuv spends less per callback and socket call than asyncio's own loop,
 #: and at thousands of small files a second the loop thread is the daemon's bottleneck
 EVENT_LOOPS = ("uvloop", "asyncio")
@@ -99,6 +107,9 @@ class Kind(enum.Enum):
     HEADER = "header value"  # printable ASCII
     METADATA = "metadata"  # key: trollsift template, sent as x-amz-meta-KEY
     TAGS = "tags"  # key: trollsift template, object tags
+    NATS_URLS = "NATS URLs"  # one nats:// URL or a list of them
+    NATS_NAME = "NATS name"  # a stream or consumer name
+    NATS_SUBJECT = "NATS subject"  # a subject without wildcards
 
 
 @dataclass(frozen=True)
@@ -172,6 +183,28 @@ HTTP = _section(
     upload=Key(Kind.BOOLEAN, "Serve the upload API (POST /upload); false: only GET "
                "/metrics, /status and /version (then another input takes the requests).",
                default=True),
+)
+
+#: the shared work queue of several instances (NATS JetStream); ``bridge`` comes later
+JETSTREAM = _section(
+    servers=Key(Kind.NATS_URLS, "The NATS servers to connect to (nats:// or tls:// URLs; "
+                "one is enough, the others are tried when it is down).",
+                default=(NATS_SERVER,)),
+    stream=Key(Kind.NATS_NAME, "The stream that holds the requests; created if missing "
+               "(work-queue retention, file storage).", default="TROLLPUSH"),
+    subject=Key(Kind.NATS_SUBJECT, "The subject the requests are published on (the "
+                "stream's only subject when trollpush creates it).",
+                default="trollpush.requests"),
+    consumer=Key(Kind.NATS_NAME, "The durable pull consumer every instance shares; "
+                 "created if missing.", default="trollpush"),
+    ack_wait=Key(Kind.NUMBER, "Seconds a request may go without news from its instance "
+                 "before JetStream gives it to another (a running request says it is alive "
+                 "every third of this).", default=60.0, minimum=1),
+    max_deliver=Key(Kind.INTEGER, "Deliveries of one request at most: a file missing on "
+                    "every instance that tried fails with file_missing at the last.",
+                    default=10, minimum=1),
+    replicas=Key(Kind.INTEGER, "Copies of the stream a NATS cluster keeps, when trollpush "
+                 "creates it.", default=1, minimum=1, maximum=5),
 )
 
 #: posttroll's publisher keys, passed on as they are, plus trollpush's two topics
@@ -348,8 +381,8 @@ WATCH = _section(
 #: the top-level sections, in the order the reference documents them
 SECTIONS: Mapping[str, Mapping[str, Key]] = MappingProxyType({
     "subscribe": SUBSCRIBE, "requests": REQUESTS, "s3daemon": S3DAEMON, "http": HTTP,
-    "watch": WATCH, "publish": PUBLISH, "endpoints": ENDPOINT, "targets": TARGET,
-    "daemon": DAEMON, "journal": JOURNAL})
+    "watch": WATCH, "jetstream": JETSTREAM, "publish": PUBLISH, "endpoints": ENDPOINT,
+    "targets": TARGET, "daemon": DAEMON, "journal": JOURNAL})
 SECTION_DOCS: Mapping[str, str] = MappingProxyType({
     "subscribe": "posttroll pub-sub input (at least one input section is required).",
     "requests": "ZeroMQ REQ/REP input, also for `trollpush send` (with nothing under it: "
@@ -360,9 +393,12 @@ SECTION_DOCS: Mapping[str, str] = MappingProxyType({
             "present (with nothing under it: on at the default address).",
     "watch": "Directory watcher input: a list of directories whose ready files are "
              "uploaded.",
+    "jetstream": "Requests shared by several instances through a NATS JetStream work "
+                 "queue (needs `pip install 'trollpush[jetstream]'`; with nothing under "
+                 "it: on with the defaults).",
     "publish": "posttroll output for completions and failures (default: none published).",
     "endpoints": "S3 connection profiles by a name you choose; at least one.",
-    "targets": "Routing rules; at least one when subscribe or watch is set.",
+    "targets": "Routing rules; at least one when subscribe, watch or jetstream is set.",
     "daemon": "Queue and concurrency limits, shutdown grace, the event loop.",
     "journal": "Where accepted requests are recorded, and how long landed files are "
                "remembered.",

@@ -20,6 +20,7 @@ from .defaults import (
     ENDPOINT,
     HTTP,
     HTTP_ADDRESS,
+    JETSTREAM,
     JOURNAL,
     OBJECT,
     PUBLISH,
@@ -131,6 +132,27 @@ class HttpConfig(_Listens):
     token_file: str | None = None
     read_timeout: float = HTTP["read_timeout"].default
     upload: bool = HTTP["upload"].default
+
+
+@dataclass(frozen=True)
+class JetStreamConfig:
+    """The shared work queue of several instances: a NATS JetStream stream with one
+    durable pull consumer that every instance reads from."""
+
+    servers: tuple[str, ...] = JETSTREAM["servers"].default
+    stream: str = JETSTREAM["stream"].default
+    subject: str = JETSTREAM["subject"].default
+    consumer: str = JETSTREAM["consumer"].default
+    ack_wait: float = JETSTREAM["ack_wait"].default
+    max_deliver: int = JETSTREAM["max_deliver"].default
+    replicas: int = JETSTREAM["replicas"].default
+
+    def summary(self) -> str:
+        """Servers without their credentials (``user:password@`` is left out)."""
+        hosts = ", ".join(s.split("://", 1)[0] + "://" + s.split("://", 1)[-1].rsplit("@", 1)[-1]
+                          for s in self.servers)
+        return (f"stream {self.stream} ({self.subject}), consumer {self.consumer} on {hosts} "
+                f"(ack_wait {self.ack_wait:g} s, max_deliver {self.max_deliver})")
 
 
 @dataclass(frozen=True)
@@ -328,6 +350,7 @@ class Config:
     s3daemon: S3DaemonConfig | None = None
     http: HttpConfig | None = None
     watch: tuple[WatchConfig, ...] = ()
+    jetstream: JetStreamConfig | None = None
     publish: PublishConfig | None = None
     daemon: DaemonConfig = DaemonConfig()
     journal: JournalConfig = JournalConfig()
@@ -368,6 +391,8 @@ class Config:
                          if self.http.upload else f"views  http: GET /metrics, /status and "
                          f"/version on {self.http.address} ({auth}; no upload API)")
         lines += [f"input  watch: {w.summary()}" for w in self.watch]
+        if self.jetstream:
+            lines.append(f"input  jetstream: {self.jetstream.summary()}")
         lines.append(_publish_line(self.publish))
         for ep in self.endpoints.values():
             lines.append(f"endpoint {ep.summary()}")

@@ -21,6 +21,9 @@ from .defaults import (
     ENDPOINT,
     HOST_PORT_PATTERN,
     MODE_PATTERN,
+    NATS_NAME_PATTERN,
+    NATS_SUBJECT_PATTERN,
+    NATS_URL_PATTERN,
     OBJECT,
     OPERATOR_START,
     SECTION_DOCS,
@@ -77,8 +80,8 @@ def _section(keys: Mapping[str, Key], *, nullable: bool = False) -> Schema:
 
 def _key(key: Key) -> Schema:
     out: Schema = {"description": key.doc, **kind_schema(key)}
-    if key.default is not None:
-        out["default"] = key.default
+    if key.default is not None:  # a tuple as JSON has it: a list
+        out["default"] = list(key.default) if isinstance(key.default, tuple) else key.default
     return out
 
 
@@ -141,6 +144,13 @@ def kind_schema(key: Key) -> Schema:
             return {"type": "string", "pattern": "^s3://[^/]"}
         case Kind.CONDITIONS:
             return _conditions()
+        case Kind.NATS_URLS:
+            url = {"type": "string", "pattern": NATS_URL_PATTERN}
+            return {"anyOf": [url, {"type": "array", "items": url, "minItems": 1}]}
+        case Kind.NATS_NAME:
+            return {"type": "string", "pattern": NATS_NAME_PATTERN}
+        case Kind.NATS_SUBJECT:
+            return {"type": "string", "pattern": NATS_SUBJECT_PATTERN}
         case Kind.ALIASES:
             return {"type": "object", "additionalProperties": {
                 "type": "object", "additionalProperties": {"type": ["string", "integer"]}}}
@@ -223,14 +233,15 @@ def _object() -> Schema:
 
 
 def _top_rules() -> Schema:
-    """An input is needed; subscribed messages and watched files need targets."""
+    """An input is needed; subscribed or queued messages and watched files need targets."""
     subscribed = {"required": ["subscribe"], "properties": {"subscribe": {"type": "object"}}}
+    queued = {"required": ["jetstream"]}
     watched = {"required": ["watch"],
                "properties": {"watch": {"type": "array", "minItems": 1}}}
     return {
         "anyOf": [subscribed, {"required": ["requests"]}, {"required": ["s3daemon"]},
-                  {"required": ["http"]}, watched],
-        "if": {"anyOf": [subscribed, watched]},
+                  {"required": ["http"]}, watched, queued],
+        "if": {"anyOf": [subscribed, watched, queued]},
         "then": {"required": ["targets"],
                  "properties": {"targets": {"type": "array", "minItems": 1}}},
     }

@@ -20,7 +20,7 @@ from ..config import Config
 from ..messages import Limits
 from ..models import Rejection, Request
 from ..stats import Stats
-from . import http, requests, s3daemon, subscribe, watch
+from . import http, jetstream, requests, s3daemon, subscribe, watch
 
 __all__ = ["REGISTRY", "Input", "InputFactory", "Intake", "OnFatal", "Sink", "build_inputs"]
 
@@ -99,6 +99,7 @@ REGISTRY: tuple[InputFactory, ...] = (
     subscribe.create,
     http.create,
     watch.create,
+    jetstream.create,
 )
 
 
