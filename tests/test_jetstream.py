@@ -109,8 +109,9 @@ def publish(url: str, subject: str, *payloads: bytes) -> None:
 
 
 def file_message(path: Path) -> bytes:
-    return Message(SUBJECT, "file", {"uri": str(path), "uid": path.name,
-                                     "sensor": "viirs"}).encode().encode()
+    text: str = Message(SUBJECT, "file", {"uri": str(path), "uid": path.name,
+                                          "sensor": "viirs"}).encode()
+    return text.encode()
 
 
 @pytest.fixture
