@@ -31,13 +31,9 @@ from .defaults import (
     HTTP_ADDRESS,
     IPC_GROUP_MODE,
     IPC_MODE,
-    JETSTREAM,
     JOURNAL,
     MAX_PART,
     MODE_PATTERN,
-    NATS_NAME_PATTERN,
-    NATS_SUBJECT_PATTERN,
-    NATS_URL_PATTERN,
     PUBLISH,
     REQUEST_ADDRESS,
     REQUESTS,
@@ -48,12 +44,12 @@ from .defaults import (
     URL_PATTERN,
     default_journal_path,
 )
+from .jetstream import read_jetstream
 from .model import (
     Config,
     DaemonConfig,
     EndpointConfig,
     HttpConfig,
-    JetStreamConfig,
     JournalConfig,
     PublishConfig,
     RequestsConfig,
@@ -70,9 +66,6 @@ from .watched import read_watch
 _ADDRESS_RE = re.compile(ADDRESS_PATTERN)
 _URL_RE = re.compile(URL_PATTERN)
 _HOST_PORT_RE = re.compile(HOST_PORT_PATTERN)
-_NATS_URL_RE = re.compile(NATS_URL_PATTERN)
-_NATS_NAME_RE = re.compile(NATS_NAME_PATTERN)
-_NATS_SUBJECT_RE = re.compile(NATS_SUBJECT_PATTERN)
 #: sun_path holds 108 bytes with the terminating NUL
 _IPC_PATH_MAX = 107
 
@@ -117,7 +110,7 @@ def parse_config(data: object, *, source: str = "<config>") -> Config:
     daemon = _daemon(v, data.get("daemon"))
     journal = _journal(v, data.get("journal"))
     watch = read_watch(v, data.get("watch"), daemon.allowed_roots)
-    jetstream = _jetstream(v, data.get("jetstream"), present="jetstream" in data)
+    jetstream = read_jetstream(v, data.get("jetstream"), present="jetstream" in data)
     if (subscribe is None and requests is None and s3daemon is None
             and (http is None or not http.upload) and not watch and jetstream is None):
         v.problem("subscribe/requests", None,
@@ -214,55 +207,6 @@ def _s3daemon(v: Validator, raw: object, endpoints: Mapping[str, EndpointConfig]
     endpoint = read_endpoint(v, data, "s3daemon.", endpoints)
     return S3DaemonConfig(address=address, endpoint=endpoint,
                           **v.read_all(data, "s3daemon.", S3DAEMON, skip=("endpoint",)))
-
-
-def _jetstream(v: Validator, raw: object, *, present: bool) -> JetStreamConfig | None:
-    """``jetstream:`` with nothing under it: on with the defaults."""
-    data = v.mapping(raw, "jetstream") if raw is not None else ({} if present else None)
-    if data is None:
-        return None
-    v.no_unknown(data, "jetstream.", JETSTREAM)
-    servers = _nats_servers(v, data.get("servers"))
-    names: dict[str, str] = {}
-    for key, pattern, expected in (
-            ("stream", _NATS_NAME_RE, "a stream name without blanks, dots, *, > or slashes"),
-            ("consumer", _NATS_NAME_RE, "a consumer name without blanks, dots, *, > or "
-                                        "slashes"),
-            ("subject", _NATS_SUBJECT_RE, "a subject of dot-separated tokens without "
-                                          "blanks or wildcards (trollpush.requests)")):
-        default = JETSTREAM[key].default
-        value = v.string(data, key, "jetstream.", default=default) or default
-        if not pattern.match(value):
-            v.problem(f"jetstream.{key}", value, expected)
-            value = default
-        names[key] = value
-    replicas = v.read(data, "jetstream.", "replicas", JETSTREAM["replicas"])
-    maximum = int(JETSTREAM["replicas"].maximum or 5)
-    if replicas > maximum:
-        v.problem("jetstream.replicas", replicas, f"an integer from 1 to {maximum} (NATS "
-                  "keeps at most five copies of a stream)")
-        replicas = JETSTREAM["replicas"].default
-    return JetStreamConfig(servers=servers, stream=names["stream"], subject=names["subject"],
-                           consumer=names["consumer"], replicas=replicas,
-                           **v.read_all(data, "jetstream.", JETSTREAM, skip=("replicas",)))
-
-
-def _nats_servers(v: Validator, raw: object) -> tuple[str, ...]:
-    """One nats:// (or tls://) URL, or a non-empty list of them."""
-    default: tuple[str, ...] = JETSTREAM["servers"].default
-    if raw is None:
-        return default
-    values = [raw] if isinstance(raw, str) else raw
-    if not isinstance(values, list) or not values:
-        v.problem("jetstream.servers", raw, "a nats:// URL or a non-empty list of them")
-        return default
-    good = True
-    for i, url in enumerate(values):
-        if not isinstance(url, str) or not _NATS_URL_RE.match(url):
-            v.problem(f"jetstream.servers[{i}]", url,
-                      "a NATS URL like nats://HOST:4222 (or tls://HOST:4222)")
-            good = False
-    return tuple(values) if good else default
 
 
 def _host_port(v: Validator, data: Mapping[str, Any], section: str, default: str,

@@ -144,13 +144,8 @@ def kind_schema(key: Key) -> Schema:
             return {"type": "string", "pattern": "^s3://[^/]"}
         case Kind.CONDITIONS:
             return _conditions()
-        case Kind.NATS_URLS:
-            url = {"type": "string", "pattern": NATS_URL_PATTERN}
-            return {"anyOf": [url, {"type": "array", "items": url, "minItems": 1}]}
-        case Kind.NATS_NAME:
-            return {"type": "string", "pattern": NATS_NAME_PATTERN}
-        case Kind.NATS_SUBJECT:
-            return {"type": "string", "pattern": NATS_SUBJECT_PATTERN}
+        case Kind.NATS_URLS | Kind.NATS_NAME | Kind.NATS_SUBJECT:
+            return _nats_kind(key.kind)
         case Kind.ALIASES:
             return {"type": "object", "additionalProperties": {
                 "type": "object", "additionalProperties": {"type": ["string", "integer"]}}}
@@ -158,6 +153,16 @@ def kind_schema(key: Key) -> Schema:
               | Kind.METADATA | Kind.TAGS):
             return _object_kind(key.kind)
     raise AssertionError(f"no schema for {key.kind}")  # pragma: no cover (a test sees all)
+
+
+def _nats_kind(kind: Kind) -> Schema:
+    """The kinds of the ``jetstream`` section: NATS URLs, names and subjects."""
+    if kind is Kind.NATS_URLS:
+        url = {"type": "string", "pattern": NATS_URL_PATTERN}
+        return {"anyOf": [url, {"type": "array", "items": url, "minItems": 1}]}
+    if kind is Kind.NATS_NAME:
+        return {"type": "string", "pattern": NATS_NAME_PATTERN}
+    return {"type": "string", "pattern": NATS_SUBJECT_PATTERN}
 
 
 def _object_kind(kind: Kind) -> Schema:

@@ -141,12 +141,12 @@ class JetStreamInput:
                     disconnected_cb=self._disconnected, reconnected_cb=self._reconnected)
         except (TimeoutError, OSError, nats.errors.Error) as err:
             await self._drop()
-            raise SetupError(f"jetstream.servers {', '.join(self._hosts())}: cannot connect "
+            raise SetupError(f"jetstream.servers {', '.join(_hosts(self.config))}: cannot connect "
                              f"({type(err).__name__}: {err})") from err
         try:
             js = self._nc.jetstream(timeout=self.CALL_TIMEOUT)
-            await self._stream(js)
-            await self._consumer(js)
+            await _stream(js, self.config)
+            await _consumer(js, self.config)
             self._sub = await js.pull_subscribe_bind(consumer=c.consumer, stream=c.stream)
         except SetupError:
             await self._drop()
@@ -159,46 +159,6 @@ class JetStreamInput:
         self._task = loop.create_task(self._run(), name="jetstream")
         self._task.add_done_callback(self._ended)
         self._beat = loop.create_task(self._heartbeat(), name="jetstream-progress")
-
-    def _hosts(self) -> list[str]:
-        """The servers without credentials, for messages."""
-        return [s.split("://", 1)[0] + "://" + s.split("://", 1)[-1].rsplit("@", 1)[-1]
-                for s in self.config.servers]
-
-    async def _stream(self, js: JetStreamContext) -> None:
-        """The stream, created if missing: work-queue retention, file storage."""
-        from nats.js import api
-        from nats.js.errors import NotFoundError
-
-        c = self.config
-        try:
-            info = await js.stream_info(c.stream)
-        except NotFoundError:
-            await js.add_stream(api.StreamConfig(
-                name=c.stream, subjects=[c.subject], retention=api.RetentionPolicy.WORK_QUEUE,
-                storage=api.StorageType.FILE, num_replicas=c.replicas))
-            logger.info("jetstream: created stream %s (%s, work queue, file storage, %d "
-                        "replica(s))", c.stream, c.subject, c.replicas)
-            return
-        subjects = list(info.config.subjects or [])
-        if c.subject not in subjects:
-            raise SetupError(f"jetstream.subject {c.subject}: stream {c.stream} exists and "
-                             f"does not take it (its subjects: {', '.join(subjects)})")
-        if info.config.retention != api.RetentionPolicy.WORK_QUEUE:
-            logger.warning("jetstream: stream %s has %s retention, not a work queue: "
-                           "acknowledged requests stay in it", c.stream,
-                           info.config.retention)
-
-    async def _consumer(self, js: JetStreamContext) -> None:
-        """The durable pull consumer every instance shares (created, or updated to the
-        configured ack_wait and max_deliver)."""
-        from nats.js import api
-
-        c = self.config
-        await js.add_consumer(c.stream, api.ConsumerConfig(
-            durable_name=c.consumer, ack_policy=api.AckPolicy.EXPLICIT,
-            deliver_policy=api.DeliverPolicy.ALL, ack_wait=c.ack_wait,
-            max_deliver=c.max_deliver, filter_subject=c.subject, max_ack_pending=-1))
 
     async def _error(self, err: Exception) -> None:
         logger.warning("jetstream: %s: %s", type(err).__name__, err)
@@ -398,3 +358,44 @@ def create(config: Config, intake: Intake) -> JetStreamInput | None:
     return JetStreamInput(config.jetstream, intake,
                           window=min(d.queue_size, d.max_in_flight + JetStreamInput.BATCH),
                           max_hold=d.max_age + d.shutdown_grace + config.jetstream.ack_wait)
+
+
+def _hosts(config: JetStreamConfig) -> list[str]:
+    """The servers without credentials, for messages."""
+    return [s.split("://", 1)[0] + "://" + s.split("://", 1)[-1].rsplit("@", 1)[-1]
+            for s in config.servers]
+
+
+async def _stream(js: JetStreamContext, c: JetStreamConfig) -> None:
+    """The stream, created if missing: work-queue retention, file storage."""
+    from nats.js import api
+    from nats.js.errors import NotFoundError
+
+    try:
+        info = await js.stream_info(c.stream)
+    except NotFoundError:
+        await js.add_stream(api.StreamConfig(
+            name=c.stream, subjects=[c.subject], retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE, num_replicas=c.replicas))
+        logger.info("jetstream: created stream %s (%s, work queue, file storage, %d "
+                    "replica(s))", c.stream, c.subject, c.replicas)
+        return
+    subjects = list(info.config.subjects or [])
+    if c.subject not in subjects:
+        raise SetupError(f"jetstream.subject {c.subject}: stream {c.stream} exists and "
+                         f"does not take it (its subjects: {', '.join(subjects)})")
+    if info.config.retention != api.RetentionPolicy.WORK_QUEUE:
+        logger.warning("jetstream: stream %s has %s retention, not a work queue: "
+                       "acknowledged requests stay in it", c.stream,
+                       info.config.retention)
+
+
+async def _consumer(js: JetStreamContext, c: JetStreamConfig) -> None:
+    """The durable pull consumer every instance shares (created, or updated to the
+    configured ack_wait and max_deliver)."""
+    from nats.js import api
+
+    await js.add_consumer(c.stream, api.ConsumerConfig(
+        durable_name=c.consumer, ack_policy=api.AckPolicy.EXPLICIT,
+        deliver_policy=api.DeliverPolicy.ALL, ack_wait=c.ack_wait,
+        max_deliver=c.max_deliver, filter_subject=c.subject, max_ack_pending=-1))
