@@ -111,13 +111,20 @@ def link(producer: Producer, listener: Listener, subject: str, timeout: float = 
     """Make sure both pub-sub links are joined: publish a message the daemon refuses (a file
     on another host) until its failure announcement arrives.  The probe's uri is unique and
     the listener drops its announcements from then on, so late duplicates never show."""
+    heard(lambda probe: producer.send(subject, "file", {"uri": probe}), listener, timeout)
+
+
+def heard(send: Callable[[str], None], listener: Listener, timeout: float = 15.0,
+          wait: float = 0.2) -> None:
+    """Send a probe (a file on another host, which the daemon refuses) with ``send`` until
+    its failure announcement reaches the listener, which ignores it from then on."""
     probe = f"ssh://elsewhere.invalid/probe-{uuid.uuid4().hex}.h5"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        producer.send(subject, "file", {"uri": probe})
+        send(probe)
         try:
             listener.wait_for(lambda ms: any(m.type == "failure" and m.data.get("uri") == probe
-                                             for m in ms), timeout=0.2)
+                                             for m in ms), timeout=wait)
         except AssertionError:
             continue
         with listener._lock:

@@ -23,7 +23,7 @@ from posttroll.message import Message
 from trollpush.config import parse_config
 from trollpush.inputs.jetstream import JetStreamInput
 
-from .helpers import Listener, free_port, running_daemon, wait_until
+from .helpers import Listener, free_port, heard, running_daemon, wait_until
 
 nats = pytest.importorskip("nats", reason="nats-py is not installed (trollpush[jetstream])")
 
@@ -138,22 +138,8 @@ def linked(daemon: Any, url: str, subject: str, listener: Listener) -> dict[str,
     """Make sure the listener hears the daemon: queue a probe the daemon refuses (a file
     on another host) until its failure arrives; then what the input counted so far
     (the probes: received, terminated), for the test to count from."""
-    probe = f"ssh://elsewhere.invalid/probe-{uuid.uuid4().hex}.h5"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        publish(url, subject, Message(SUBJECT, "file", {"uri": probe}).encode().encode())
-        try:
-            listener.wait_for(lambda ms: any(m.type == "failure" and m.data.get("uri") == probe
-                                             for m in ms), timeout=0.3)
-        except AssertionError:
-            continue
-        with listener._lock:
-            listener.ignored.add(probe)
-            listener.messages = [m for m in listener.messages
-                                 if not (isinstance(m.data, dict) and m.data.get("uri") == probe)]
-        break
-    else:
-        raise AssertionError("pub-sub link not established")
+    heard(lambda probe: publish(url, subject, Message(SUBJECT, "file", {"uri": probe})
+                                .encode().encode()), listener, 15, wait=0.3)
     taken = _jetstream(daemon)
     wait_until(lambda: taken.received == taken.sent["term"], 5, "the probes terminated")
     return {"received": taken.received, **taken.sent}
