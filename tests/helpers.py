@@ -257,3 +257,22 @@ async def assert_twin_of_a_new_journal(path: Path, new: Path) -> None:
             conn.close()
 
     assert schema(path) == schema(new)
+
+
+def raw_request(address: str, frame: bytes, timeout: float = 30.0) -> Any:
+    """One REQ frame sent as is (no client library), and the decoded reply."""
+    import zmq
+
+    from trollpush.messages import decode_message
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
+    try:
+        sock.connect(address)
+        sock.send(frame)
+        return decode_message(sock.recv().decode())
+    finally:
+        sock.close(linger=0)
+        ctx.term()

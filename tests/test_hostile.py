@@ -8,26 +8,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import zmq
-
 from trollpush import send
-from trollpush.messages import decode_message
 
-from .helpers import Listener, Producer, link, running_daemon
-
-
-def _req(port: int, payload: bytes) -> Any:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 15000)
-    try:
-        sock.connect(f"tcp://127.0.0.1:{port}")
-        sock.send(payload)
-        return decode_message(sock.recv_string())
-    finally:
-        sock.close()
-        ctx.term()
+from .helpers import Listener, Producer, link, raw_request, running_daemon
 
 
 def test_oversized_request_is_refused(base_config: dict[str, Any], granule: Path,
@@ -38,7 +21,7 @@ def test_oversized_request_is_refused(base_config: dict[str, Any], granule: Path
 
         big = Message("/x/", "file", {"uri": str(granule), "padding": "x" * 10_000,
                                       "destination": "s3://b/k"}).encode().encode()
-        reply = _req(ports["req"], big)
+        reply = raw_request(f"tcp://127.0.0.1:{ports['req']}", big, 15)
         assert reply.type == "failure" and reply.data["reason"] == "too_large"
         ok = send(str(granule), "s3://b/k", timeout=10,
                   server=f"tcp://127.0.0.1:{ports['req']}")  # the daemon is still there

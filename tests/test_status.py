@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 
 from trollpush import __version__
 from trollpush.client import send
@@ -34,7 +33,7 @@ from trollpush.status import (
     status_reply,
 )
 
-from .helpers import free_port, running_daemon, wait_until
+from .helpers import free_port, raw_request, running_daemon, wait_until
 
 SECRETS = {"access_key_id": "AKIASTATUSKEY00001",
            "secret_access_key": "status-secret-value-0001",
@@ -223,27 +222,13 @@ def test_every_req_rep_reply_carries_the_version(base_config: dict[str, Any],
         done = send(str(granule), f"s3://{bucket}/b.h5", server=server, timeout=30)
         refused = send(str(granule.parent / "none.h5"), f"s3://{bucket}/c.h5",
                        server=server, timeout=30)
-        raw = _raw_request(server, b"not a posttroll message")
+        raw = raw_request(server, b"not a posttroll message")
     assert ack.message.type == "ack" and ack.message.data["version"] == __version__
     assert done.ok and done.message.data["version"] == __version__
     assert done.message.data["uri"] == f"s3://{bucket}/b.h5"  # the rest as before
     assert refused.message.data["reason"] == "file_missing"
     assert refused.message.data["version"] == __version__
     assert raw.type == "failure" and raw.data["version"] == __version__
-
-
-def _raw_request(server: str, frame: bytes) -> Any:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 30_000)
-    try:
-        sock.connect(server)
-        sock.send(frame)
-        return decode_message(sock.recv().decode())
-    finally:
-        sock.close(linger=0)
-        ctx.term()
 
 
 def test_version_option() -> None:
