@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -211,6 +212,32 @@ def daemon_process(config: dict[str, Any], tmp_path: Path, *args: str
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class DaemonProcess:
+    """`trollpush run` as a subprocess on a fixed config (and so journal), ready when its
+    log says so; each run appends to the same log."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        self._mark = len(log.read_text()) if log.exists() else 0  # only this run's lines
+        with open(log, "a") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "trollpush", "run", str(config)],
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         env=os.environ.copy())
+        wait_until(lambda: "trollpush ready" in log.read_text()[self._mark:]
+                   or self.proc.poll() is not None, 30, "daemon ready")
+        assert self.proc.poll() is None, log.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
 
 
 class Recorder:

@@ -11,8 +11,6 @@ import hashlib
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +27,7 @@ from trollpush.journal import SQLiteJournal
 from trollpush.messages import build_request, new_message
 from trollpush.route import Router
 
-from .helpers import Listener, Producer, free_port, link, running_daemon, wait_until
+from .helpers import DaemonProcess, Listener, Producer, free_port, link, running_daemon, wait_until
 
 pytestmark = pytest.mark.slow
 MiB = 1024 * 1024
@@ -89,31 +87,6 @@ def burst(tmp_path: Path) -> list[Path]:
     return out
 
 
-class _Daemon:
-    """`trollpush run` as a subprocess on a fixed config and journal."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.log = log
-        self._mark = len(log.read_text()) if log.exists() else 0  # only this run's lines
-        with open(log, "a") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "trollpush", "run", str(config)],
-                                         stdout=out, stderr=subprocess.STDOUT,
-                                         env=os.environ.copy())
-        wait_until(lambda: "trollpush ready" in log.read_text()[self._mark:]
-                   or self.proc.poll() is not None, 30, "daemon ready")
-        assert self.proc.poll() is None, log.read_text()
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture
 def daemon_config(base_config: dict[str, Any], tmp_path: Path) -> Iterator[Path]:
     base_config["endpoints"]["default"].update({"multipart_threshold": "5MiB",
@@ -152,7 +125,7 @@ def _check_all_landed(s3: Any, bucket: str, files: list[Path], listener: Listene
 def _restart_and_finish(config: Path, log: Path, burst: list[Path], listener: Listener,
                         s3: Any, bucket: str) -> None:
     """Start the daemon again: it finishes the burst from its journal."""
-    second = _Daemon(config, log)
+    second = DaemonProcess(config, log)
     try:
         listener.wait_for(lambda ms: {m.data["uid"] for m in ms if m.type == "file"}
                           >= {p.name for p in burst}, 120, "all 200 completions")
@@ -166,7 +139,7 @@ def _cut_burst(config: Path, log: Path, producer: Producer, listener: Listener,
                timeout: float = 60) -> None:
     """Announce the burst, and stop the daemon with ``sig`` once ``after`` completions
     are out (and before all of them)."""
-    daemon = _Daemon(config, log)
+    daemon = DaemonProcess(config, log)
     try:
         link(producer, listener, "/new/file/viirs/")
         _announce_all(producer, burst)
@@ -318,7 +291,7 @@ def test_store_stopped_for_30_s_mid_burst(daemon_config: Path, tmp_path: Path,
             p.parent.mkdir(exist_ok=True)
             p.write_bytes(os.urandom(3000))
             files.append(p)
-        daemon = _Daemon(daemon_config, tmp_path / "daemon.log")
+        daemon = DaemonProcess(daemon_config, tmp_path / "daemon.log")
         try:
             link(producer, listener, "/new/file/viirs/")
             _announce_all(producer, files[:30])
