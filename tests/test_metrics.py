@@ -41,7 +41,7 @@ from .helpers import free_port, running_daemon, started_engine, wait_until
 #: a sample: (name, labels) -> value
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 UNITS = ("_seconds", "_bytes", "_bytes_per_second", "_requests", "_segments", "_info",
-         "_connections_open", "_connections_idle", "_in_flight", "_queued")
+         "_connections_open", "_connections_idle", "_in_flight", "_queued", "_messages")
 
 
 def parse(text: str) -> tuple[Samples, dict[str, str]]:

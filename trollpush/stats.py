@@ -76,6 +76,21 @@ BUILD_INFO = "build_info"
 TCP_RTT = "tcp_rtt_seconds"
 TCP_RETRANS_SEGMENTS = "tcp_retransmitted_segments"
 TCP_RETRANS_BYTES = "tcp_retransmitted_bytes"
+#: gauges [stream, consumer] of the shared JetStream consumer, as last read (every few
+#: seconds, inputs/_jetstream_info.py): messages not yet delivered to any instance,
+#: delivered and not acknowledged, and of those, delivered more than once; the seconds
+#: since that reading (it grows while the server cannot be read)
+JS_PENDING = "jetstream_pending_messages"
+JS_ACK_PENDING = "jetstream_ack_pending_messages"
+JS_REDELIVERED = "jetstream_redelivered_messages"
+JS_AGE = "jetstream_info_age_seconds"
+#: gauge [stream]: messages in the stream (a work queue: those not yet acknowledged)
+JS_MESSAGES = "jetstream_stream_messages"
+#: what the jetstream input told JetStream of its messages [stream, consumer, kind]:
+#: ack, term, nak, missing (handed back, the file missing here), progress
+JS_ACKS = "jetstream_acks"
+# (the JetStream bridge's counters belong here, beside the input's: followed from its
+# plain numbers with inputs/_jetstream_info.follow_counts)
 
 #: histogram bounds, in seconds: 1 ms to ~9 min in steps of ~2.5x
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -144,6 +159,18 @@ SERIES: Mapping[str, Series] = MappingProxyType({
                              "(TCP_INFO).", "endpoint"),
     TCP_RETRANS_BYTES: _s("counter", "Bytes the pool's connections sent again "
                           "(TCP_INFO).", "endpoint"),
+    JS_PENDING: _s("gauge", "Messages of the JetStream consumer not yet delivered to any "
+                   "instance (as last read).", "stream", "consumer"),
+    JS_ACK_PENDING: _s("gauge", "Messages delivered by the JetStream consumer and not yet "
+                       "acknowledged, by any instance (as last read).", "stream", "consumer"),
+    JS_REDELIVERED: _s("gauge", "Of the messages not yet acknowledged, those delivered more "
+                       "than once (as last read).", "stream", "consumer"),
+    JS_AGE: _s("gauge", "Seconds since the JetStream consumer's counts were last read.",
+               "stream", "consumer"),
+    JS_MESSAGES: _s("gauge", "Messages in the JetStream stream (as last read).", "stream"),
+    JS_ACKS: _s("counter", "What the jetstream input told JetStream of its messages: ack, "
+                "term, nak, missing (handed back: the file is missing here), progress.",
+                "stream", "consumer", "kind"),
 })
 
 Labels = tuple[tuple[str, str], ...]

@@ -220,8 +220,7 @@ def snapshot(service: Service) -> dict[str, Any]:
         "time": round(activity.now(), 3),
         "started": round(activity.started, 3),
         "uptime_seconds": round(activity.uptime, 3),
-        "inputs": [{"name": each.name, "description": each.describe(),
-                    "received": each.received} for each in service.inputs],
+        "inputs": [_input(each) for each in service.inputs],
         "requests": {**counts,
                      "queued": int(registry.total(stats.QUEUED)),
                      "in_flight": int(registry.total(stats.IN_FLIGHT)),
@@ -236,6 +235,20 @@ def snapshot(service: Service) -> dict[str, Any]:
     code, problems = health(out)
     out["health"] = {"status": "healthy" if code == HEALTHY else "degraded",
                      "problems": problems}
+    return out
+
+
+def _input(each: Any) -> dict[str, Any]:
+    """One input: its name, what it listens on, what it took in; and ``details``, from
+    an input that has a ``details()`` (plain JSON: the jetstream input's consumer)."""
+    out: dict[str, Any] = {"name": each.name, "description": each.describe(),
+                           "received": each.received}
+    details = getattr(each, "details", None)
+    if callable(details):
+        try:
+            out["details"] = details()
+        except Exception as err:  # one input's trouble never costs the whole status
+            out["details"] = {"error": f"{type(err).__name__}: {err}"[:200]}
     return out
 
 
@@ -388,6 +401,38 @@ def _bytes(n: float) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _details(details: Mapping[str, Any]) -> list[str]:
+    """An input's details, whatever they are: ``ack pending 3``, a dict as ``sent ack=2
+    nak=1``, ``age 4 s`` for seconds, a true flag by its name; nothing for null."""
+    out = []
+    for key, value in details.items():
+        name = key.replace("_", " ")
+        if value is None or value is False:
+            continue
+        if value is True:
+            out.append(name)
+        elif isinstance(value, Mapping):
+            out.append(f"{name} " + " ".join(f"{k}={v}" for k, v in value.items()))
+        elif key.endswith("_seconds") and isinstance(value, int | float):
+            out.append(f"{name.removesuffix(' seconds')} {_ago(value)}")
+        else:
+            out.append(f"{name} {value}")
+    return out
+
+
+def _wrapped(items: list[str], *, indent: int, width: int = 100) -> list[str]:
+    """Items joined by commas into lines of at most ``width`` (an item is never cut)."""
+    lines: list[str] = []
+    for item in items:
+        if lines and len(lines[-1]) + 2 + len(item) <= width:
+            lines[-1] += f", {item}"
+        else:
+            if lines:
+                lines[-1] += ","
+            lines.append(" " * indent + item)
+    return lines
+
+
 def render(snap: Mapping[str, Any], *, failing_for: float = FAILING_FOR) -> str:
     """The snapshot as a compact table, for a terminal."""
     now = float(snap["time"])
@@ -400,6 +445,7 @@ def render(snap: Mapping[str, Any], *, failing_for: float = FAILING_FOR) -> str:
     for i, each in enumerate(snap.get("inputs", [])):
         lines.append(f"{'inputs' if i == 0 else '':<10} {each['description']} "
                      f"({each['received']} received)")
+        lines.extend(_wrapped(_details(each.get("details") or {}), indent=13))
     lines.append(f"{'requests':<10} {req['accepted']} accepted, {req['completed']} "
                  f"completed, {req['failed']} failed, {req['rejected']} rejected; "
                  f"{req['queued']} queued, {req['in_flight']} in flight")

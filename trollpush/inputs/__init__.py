@@ -63,7 +63,9 @@ class Intake(Protocol):
 
 
 class Input(Protocol):
-    """One source of requests, as the service runs it."""
+    """One source of requests, as the service runs it.  It may also have a
+    ``details() -> dict`` (plain JSON, cheap, on the loop): ``trollpush status`` shows
+    it under the input (the jetstream input: its consumer's counts)."""
 
     #: stable name: "requests", "subscribe"
     name: str

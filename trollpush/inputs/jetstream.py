@@ -27,6 +27,7 @@ from ..errors import Reason, SetupError
 from ..messages import decode
 from ..models import Rejection, Request
 from ._checks import CheckThreads, checked
+from ._jetstream_info import ConsumerWatch
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -113,6 +114,7 @@ class JetStreamInput:
         #: outcomes sent back to JetStream, by kind (ack, term, nak, missing, progress)
         self.sent: dict[str, int] = {"ack": 0, "term": 0, "nak": 0, "missing": 0,
                                      "progress": 0}
+        self.info = ConsumerWatch(config.stream, config.consumer, timeout=self.CALL_TIMEOUT)
 
     def __repr__(self) -> str:
         return (f"<JetStreamInput {self.config.stream}/{self.config.consumer} "
@@ -121,6 +123,11 @@ class JetStreamInput:
     def describe(self) -> str:
         return (f"jetstream consumer {self.config.consumer} of stream {self.config.stream} "
                 f"({self.config.subject})")
+
+    def details(self) -> dict[str, Any]:
+        """What ``trollpush status`` shows of it: the shared consumer as last read, the
+        messages held here, and the outcomes sent back."""
+        return {**self.info.details(), "held": len(self._held), "sent": dict(self.sent)}
 
     # --- start ----------------------------------------------------------------------------
 
@@ -159,6 +166,7 @@ class JetStreamInput:
         self._task = loop.create_task(self._run(), name="jetstream")
         self._task.add_done_callback(self._ended)
         self._beat = loop.create_task(self._heartbeat(), name="jetstream-progress")
+        self.info.start(js, self._intake.stats, sent=self.sent)
 
     async def _error(self, err: Exception) -> None:
         logger.warning("jetstream: %s: %s", type(err).__name__, err)
@@ -328,6 +336,7 @@ class JetStreamInput:
             self._beat.cancel()
             await asyncio.gather(self._beat, return_exceptions=True)
             self._beat = None
+        await self.info.stop()
         self._checks.close()
         await self._drop()
 
