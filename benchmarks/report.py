@@ -110,13 +110,15 @@ def link_line(link: dict[str, Any]) -> str:
             f"{tput.get('steady_mbit', 0):.1f} Mbit/s after slow start")
 
 
-P5_FIGURES = ("rate", "instance", "trollpush", "nats", "store", "driver", "all", "cores")
+P5_FIGURES = ("rate", "instance", "trollpush", "nats", "store", "driver", "all", "cores",
+              "machine")
 
 
 def p5_figures(run: dict[str, Any]) -> dict[str, float | None] | None:
     """One P5 run: files/s; CPU seconds per file of an instance (the mean over the
     instances, each over the files it did), of all instances together, of the NATS server,
-    the store and the driver, and of all of them; and the cores they kept busy."""
+    the store and the driver, and of all of them; the cores they kept busy, and the cores
+    busy on the whole machine (other work included)."""
     files, elapsed = run.get("ok") or 0, run.get("elapsed")
     if not files or not elapsed:
         return None
@@ -131,7 +133,8 @@ def p5_figures(run: dict[str, Any]) -> dict[str, float | None] | None:
     return {"rate": files / elapsed, "instance": statistics.mean(own) if own else None,
             **{k: (v / files if v is not None else None) for k, v in parts.items()},
             "all": total / files if total is not None else None,
-            "cores": total / elapsed if total is not None else None}
+            "cores": total / elapsed if total is not None else None,
+            "machine": cpu["machine"] / elapsed if cpu.get("machine") is not None else None}
 
 
 def p5_line(out: dict[str, Any]) -> str:
@@ -148,7 +151,8 @@ def p5_line(out: dict[str, Any]) -> str:
         parts.append(", ".join(f"{k} {_ms(f[k])}" for k in ("nats", "store", "all")
                                if f[k] is not None))
         if f["cores"] is not None:
-            parts.append(f"{f['cores']:.2f} cores busy")
+            parts.append(f"{f['cores']:.2f} cores busy"
+                         + ("" if f["machine"] is None else f" (machine {f['machine']:.2f})"))
     parts.append("files per instance " + "/".join(
         str(i.get("files")) for i in out.get("per_instance") or []))
     st = out.get("stream") or {}
@@ -443,7 +447,9 @@ def p5_detail(a: Analysis) -> list[str]:
              "the stream (posttroll-encoded `file` messages, nats-py), so this measures the "
              "shared consumer, not a bridge. CPU time is utime + stime from `/proc/PID/stat` "
              "over the measured window; per file = over the files that process did (an "
-             "instance: the completions it announced).", "",
+             "instance: the completions it announced). Cores busy: the CPU time of the "
+             "processes measured over the elapsed time; in brackets the whole machine's, "
+             "from `/proc/stat` (the difference is other work on the machine).", "",
              "| Instances | Median files/s | x N = 1 | CPU per file, per instance (mean) "
              "| CPU per file, all instances | NATS server | S3 store | Driver | All measured "
              "| Cores busy | Files per instance | Runs (files/s) |",
@@ -462,7 +468,9 @@ def p5_detail(a: Analysis) -> list[str]:
             str(n), "—" if f["rate"] is None else f"{f['rate']:.0f}", fmt_x(f["ratio"]),
             _ms(f["instance"]), _ms(f["trollpush"]), _ms(f["nats"]), _ms(f["store"]),
             _ms(f["driver"]), _ms(f["all"]),
-            "—" if f["cores"] is None else f"{f['cores']:.2f} of {nproc}", spread or "—",
+            "—" if f["cores"] is None else f"{f['cores']:.2f} of {nproc}"
+            + ("" if f["machine"] is None else f" (machine: {f['machine']:.2f})"),
+            spread or "—",
             ", ".join(per_run)]) + " |")
     lines.append("")
     one, top = a.p5(1), a.p5(max(a.p5_counts(), default=1))
@@ -471,10 +479,15 @@ def p5_detail(a: Analysis) -> list[str]:
         f"On this {nproc}-core machine the gain is bounded by CPU: every instance, the NATS "
         f"server, the S3 store and the driver share the same {nproc} cores, so N instances "
         f"do at most {nproc} / (all measured CPU per file) files/s"
-        + (f" (at N = {n_top}: {top['cores']:.2f} of {nproc} cores busy, a ceiling of "
-           f"{nproc / top['all']:.0f}/s)" if top["cores"] is not None and top["all"]
-           and isinstance(nproc, int) else "")
-        + "; beyond that more instances only split the same CPU time. Per-instance CPU time "
+        + (f" (at N = {n_top}: a ceiling of {nproc / top['all']:.0f}/s; the processes "
+           f"measured kept {top['cores']:.2f} of {nproc} cores busy"
+           + ("" if top["machine"] is None else f", the whole machine {top['machine']:.2f}")
+           + ")" if top["cores"] is not None and top["all"] and isinstance(nproc, int)
+           else "")
+        + "; beyond that more instances only split the same CPU time"
+        + (f". At N = 1 the processes measured kept {one['cores']:.2f} of {nproc} cores busy"
+           if one["cores"] is not None and n_top > 1 else "")
+        + ". Per-instance CPU time "
         "per file is what predicts scaling on real hosts: an instance with a core of its own "
         "does at most 1 / (its CPU time per file) files/s"
         + (f" (about {1 / one['instance']:.0f}/s at N = 1's {one['instance'] * 1000:.2f} "
@@ -794,8 +807,8 @@ def _p5_panel(ax: Any, a: Analysis) -> None:
         ax.legend(fontsize=8, loc="upper left")
     for i, (n, v) in enumerate(zip(counts, rates, strict=True)):
         ratio = a.p5(n)["ratio"]
-        ax.text(i, v, f"{v:.0f}" + (f"\n{ratio:.2f}x" if n > 1 and ratio else ""),
-                ha="center", va="bottom", fontsize=8)
+        ax.text(i, v * 0.97, f"{v:.0f}" + (f"\n{ratio:.2f}x" if n > 1 and ratio else ""),
+                ha="center", va="top", fontsize=8, color="white")
     top = max([*rates, *(one * n for n in counts)] if one else rates or [1.0])
     ax.set_ylim(0, top * 1.25 or 1)
     ax.set_xlabel("trollpush instances on one JetStream consumer")

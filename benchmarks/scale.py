@@ -89,6 +89,18 @@ def driver_cpu() -> float:
     return t.user + t.system
 
 
+def machine_cpu() -> float | None:
+    """CPU seconds the whole machine spent busy (every core, every process: other work
+    on the machine shows up as the gap to what the measured processes used)."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
 # --- the NATS server --------------------------------------------------------------------------
 
 
@@ -249,6 +261,7 @@ class Fleet:
     def cpu(self) -> dict[str, float | None]:
         out = {name: cpu_seconds(pid) for name, pid in self.pids().items()}
         out["driver"] = driver_cpu()
+        out["machine"] = machine_cpu()
         return out
 
     def link(self, timeout: float) -> None:

@@ -17,7 +17,7 @@ def _run(n: int, run: int, elapsed: float, cpu: list[float], files: list[int]) -
             "failed": 0, "missing": 0, "elapsed": elapsed, "latencies_ms": [1.0, 2.0],
             "errors": [], "verify": {"objects": ok, "expected": ok, "wrong_or_missing": 0},
             "stream": {"messages": 0, "ack_pending": 0, "redelivered": 0},
-            "cpu_s": {"nats": 0.1, "store": 0.5, "driver": 0.2,
+            "cpu_s": {"nats": 0.1, "store": 0.5, "driver": 0.2, "machine": 1.9 * elapsed,
                       **{f"trollpush-{i + 1}": c for i, c in enumerate(cpu)}},
             "per_instance": [{"name": f"trollpush-{i + 1}", "files": f, "cpu_s": c}
                              for i, (f, c) in enumerate(zip(files, cpu, strict=True))]}
@@ -52,7 +52,7 @@ def test_p5_table_gives_rate_ratio_and_cpu_per_file(tmp_path: Path) -> None:
     report.write(_meta(), results, out, tmp_path / "bench.png")
     text = out.read_text()
     assert ("| 2 | 400 | 1.78x | 3.18 ms | 3.20 ms | 0.10 ms | 0.50 ms | 0.20 ms | 4.00 ms "
-            "| 1.60 of 2 | 500/500; 400/600 | 400, 400, error |") in text
+            "| 1.60 of 2 (machine: 1.90) | 500/500; 400/600 | 400, 400, error |") in text
     assert "On this 2-core machine the gain is bounded by CPU" in text
     assert "about 323/s at N = 1's 3.10 ms" in text
     assert "N=1: 225/s; N=2: 400/s (1.78x)" in text
