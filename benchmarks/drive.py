@@ -37,7 +37,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import yaml
 
@@ -93,6 +93,8 @@ class Spec:
     tp_daemon: dict[str, Any] = field(default_factory=dict)
     engine: str | None = None  # the frozen copy of trollpush to run (see run.py)
     tag: str = ""  # tells apart runs of one scenario on different stores (P3)
+    instances: int = 1  # trollpush instances sharing one JetStream consumer (P5)
+    store_pid: int = 0  # the S3 server's process, for its CPU time (P5)
     verify: bool = True
     cleanup: bool = True
 
@@ -324,14 +326,17 @@ class Trollpush(PosttrollTool):
     done_topic = "/bench/done/tp/"
 
     def config(self) -> dict[str, Any]:
+        return {"subscribe": {"topics": [self.topic], "nameserver": False,
+                              "addresses": [self.producer.address]}, **self.base_config()}
+
+    def base_config(self) -> dict[str, Any]:
+        """Everything but the input (P5 gives its instances a ``jetstream`` one)."""
         # only what says where the store is: every engine knob keeps the default a user
         # gets, unless the orchestrator was told otherwise (--tp-endpoint KEY=VALUE)
         endpoint: dict[str, Any] = {"url": self.spec.s3_url, "region": REGION,
                                     "addressing_style": "path"}
         endpoint.update(self.spec.tp_endpoint)
         cfg: dict[str, Any] = {
-            "subscribe": {"topics": [self.topic], "nameserver": False,
-                          "addresses": [self.producer.address]},
             "publish": {"name": "trollpush-bench", "nameservers": False,
                         "address": self.publish_address, "topic": self.done_topic,
                         "failure_topic": "/bench/failed/tp/"},
@@ -348,10 +353,10 @@ class Trollpush(PosttrollTool):
 
     @property
     def state_dir(self) -> Path:
-        return Path(self.spec.workdir) / "state" / f"{self.spec.name}-trollpush"
+        return Path(self.spec.workdir) / "state" / f"{self.spec.name}-{self.name}"
 
     def start(self) -> None:
-        cfg_path = self.logdir / f"{self.spec.name}-trollpush.yaml"
+        cfg_path = self.logdir / f"{self.spec.name}-{self.name}.yaml"
         shutil.rmtree(self.state_dir, ignore_errors=True)
         self.state_dir.mkdir(parents=True)
         cfg_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
@@ -523,7 +528,16 @@ def prefix_for(spec: Spec, tool: str, phase: str = "m") -> str:
     return f"{spec.scenario.lower()}/{tool}/r{spec.run}-{phase}"
 
 
-def measure(tool: Tool, files: Sequence[str], prefix: str, deadline: float) -> dict[str, Any]:
+class Handover(Protocol):
+    """What ``measure`` needs of a tool (P5's fleet of instances is one too)."""
+
+    collector: Collector
+
+    def submit(self, files: Sequence[str], prefix: str) -> dict[str, float]: ...
+
+
+def measure(tool: Handover, files: Sequence[str], prefix: str, deadline: float
+            ) -> dict[str, Any]:
     """Hand over ``files``, wait for every completion; times relative to the first send."""
     names = [os.path.basename(f) for f in files]
     sent = tool.submit(files, prefix)

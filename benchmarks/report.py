@@ -20,6 +20,7 @@ TITLES = {
     "P2": "P2 first file after {idle} idle: one {size} file",
     "P3": "P3 small-file firehose: {n} x {size}",
     "P4": "P4 one large file: {size}",
+    "P5": "P5 scaling: N instances on one JetStream consumer, {n} x {size}",
 }
 
 
@@ -109,6 +110,57 @@ def link_line(link: dict[str, Any]) -> str:
             f"{tput.get('steady_mbit', 0):.1f} Mbit/s after slow start")
 
 
+P5_FIGURES = ("rate", "instance", "trollpush", "nats", "store", "driver", "all", "cores",
+              "machine")
+
+
+def p5_figures(run: dict[str, Any]) -> dict[str, float | None] | None:
+    """One P5 run: files/s; CPU seconds per file of an instance (the mean over the
+    instances, each over the files it did), of all instances together, of the NATS server,
+    the store and the driver, and of all of them; the cores they kept busy, and the cores
+    busy on the whole machine (other work included)."""
+    files, elapsed = run.get("ok") or 0, run.get("elapsed")
+    if not files or not elapsed:
+        return None
+    inst = run.get("per_instance") or []
+    own = [i["cpu_s"] / i["files"] for i in inst if i.get("files") and i.get("cpu_s") is not None]
+    cpu = run.get("cpu_s") or {}
+    tp = sum(i["cpu_s"] for i in inst if i.get("cpu_s") is not None) if inst else None
+    parts = {"trollpush": tp, "nats": cpu.get("nats"), "store": cpu.get("store"),
+             "driver": cpu.get("driver")}
+    known = [v for v in parts.values() if v is not None]
+    total = sum(known) if known else None
+    return {"rate": files / elapsed, "instance": statistics.mean(own) if own else None,
+            **{k: (v / files if v is not None else None) for k, v in parts.items()},
+            "all": total / files if total is not None else None,
+            "cores": total / elapsed if total is not None else None,
+            "machine": cpu["machine"] / elapsed if cpu.get("machine") is not None else None}
+
+
+def p5_line(out: dict[str, Any]) -> str:
+    """A progress line for one P5 run (N instances)."""
+    n = out.get("instances", "?")
+    if "error" in out and "files" not in out:
+        return f"N={n}: ERROR {str(out['error']).splitlines()[0][:200]}"
+    parts = [f"N={n}: " + one_line(out).split(": ", 1)[1]]
+    f = p5_figures(out) if valid(out) else None
+    if f:
+        parts.append(f"{f['rate']:.0f} files/s")
+        if f["instance"] is not None:
+            parts.append(f"CPU per file: {f['instance'] * 1000:.2f} ms per instance")
+        parts.append(", ".join(f"{k} {_ms(f[k])}" for k in ("nats", "store", "all")
+                               if f[k] is not None))
+        if f["cores"] is not None:
+            parts.append(f"{f['cores']:.2f} cores busy"
+                         + ("" if f["machine"] is None else f" (machine {f['machine']:.2f})"))
+    parts.append("files per instance " + "/".join(
+        str(i.get("files")) for i in out.get("per_instance") or []))
+    st = out.get("stream") or {}
+    if st.get("redelivered"):
+        parts.append(f"REDELIVERED {st['redelivered']}")
+    return ", ".join(parts)
+
+
 class Analysis:
     """Medians, limits, ratios and targets computed from the raw results."""
 
@@ -162,6 +214,21 @@ class Analysis:
 
     def p3_servers(self) -> list[str]:
         return list(self.results.get("P3", {}))
+
+    def p5_counts(self) -> list[int]:
+        runs = self.results.get("P5", {}).get("runs", [])
+        return sorted({int(r["instances"]) for r in runs if r.get("instances")})
+
+    def p5(self, n: int) -> dict[str, float | None]:
+        """Medians over N instances' valid runs; ``ratio`` is files/s over N = 1's."""
+        runs = [r for r in self.results.get("P5", {}).get("runs", [])
+                if r.get("instances") == n and valid(r)]
+        figures = [f for f in (p5_figures(r) for r in runs) if f]
+        out = {k: median([v for f in figures if (v := f.get(k)) is not None])
+               for k in P5_FIGURES}
+        one = self.p5(1)["rate"] if n != 1 else out["rate"]
+        out["ratio"] = out["rate"] / one if out["rate"] and one else None
+        return out
 
     def targets(self) -> list[dict[str, Any]]:
         """Each target with the measured value and whether it is met (None: not measured)."""
@@ -231,8 +298,9 @@ def title(a: Analysis, scenario: str) -> str:
     fields = {"P1": {"n": s["p1_files"], "size": human_size(s["p1_size"])},
               "P2": {"idle": f"{s['idle']:g} s", "size": human_size(s["p2_size"])},
               "P3": {"n": f"{s['p3_files']:,}", "size": human_size(s["p3_size"])},
-              "P4": {"size": human_size(s["p4_size"])}}[scenario]
-    where = ("loopback" if scenario == "P3" else
+              "P4": {"size": human_size(s["p4_size"])},
+              "P5": {"n": f"{s['p3_files']:,}", "size": human_size(s["p3_size"])}}[scenario]
+    where = ("loopback" if scenario in ("P3", "P5") else
              f"{s['rtt_ms']:g} ms RTT / {s['rate_mbit']:g} Mbit/s" if a.net(scenario) == "wan"
              else "loopback (no emulated link)")
     return TITLES[scenario].format(**fields) + f", {where}"
@@ -272,6 +340,15 @@ def summary_table(a: Analysis) -> list[str]:
                 text += f", trollpush {tp / rate:.2f}x faster"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
+    if "P5" in a.results:
+        rows = [(n, a.p5(n)) for n in a.p5_counts()]
+        text = "; ".join(f"N={n}: " + ("—" if f["rate"] is None else f"{f['rate']:.0f}/s"
+                                       + (f" ({f['ratio']:.2f}x)" if n > 1 and f["ratio"]
+                                          else ""))
+                         for n, f in rows)
+        lines.append("| " + " | ".join(
+            [f"P5 files/s, N instances on JetStream ({a.results['P5'].get('server')})",
+             "— (CPU-bound)", *[text if t == "trollpush" else "—" for t in tools]]) + " |")
     return lines
 
 
@@ -354,6 +431,86 @@ def scenario_detail(a: Analysis, sc: str, runs: list[dict[str, Any]],
     return lines
 
 
+def _ms(x: float | None) -> str:
+    return "—" if x is None else f"{x * 1000:.2f} ms"
+
+
+def p5_detail(a: Analysis) -> list[str]:
+    """The scaling table, where the CPU went, and what it predicts on real hosts."""
+    block = a.results["P5"]
+    runs = block.get("runs", [])
+    nproc = a.meta["machine"].get("nproc") or "?"
+    lines = [f"### {title(a, 'P5')}, {block.get('server')}", "",
+             "N `trollpush run` processes, each with a `jetstream` section naming the same "
+             "stream and consumer (its own journal, its own posttroll publisher), pull the "
+             "firehose from one `nats-server -js`; the files are published straight into "
+             "the stream (posttroll-encoded `file` messages, nats-py), so this measures the "
+             "shared consumer, not a bridge. CPU time is utime + stime from `/proc/PID/stat` "
+             "over the measured window; per file = over the files that process did (an "
+             "instance: the completions it announced). Cores busy: the CPU time of the "
+             "processes measured over the elapsed time; in brackets the whole machine's, "
+             "from `/proc/stat` (the difference is other work on the machine).", "",
+             "| Instances | Median files/s | x N = 1 | CPU per file, per instance (mean) "
+             "| CPU per file, all instances | NATS server | S3 store | Driver | All measured "
+             "| Cores busy | Files per instance | Runs (files/s) |",
+             "|" + "---|" * 12]
+    for n in a.p5_counts():
+        f = a.p5(n)
+        mine = [r for r in runs if r.get("instances") == n]
+        per_run = [f"{r['ok'] / r['elapsed']:.0f}" if valid(r) else
+                   (f"invalid ({r['verify']['objects']}/{r['verify']['expected']} objects)"
+                    if r.get("verify", {}).get("wrong_or_missing") else
+                    f"incomplete ({r.get('ok')}/{r.get('files')} ok)" if "files" in r
+                    else "error") for r in mine]
+        spread = "; ".join("/".join(str(i.get("files")) for i in r.get("per_instance") or [])
+                           for r in mine if valid(r))
+        lines.append("| " + " | ".join([
+            str(n), "—" if f["rate"] is None else f"{f['rate']:.0f}", fmt_x(f["ratio"]),
+            _ms(f["instance"]), _ms(f["trollpush"]), _ms(f["nats"]), _ms(f["store"]),
+            _ms(f["driver"]), _ms(f["all"]),
+            "—" if f["cores"] is None else f"{f['cores']:.2f} of {nproc}"
+            + ("" if f["machine"] is None else f" (machine: {f['machine']:.2f})"),
+            spread or "—",
+            ", ".join(per_run)]) + " |")
+    lines.append("")
+    one, top = a.p5(1), a.p5(max(a.p5_counts(), default=1))
+    n_top = max(a.p5_counts(), default=1)
+    lines.append(
+        f"On this {nproc}-core machine the gain is bounded by CPU: every instance, the NATS "
+        f"server, the S3 store and the driver share the same {nproc} cores, so N instances "
+        f"do at most {nproc} / (all measured CPU per file) files/s"
+        + (f" (at N = {n_top}: a ceiling of {nproc / top['all']:.0f}/s; the processes "
+           f"measured kept {top['cores']:.2f} of {nproc} cores busy"
+           + ("" if top["machine"] is None else f", the whole machine {top['machine']:.2f}")
+           + ")" if top["cores"] is not None and top["all"] and isinstance(nproc, int)
+           else "")
+        + "; beyond that more instances only split the same CPU time"
+        + (f". At N = 1 the processes measured kept {one['cores']:.2f} of {nproc} cores busy"
+           if one["cores"] is not None and n_top > 1 else "")
+        + ". Per-instance CPU time "
+        "per file is what predicts scaling on real hosts: an instance with a core of its own "
+        "does at most 1 / (its CPU time per file) files/s"
+        + (f" (about {1 / one['instance']:.0f}/s at N = 1's {one['instance'] * 1000:.2f} "
+           "ms)" if one["instance"] else "")
+        + ", and N instances on hosts of their own about N times that, until the store or "
+        "the NATS server saturates"
+        + (f" (here they spent {one['store'] * 1000:.2f} and {one['nats'] * 1000:.2f} ms "
+           "of CPU per file)" if one["store"] is not None and one["nats"] is not None else "")
+        + ".")
+    lines.append("")
+    problems = [f"- N = {r.get('instances')} run {r.get('run')}: "
+                + (str(r["error"]).splitlines()[0][:300] if "error" in r and "files" not in r
+                   else f"{r.get('failed')} failed, {r.get('missing')} missing; "
+                   + "; ".join(r.get("errors", []))[:300])
+                for r in runs if not valid(r)]
+    problems += [f"- N = {r.get('instances')} run {r.get('run')}: JetStream redelivered "
+                 f"{r['stream']['redelivered']} message(s)"
+                 for r in runs if (r.get("stream") or {}).get("redelivered")]
+    if problems:
+        lines += ["Problems:", *problems, ""]
+    return lines
+
+
 def _drops(link: dict[str, Any]) -> str:
     """Client -> server packets the link queue dropped, of those offered."""
     up = link["a_to_b"]
@@ -370,7 +527,7 @@ def machine_section(meta: dict[str, Any]) -> list[str]:
         f"- Machine: {m['nproc']} CPU(s) ({m['cpu']}), {m['ram_gib']} GiB RAM, Linux "
         f"{m['kernel']}, Python {m['python']}."
         + (f" Load average (1 min) when the run started: {m['load_start']:.2f}, when it "
-           f"ended: {m.get('load_end', 0):.2f} (other work on the machine shows up in P3)."
+           f"ended: {m.get('load_end', 0):.2f} (other work on the machine shows up in P3 and P5)."
            if "load_start" in m else ""),
         f"- trollpush {v['trollpush']}"
         + (f" (content {v['trollpush_content']}, copied at the start: every daemon of the "
@@ -471,13 +628,21 @@ METHOD = """## Method
   edits to the working tree during the run do not mix engine versions.
 - Peak RSS is `VmHWM` of the uploading process (the daemon, the dispatcher, the worker)
   just before it is stopped: its whole life, imports included.
+- P5 (`benchmarks/scale.py`) runs only trollpush: for each N a fresh `nats-server -js`
+  and N instances whose only input is one `jetstream` stream and consumer (`ack_wait`
+  long enough that nothing is redelivered during a run), each linked by probes published
+  into the stream until every instance has refused one. The P3 files are then published
+  into the stream with nats-py, up to 256 unacknowledged publishes at once; the time runs
+  from just before the first publish to the last completion heard on any instance's
+  publisher. The N order rotates between runs; the store is the P3 SeaweedFS.
 """
 
 HOW_TO = """## How to run
 
 ```sh
 make bench                            # the full suite (~30 min on 2 cores; needs root for the link)
-.venv/bin/python -m benchmarks.run --quick        # 1 run, 10 s idle, 64 MiB P4, 500 files in P3
+.venv/bin/python -m benchmarks.run --quick        # 1 run, 10 s idle, 64 MiB P4, 500 files in P3, P5
+.venv/bin/python -m benchmarks.run --scenarios P5 --p5-instances 1,2  # scaling only, no root
 .venv/bin/python -m benchmarks.run --scenarios P1,P4 --tools trollpush,direct-aiobotocore
 .venv/bin/python -m benchmarks.run --tp-endpoint prewarm=16 --tp-endpoint max_parallel=64
 ```
@@ -498,7 +663,7 @@ def markdown(a: Analysis, chart_name: str | None) -> str:
     if quick:
         lines += [f"**Quick mode** (`--quick`): {s['runs']} run(s) per tool, P2 idle "
                   f"{s['idle']:g} s instead of 60 s, P4 {human_size(s['p4_size'])} instead of "
-                  f"512 MiB, P3 {s['p3_files']:,} files instead of 2,000. Numbers for "
+                  f"512 MiB, P3 and P5 {s['p3_files']:,} files instead of 2,000. Numbers for "
                   "development only.", ""]
     else:
         lines += [f"{s['runs']} runs per tool and scenario; medians.", ""]
@@ -509,8 +674,13 @@ def markdown(a: Analysis, chart_name: str | None) -> str:
     lines += ["## Summary", "", *summary_table(a), ""]
     lines += ["## Targets", "",
               "The goals the transfer engine is tuned against, next to what this run measured.",
-              "", "| Scenario | Measure | Target | Measured | |", "|---|---|---|---|---|"]
-    for row in a.targets():
+              ""]
+    targets = a.targets()
+    if targets:
+        lines += ["| Scenario | Measure | Target | Measured | |", "|---|---|---|---|---|"]
+    else:
+        lines.append("None for the scenarios of this run (P5 has none).")
+    for row in targets:
         lines.append(f"| {row['scenario']} | {row['what']} | {row['target']} | "
                      f"{row['measured']} | {_met(row['met'])} |")
     lines.append("")
@@ -526,6 +696,8 @@ def markdown(a: Analysis, chart_name: str | None) -> str:
                                          label=f"{title(a, 'P3')}, {server}")
         else:
             lines += scenario_detail(a, sc, a.results[sc]["runs"])
+    if "P5" in a.results:
+        lines += p5_detail(a)
     lines += machine_section(meta)
     lines += link_section(meta)
     for note in meta.get("notes", []):
@@ -546,7 +718,7 @@ def chart(a: Analysis, path: Path) -> bool:
         from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     except ImportError:
         return False
-    panels = [sc for sc in ("P1", "P2", "P3", "P4") if sc in a.results]
+    panels = [sc for sc in ("P1", "P2", "P3", "P4", "P5") if sc in a.results]
     if not panels:
         return False
     cols = 2 if len(panels) > 1 else 1
@@ -558,6 +730,9 @@ def chart(a: Analysis, path: Path) -> bool:
     labels = [TOOL_LABELS[t].replace(" ", "\n", 1) for t in tools]
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     for ax, sc in zip(axes.flat, panels, strict=False):
+        if sc == "P5":
+            _p5_panel(ax, a)
+            continue
         if sc == "P3":
             servers = a.p3_servers()
             width = 0.8 / max(1, len(servers))
@@ -611,12 +786,37 @@ def chart(a: Analysis, path: Path) -> bool:
     quick = " (quick mode)" if a.settings.get("quick") else ""
     m = a.meta["machine"]
     fig.suptitle(f"trollpush benchmarks{quick}: {a.meta['date']}, {m['nproc']} CPUs, "
-                 f"Python {m['python']}, medians of {a.settings['runs']} run(s)", fontsize=11)
+                 f"Python {m['python']}, medians of {a.settings['runs']} run(s)",
+                 fontsize=11 if cols > 1 else 8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def _p5_panel(ax: Any, a: Analysis) -> None:
+    """files/s against N, with N times N = 1's rate (perfect scaling) dotted."""
+    counts = a.p5_counts()
+    rates = [a.p5(n)["rate"] or 0.0 for n in counts]
+    ax.bar([str(n) for n in counts], rates, color=COLORS["trollpush"])
+    one = a.p5(1)["rate"]
+    if one:
+        ax.plot([str(n) for n in counts], [one * n for n in counts], ls=":", color="k",
+                marker=".", label="N x the rate of N = 1")
+        ax.legend(fontsize=8, loc="upper left")
+    for i, (n, v) in enumerate(zip(counts, rates, strict=True)):
+        ratio = a.p5(n)["ratio"]
+        ax.text(i, v * 0.97, f"{v:.0f}" + (f"\n{ratio:.2f}x" if n > 1 and ratio else ""),
+                ha="center", va="top", fontsize=8, color="white")
+    top = max([*rates, *(one * n for n in counts)] if one else rates or [1.0])
+    ax.set_ylim(0, top * 1.25 or 1)
+    ax.set_xlabel("trollpush instances on one JetStream consumer")
+    ax.set_ylabel("files/s (higher is better)")
+    ax.set_title(f"P5 scaling: {a.settings['p3_files']:,} x "
+                 f"{human_size(a.settings['p3_size'])}, loopback\n"
+                 f"{a.results['P5'].get('server')}, {a.meta['machine'].get('nproc')} CPUs "
+                 "shared by all", fontsize=10)
 
 
 def summary_text(a: Analysis) -> str:

@@ -13,6 +13,9 @@ Scenarios (each run ``--runs`` times, medians reported):
   the WAN link (every tool uploads one warm-up file first, then idles).
 - P3 firehose: 2,000 x 4 KiB on loopback; files/s and p50/p99 latency.
 - P4 one large file (512 MiB) over the WAN link, with the uploader's peak RSS.
+- P5 scaling: the P3 firehose through N = 1, 2, 3, 4 trollpush instances sharing one
+  NATS JetStream consumer, on loopback (SeaweedFS); files/s, the ratio to N = 1, and the
+  CPU time per file of each instance, the NATS server and the store.
 
 The WAN link needs root (network namespaces, TUN devices: see ``benchmarks/wan.py``);
 without it P1, P2 and P4 run on loopback instead and the report says so.
@@ -55,7 +58,8 @@ from benchmarks.wan import WanLink, other_runs, remove_stale_namespaces, wan_una
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 PEER_PACKAGES = ["trollmoves>=0.19", "s3fs"]
-SCENARIOS = ("P1", "P2", "P3", "P4")
+SCENARIOS = ("P1", "P2", "P3", "P4", "P5")
+P5_SERVER = "seaweedfs"  # the store P5's instances share
 
 
 def say(text: str) -> None:
@@ -76,6 +80,7 @@ class Settings:
     p3_files: int = 2000
     p3_size: int = 4096
     p4_size: int = 512 * MiB
+    p5_instances: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
     tools: list[str] = field(default_factory=lambda: list(TOOLS))
     rtt_ms: float = 200.0
@@ -111,11 +116,14 @@ def parse_args(argv: list[str] | None) -> Settings:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="development run: 1 run, 10 s idle, 64 MiB P4, 500 files in P3")
+                   help="development run: 1 run, 10 s idle, 64 MiB P4, 500 files in P3 "
+                   "and P5")
     p.add_argument("--runs", type=int, help="runs per scenario and tool (default 3)")
     p.add_argument("--idle", type=float, help="P2 idle seconds (default 60)")
     p.add_argument("--p3-files", type=int, help="P3 file count (default 2000)")
     p.add_argument("--p4-mib", type=int, help="P4 file size in MiB (default 512)")
+    p.add_argument("--p5-instances", default="1,2,3,4",
+                   help="P5: the instance counts to measure (comma-separated; P3's files)")
     p.add_argument("--scenarios", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     p.add_argument("--tools", help=f"comma-separated subset of {','.join(TOOLS)}")
     p.add_argument("--rtt-ms", type=float, default=200.0)
@@ -155,6 +163,12 @@ def parse_args(argv: list[str] | None) -> Settings:
     s.idle = a.idle if a.idle is not None else s.idle
     s.p3_files = a.p3_files or s.p3_files
     s.p4_size = a.p4_mib * MiB if a.p4_mib else s.p4_size
+    try:
+        s.p5_instances = sorted({int(x) for x in a.p5_instances.split(",") if x.strip()})
+    except ValueError:
+        p.error(f"--p5-instances: expected numbers like 1,2,3,4, got {a.p5_instances!r}")
+    if not s.p5_instances or not all(1 <= n <= 16 for n in s.p5_instances):
+        p.error("--p5-instances: from 1 to 16 instances")
     if a.scenarios:
         s.scenarios = [x.strip().upper() for x in a.scenarios.split(",") if x.strip()]
         bad = set(s.scenarios) - set(SCENARIOS)
@@ -324,8 +338,8 @@ def make_data(settings: Settings, work: Path) -> Data:
             for i in range(settings.p1_files)] if "P1" in want else [],
         p2_warm=[make_file(d / "p2-warmup.dat", settings.p2_size)] if "P2" in want else [],
         p2=[make_file(d / "p2-first.dat", settings.p2_size)] if "P2" in want else [],
-        p3=[make_file(d / f"p3-{i:05d}.dat", settings.p3_size)
-            for i in range(settings.p3_files)] if "P3" in want else [],
+        p3=[make_file(d / f"p3-{i:05d}.dat", settings.p3_size)  # P5 sends them too
+            for i in range(settings.p3_files)] if {"P3", "P5"} & want else [],
         p4=[make_file(d / "p4-large.dat", settings.p4_size)] if "P4" in want else [],
     )
 
@@ -346,7 +360,8 @@ def _wait_or_stop(proc: subprocess.Popen[Any], timeout: float) -> int:
         raise
 
 
-def drive(spec: dict[str, Any], work: Path, prefix: list[str], budget: float) -> dict[str, Any]:
+def drive(spec: dict[str, Any], work: Path, prefix: list[str], budget: float, *,
+          module: str = "benchmarks.drive") -> dict[str, Any]:
     """Run one driver invocation (in the client namespace when ``prefix`` says so)."""
     tag = (f"{spec['scenario']}{'-' + spec['tag'] if spec.get('tag') else ''}-r{spec['run']}"
            f"-{'+'.join(spec['tools'])}")
@@ -354,7 +369,7 @@ def drive(spec: dict[str, Any], work: Path, prefix: list[str], budget: float) ->
     result_path = work / f"result-{tag}.json"
     spec_path.write_text(json.dumps(spec))
     result_path.unlink(missing_ok=True)
-    proc = subprocess.Popen([*prefix, sys.executable, "-m", "benchmarks.drive", str(spec_path),
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", module, str(spec_path),
                              str(result_path)], cwd=ROOT, env=credentials_env(),
                             preexec_fn=die_with_parent)
     try:
@@ -367,7 +382,7 @@ def drive(spec: dict[str, Any], work: Path, prefix: list[str], budget: float) ->
     return result
 
 
-def rotate(items: list[str], n: int) -> list[str]:
+def rotate[T](items: list[T], n: int) -> list[T]:
     k = n % len(items) if items else 0
     return items[k:] + items[:k]
 
@@ -482,6 +497,29 @@ def scenario_p4(ctx: Context) -> None:
         timeout=120 + 4 * seconds_at_rate)}
 
 
+def scenario_p5(ctx: Context) -> None:
+    """N instances on one JetStream consumer, N in turn (the order rotates between runs);
+    the NATS server is the driver's (``benchmarks/scale.py``), the store is shared."""
+    s = ctx.settings
+    server = ctx.loop_servers[P5_SERVER]
+    timeout = 120 + s.p3_files * 0.2
+    runs: list[dict[str, Any]] = []
+    for run in range(1, s.runs + 1):
+        for n in rotate(s.p5_instances, run - 1):
+            say(f"P5 (loopback, {P5_SERVER}) run {run}/{s.runs}: {n} instance(s)")
+            spec = base_spec(ctx, "P5", run, ["trollpush"], server.url,
+                             {"trollpush": ctx.data.p3}, timeout)
+            spec.update(tag=f"n{n}", instances=n, store_pid=server.pid or 0)
+            res = drive(spec, ctx.work, [], timeout + 120 + 30 * n,
+                        module="benchmarks.scale")
+            out = res.get("tools", {}).get("trollpush") or {
+                "error": res.get("error", "no result")}
+            out.update(tool="trollpush", run=run, instances=n)
+            say("    " + report.p5_line(out))
+            runs.append(out)
+    ctx.results["P5"] = {"net": "loopback", "server": P5_SERVER, "runs": runs}
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -536,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["versions"]["trollpush"] = git_revision()
     meta["versions"]["trollpush_content"] = content_hash(engine / "trollpush")
     peers_python = None
-    if "trollmoves" in settings.tools:
+    if "trollmoves" in settings.tools and set(settings.scenarios) - {"P5"}:  # P5: trollpush
         try:
             peers_python = ensure_peers_venv(settings.peers_venv)
         except (subprocess.SubprocessError, OSError) as err:
@@ -587,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
                 servers.append(wan_server)
                 start_server(wan_server, link.prefix("client"))
             loop_kinds = set(settings.loop_servers) if "P3" in settings.scenarios else set()
+            if "P5" in settings.scenarios:
+                loop_kinds.add(P5_SERVER)
             if wan_needed and link is None:
                 loop_kinds.add(settings.wan_server)
             loop: dict[str, S3Server] = {}
@@ -607,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
                 meta["overlapping_runs"] = sorted(overlapping)
                 t = time.monotonic()
                 {"P1": scenario_p1, "P2": scenario_p2, "P3": scenario_p3,
-                 "P4": scenario_p4}[scenario](ctx)
+                 "P4": scenario_p4, "P5": scenario_p5}[scenario](ctx)
                 say(f"{scenario} done in {time.monotonic() - t:.0f} s")
         finally:
             for server in servers:

@@ -173,6 +173,11 @@ class S3Server:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process (its CPU time is read from /proc by P5)."""
+        return self._proc.pid if self._proc is not None else None
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
