@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -168,6 +169,30 @@ def test_a_destination_in_an_announcement_gets_no_rights_over_the_bridge(
         heard.close()
 
 
+def test_a_directory_watched_by_two_instances_gives_one_request_per_file(
+        base_config: dict[str, Any], stream: dict[str, Any], natsd: NatsServer, s3: Any,
+        bucket: str, tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    watched = [{"path": str(inbox), "subject": SUBJECT}]
+    a = instance(base_config, stream, tmp_path, "a", watch=watched)
+    b = instance(base_config, stream, tmp_path, "b", watch=watched)
+    count = 10
+    with running_daemon(a) as da, running_daemon(b) as db:
+        paths = granules(inbox, count, first=40)
+        wait_until(lambda: da.transfer.completed + db.transfer.completed >= count, 30,
+                   "every file uploaded")
+        wait_until(lambda: state(natsd.url, stream["stream"])["messages"] == 0, 10,
+                   "the stream emptied")
+        time.sleep(0.5)  # a second upload of any file would show by now
+        assert da.transfer.completed + db.transfer.completed == count
+        bridges = bridge(da), bridge(db)
+        assert sum(x.published for x in bridges) == count
+        assert sum(x.duplicates for x in bridges) == count
+        for path in paths:
+            assert landed(s3, bucket, key_of(path))
+
+
 # --- callers that wait ----------------------------------------------------------------------
 
 
@@ -238,6 +263,25 @@ def test_an_http_upload_through_the_bridge_gets_its_outcome(
     assert bridge(da).published == 2
 
 
+def test_an_http_client_that_hangs_up_does_not_stop_a_bridged_request(
+        base_config: dict[str, Any], stream: dict[str, Any], s3: Any, bucket: str,
+        tmp_path: Path) -> None:
+    a = instance(base_config, stream, tmp_path, "a",
+                 http={"address": f"127.0.0.1:{free_port()}"})
+    path = granules(tmp_path, 1, first=13)[0]
+    with running_daemon(a) as da:
+        stop_fetching(da)  # nobody takes it yet
+        url = f"http://{da.input('http').server.address}/upload"
+        with pytest.raises(TimeoutError):
+            post(url, {"file": str(path), "uri": f"s3://{bucket}/gone/x.h5"}, timeout=1)
+        wait_until(lambda: bridge(da).published == 1 and bridge(da).waiting == 0, 10,
+                   "the caller gone, the request in the stream")
+        b = instance(base_config, stream, tmp_path, "b", bridge=False)
+        with running_daemon(b) as db:  # it is done anyway
+            wait_until(lambda: landed(s3, bucket, "gone/x.h5"), 20, "the object")
+            assert db.transfer.completed == 1
+
+
 # --- the stream cannot be reached ------------------------------------------------------------
 
 
@@ -258,14 +302,31 @@ def test_a_request_is_done_here_when_the_stream_cannot_take_it(
         with running_daemon(a) as da:
             own.stop()  # a nats-server restart that takes too long
             path = granules(tmp_path, 1, first=9)[0]
+            server = da.input("requests").server.address
             result = client.send(str(path), f"s3://{bucket}/down/{path.name}",
-                                 server=da.input("requests").server.address, timeout=15,
-                                 result_timeout=30)
+                                 server=server, timeout=15, result_timeout=30)
             assert result.ok, result.error
             assert s3.get_object(Bucket=bucket, Key=f"down/{path.name}")["Body"].read() \
                 == path.read_bytes()
             assert da.transfer.completed == 1
             assert bridge(da).fallbacks == 1 and bridge(da).published == 0
+            # while it stays down, the next request tries once: no wait per request
+            second = granules(tmp_path, 1, first=10)[0]
+            started = time.monotonic()
+            assert client.send(str(second), f"s3://{bucket}/down/{second.name}",
+                               server=server, timeout=15, result_timeout=30).ok
+            assert time.monotonic() - started < Bridge.PUBLISH_RETRY
+            assert bridge(da).fallbacks == 2
+            # back: requests go into the stream again (this instance takes them too)
+            own.start()
+            taken: JetStreamInput = da.input("jetstream")
+            wait_until(lambda: (nc := taken.connection()) is not None and nc.is_connected,
+                       15, "the jetstream input reconnected")
+            third = granules(tmp_path, 1, first=12)[0]
+            assert client.send(str(third), f"s3://{bucket}/down/{third.name}",
+                               server=server, timeout=15, result_timeout=30).ok
+            assert bridge(da).published == 1 and bridge(da).fallbacks == 2
+            assert da.transfer.completed == 3
     finally:
         own.stop()
 
@@ -296,3 +357,24 @@ def test_a_reload_does_not_switch_the_bridge(base_config: dict[str, Any]) -> Non
     assert gone.config.jetstream == on.jetstream and "jetstream.bridge" in gone.restart
     late = diff(parse_config(base_config), on)
     assert late.config.jetstream is not None and late.config.jetstream.bridge is False
+
+
+def test_a_caller_still_waiting_at_a_stop_is_told_and_the_request_stays_in_the_stream(
+        base_config: dict[str, Any], stream: dict[str, Any], natsd: NatsServer,
+        bucket: str, tmp_path: Path) -> None:
+    a = instance(base_config, stream, tmp_path, "a",
+                 requests={"address": f"tcp://127.0.0.1:{free_port()}"})
+    path = granules(tmp_path, 1, first=11)[0]
+    results: list[client.SendResult] = []
+    with running_daemon(a) as da:
+        stop_fetching(da)  # nobody takes it: the caller is still waiting at the stop
+        sender = threading.Thread(target=lambda: results.append(client.send(
+            str(path), f"s3://{bucket}/stays/{path.name}",
+            server=da.input("requests").server.address, timeout=10, result_timeout=30)))
+        sender.start()
+        wait_until(lambda: bridge(da).published == 1, 10, "the request in the stream")
+    sender.join(timeout=30)
+    assert results and not results[0].ok
+    failure = results[0].message.data
+    assert failure["reason"] == "shutdown" and "JetStream stream" in failure["error"]
+    assert state(natsd.url, stream["stream"])["messages"] == 1

@@ -76,6 +76,7 @@ class Bridge:
     PUBLISH_RETRY = 30.0  # seconds a publish is tried before the request is done here
     CALL_TIMEOUT = 5.0  # one publish, waiting for its PubAck
     BACKOFF = (0.05, 2.0)  # seconds between tries: the first, the longest
+    KEEP = 1.0  # seconds between looks at the connection while callers wait
 
     def __init__(self, config: Config) -> None:
         self.instance = uuid.uuid4().hex[:12]
@@ -86,6 +87,10 @@ class Bridge:
         self._nc: Client | None = None  # the connection the replies come on
         self._js: JetStreamContext | None = None
         self._answers: set[asyncio.Task[None]] = set()
+        self._keeper: asyncio.Task[None] | None = None
+        #: the last publish found no way into the stream: the next ones try once (a
+        #: REQ/REP input hands over one request at a time), until one gets through
+        self.down = False
         self.configure(config)
         #: requests that entered the stream, publishes it had already (another
         #: instance's, or a retry's), requests done here instead, outcomes handed back
@@ -95,6 +100,11 @@ class Bridge:
         return (f"<Bridge {self.instance} published={self.published} duplicates="
                 f"{self.duplicates} fallbacks={self.fallbacks} replies={self.replies} "
                 f"waiting={len(self._waiting)}>")
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for the outcome of a request in the stream."""
+        return len(self._waiting)
 
     def configure(self, config: Config) -> None:
         """The bounds, as the config being built has them."""
@@ -171,7 +181,7 @@ class Bridge:
                    wire.ORIGIN_HEADER: request.origin}
         if answer:
             headers[wire.REPLY_HEADER] = f"{self.prefix}.{request.id}"
-        deadline = time.monotonic() + self.PUBLISH_RETRY
+        deadline = time.monotonic() + (0.0 if self.down else self.PUBLISH_RETRY)
         delay, why = self.BACKOFF[0], "no connection to NATS"
         while True:
             target = await self._target()
@@ -187,11 +197,17 @@ class Bridge:
                         self.duplicates += 1
                     else:
                         self.published += 1
+                    if self.down:
+                        logger.info("bridge: requests go into the JetStream stream again")
+                    self.down = False
                     return puback.stream
             left = deadline - time.monotonic()
             if owner.stopping or left <= 0:
                 logger.warning("bridge: %s could not go into the JetStream stream (%s); it "
-                               "is done here", request.describe(), why)
+                               "is done here%s", request.describe(), why,
+                               "" if self.down else " (the next requests try once, until "
+                               "one gets through)")
+                self.down = True
                 return None
             await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, self.BACKOFF[1])
@@ -229,8 +245,20 @@ class Bridge:
             del self._waiting[waiting.request.id]
             await self._deliver(waiting, waiting.early)
             return
-        waiting.timer = asyncio.get_running_loop().call_later(
-            self.reply_timeout, self._expire, waiting.request.id)
+        loop = asyncio.get_running_loop()
+        waiting.timer = loop.call_later(self.reply_timeout, self._expire, waiting.request.id)
+        if self._keeper is None or self._keeper.done():
+            self._keeper = loop.create_task(self._keep(), name="bridge-replies")
+
+    async def _keep(self) -> None:
+        """While callers wait, the replies stay subscribed on the running jetstream
+        input's connection (a reload may have replaced it, and no publish since)."""
+        while self._waiting:
+            await asyncio.sleep(self.KEEP)
+            try:
+                await self._target()
+            except Exception:  # a bug: the next publish tries again
+                logger.exception("bridge: looking at the NATS connection failed")
 
     async def _reply(self, msg: Msg) -> None:
         """An outcome, from the instance that did the request."""
