@@ -37,6 +37,7 @@ from ..messages import ack, decode_message, failure, not_accepted
 from ..models import Rejection, Request, ResultReader
 from ..stats import Stats
 from . import _bridge_wire as wire
+from .jetstream import JetStreamInput
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 
     from ..messages import Limits
     from . import Input, Intake
-    from .jetstream import JetStreamInput
 
 logger = logging.getLogger("trollpush.receive")  # the name users' log configs know
 
@@ -113,7 +113,8 @@ class Bridge:
         ack_wait, deliveries = (js.ack_wait, js.max_deliver) if js else (60.0, 10)
         #: seconds a caller waits for an outcome at most: the request's own max_age,
         #: each delivery's ack_wait (and a file-missing delay), a stop's grace
-        self.reply_timeout = d.max_age + d.shutdown_grace + (ack_wait + 5.0) * deliveries
+        self.reply_timeout = d.max_age + d.shutdown_grace + deliveries * (
+            ack_wait + JetStreamInput.MISSING_DELAY)
 
     def offer(self, found: JetStreamInput) -> None:
         """A jetstream input of the service: published through once it runs."""
@@ -139,7 +140,7 @@ class Bridge:
                 self.fallbacks += 1
                 return await owner.real.submit(request)
             waiting = self._waiting[request.id] = _Waiting(request, owner)
-        stream = await self._publish(request, owner, answer=waiting is not None)
+        stream = await self._try(request, owner, answer=waiting is not None)
         if stream is None:
             self._waiting.pop(request.id, None)
             self.fallbacks += 1
@@ -156,18 +157,21 @@ class Bridge:
         """A request nobody waits for: published, else done here."""
         handed = False  # to the service: journaled, or being journaled
         try:
-            try:
-                stream = await self._publish(request, owner, answer=False)
-            except Exception:  # a bug: the request is still done, here
-                logger.exception("bridge: publishing %s failed", request.describe())
-                stream = None
-            if stream is None:
+            if await self._try(request, owner, answer=False) is None:
                 self.fallbacks += 1
                 handed = True
                 await owner.real.submit(request)
         except asyncio.CancelledError:  # a stop that could not wait: the service answers
             owner.undelivered.append(request if handed else not_accepted(request))
             raise
+
+    async def _try(self, request: Request, owner: BridgedIntake, *, answer: bool
+                   ) -> str | None:
+        try:
+            return await self._publish(request, owner, answer=answer)
+        except Exception:  # a bug (or a message posttroll cannot encode): done here
+            logger.exception("bridge: publishing %s failed", request.describe())
+            return None
 
     async def _publish(self, request: Request, owner: BridgedIntake, *, answer: bool
                        ) -> str | None:

@@ -88,7 +88,7 @@ class _Delivery:
             await self._owner.settle(self, "nak")
             return
         await self._owner.settle(self, "term" if self.rejected else "ack")
-        nc = self._owner.connection()
+        nc = self._owner.connection() if self.reply_to is not None else None
         if self.reply_to is None or nc is None:
             return
         try:
