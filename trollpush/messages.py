@@ -256,10 +256,13 @@ def _dataset(data: Mapping[str, Any], where: str, group: Mapping[str, Any], *, c
 
 
 def build_request(message: Message, *, origin: str, reply: Replier | None = None,
-                  check: bool = True, limits: Limits = NO_LIMITS) -> Request:
+                  check: bool = True, limits: Limits = NO_LIMITS, direct: bool = False
+                  ) -> Request:
     """A Request from a decoded posttroll message; MessageError says why not.
-
-    ``check=False`` touches no file system (no allowed_roots, no stat)."""
+    ``check=False`` touches no file system (no allowed_roots, no stat).  ``direct``: the
+    requester may steer it although ``origin`` is not a DIRECT_ORIGIN (the JetStream
+    input, for a request bridged from an input whose requests name their destination)."""
+    direct = direct or origin in DIRECT_ORIGINS
     kind = message.type
     if kind not in MESSAGE_TYPES:
         raise MessageError(Reason.UNSUPPORTED_TYPE,
@@ -269,7 +272,7 @@ def build_request(message: Message, *, origin: str, reply: Replier | None = None
         raise MessageError(Reason.BAD_MESSAGE, "the message data is not a mapping")
     destination = endpoint = None
     overwrite = False
-    if origin in DIRECT_ORIGINS:
+    if direct:
         destination = data.get("destination")
         endpoint = data.get("endpoint")
         if destination is not None and not isinstance(destination, str):
@@ -281,31 +284,27 @@ def build_request(message: Message, *, origin: str, reply: Replier | None = None
         if not isinstance(overwrite, bool):
             raise MessageError(Reason.BAD_MESSAGE, f"overwrite {overwrite!r} is not true or false")
     files = _items(kind, data, check=check, limits=limits)
-    hidden = FILE_KEYS | (RESERVED_KEYS if origin in DIRECT_ORIGINS else frozenset())
+    hidden = FILE_KEYS | (RESERVED_KEYS if direct else frozenset())
     metadata = {k: v for k, v in data.items() if k not in hidden}
     return Request(id=uuid.uuid4().hex[:12], subject=message.subject, type=kind, data=data,
                    metadata=metadata, files=tuple(files), origin=origin,
-                   destination=destination, endpoint=endpoint, overwrite=overwrite,
-                   reply=reply)
+                   destination=destination, endpoint=endpoint, overwrite=overwrite, reply=reply)
 
 
 def decode_message(text: str) -> Message:
-    """Parse one posttroll wire string.
-
-    ``Message.decode`` of posttroll 1.16 emits a PendingDeprecationWarning on every call;
-    the pickle protocol runs the same parser without it.
-    """
+    """Parse one posttroll wire string (``Message.decode`` of posttroll 1.16 emits a
+    PendingDeprecationWarning on every call; the pickle protocol runs the same parser)."""
     message: Message = Message.__new__(Message)
     message.__setstate__(text)
     return message
 
 
 def decode(raw: bytes, *, origin: str, reply: Replier | None = None,
-           limits: Limits = NO_LIMITS, check: bool = True) -> Request | Rejection:
-    """Turn one frame into a Request or a Rejection; never raises.
-
-    ``check=False``: no file-system access at all (for answering a frame whose checks
-    ran out of time)."""
+           limits: Limits = NO_LIMITS, check: bool = True, direct: bool = False
+           ) -> Request | Rejection:
+    """Turn one frame into a Request or a Rejection; never raises.  ``check=False``: no
+    file-system access (to answer a frame whose checks ran out of time); ``direct``: as
+    for ``build_request``."""
     if limits.max_bytes is not None and len(raw) > limits.max_bytes:
         return Rejection(Reason.TOO_LARGE, f"{len(raw)} bytes, more than max_request_bytes "
                          f"({limits.max_bytes})", origin, reply=reply)
@@ -319,16 +318,19 @@ def decode(raw: bytes, *, origin: str, reply: Replier | None = None,
     except Exception as err:  # posttroll raises MessageError, ValueError, IndexError, ...
         return Rejection(Reason.BAD_MESSAGE, f"not a posttroll message ({type(err).__name__}: "
                          f"{str(err)[:200]})", origin, reply=reply)
-    return interpret(message, origin=origin, reply=reply, limits=limits, check=check)
+    return interpret(message, origin=origin, reply=reply, limits=limits, check=check,
+                     direct=direct)
 
 
 def interpret(message: Message, *, origin: str, reply: Replier | None = None,
-              limits: Limits = NO_LIMITS, check: bool = True) -> Request | Rejection:
+              limits: Limits = NO_LIMITS, check: bool = True, direct: bool = False
+              ) -> Request | Rejection:
     """A decoded message (or one an input built from its own wire) as a Request, or a
     Rejection that says why not; never raises."""
     data = message.data if isinstance(message.data, Mapping) else {}
     try:
-        return build_request(message, origin=origin, reply=reply, limits=limits, check=check)
+        return build_request(message, origin=origin, reply=reply, limits=limits,
+                             check=check, direct=direct)
     except MessageError as err:
         uri = data.get("uri") if isinstance(data.get("uri"), str) else None
         dest = data.get("destination") if isinstance(data.get("destination"), str) else None
@@ -387,17 +389,13 @@ def _sender() -> str:
 
 
 def new_message(subject: str, atype: str, data: dict[str, Any]) -> Message:
-    """A posttroll ``Message`` with the sender looked up once per process.
-
-    ``Message()`` asks the password database and the host name for every message: a
-    busy daemon paid that thousands of times a second for the same answer.  The message
-    is the same (``tests/test_announce.py`` holds the two side by side) and is still
-    validated by posttroll when it is encoded.
-    """
+    """A posttroll ``Message`` with the sender looked up once per process: ``Message()``
+    asks the password database and the host name for every message (a busy daemon paid
+    that thousands of times a second).  The message is the same (``tests/test_announce.py``
+    holds the two side by side) and is still validated by posttroll when it is encoded."""
     message = Message.__new__(Message)
-    message.__dict__.update(subject=subject, type=atype, sender=_sender(),
-                            time=dt.datetime.now(dt.UTC), data=data, binary=False,
-                            version=None)
+    message.__dict__.update(subject=subject, type=atype, sender=_sender(), data=data,
+                            time=dt.datetime.now(dt.UTC), binary=False, version=None)
     return message
 
 

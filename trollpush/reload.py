@@ -33,7 +33,7 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from . import stats
-from .config import Config, load_config
+from .config import Config, JetStreamConfig, load_config
 from .config.model import NO_OBJECT
 from .errors import ConfigError, ConfigProblem
 
@@ -48,10 +48,11 @@ logger = logging.getLogger(__name__)
 #: the process's life (posttroll shares one authenticator per process), the queue and
 #: the concurrency bound are held by the running dispatcher, and the loop runs.  The
 #: limits every input checks requests with stay too: applying them would rebind every
-#: input, and a rebound REQ/REP or HTTP input loses the replies of requests in flight.
+#: input, and a rebound REQ/REP or HTTP input loses the replies of requests in flight;
+#: so does ``jetstream.bridge``, which wraps every input as it is built.
 RESTART = ("journal.path", "journal.keep_landed_days", "publish", "daemon.queue_size",
            "daemon.max_in_flight", "daemon.event_loop", "daemon.max_request_bytes",
-           "daemon.allowed_roots", "daemon.file_timeout")
+           "daemon.allowed_roots", "daemon.file_timeout", "jetstream.bridge")
 #: how often the watched config file is looked at (seconds)
 WATCH_INTERVAL = 1.0
 
@@ -155,13 +156,28 @@ def diff(old: Config, new: Config) -> Change:
     # alone is a setting that applies at the swap, not a reason for a new pool
     settings += tuple(f"endpoints.{name}.object" for name, ep in new.endpoints.items()
                       if name in old.endpoints and old.endpoints[name].object != ep.object)
-    config = replace(new, journal=old.journal, publish=old.publish, daemon=daemon)
+    if _bridging(old) != _bridging(new):
+        restart.append("jetstream.bridge")
+    config = replace(new, journal=old.journal, publish=old.publish, daemon=daemon,
+                     jetstream=_jetstream(old, new))
     return Change(
         config=config,
         targets=_part({t.name: t for t in old.targets}, {t.name: t for t in config.targets}),
         endpoints=_part(_pools(old), _pools(config)),
         inputs=_part(_inputs(old), _inputs(config)),
         settings=settings, restart=tuple(restart))
+
+
+def _bridging(config: Config) -> bool:
+    return config.jetstream is not None and config.jetstream.bridge
+
+
+def _jetstream(old: Config, new: Config) -> JetStreamConfig | None:
+    """The new ``jetstream`` section with the running ``bridge``; while it bridges, a
+    removed section stays (the bridged inputs publish through its input)."""
+    if new.jetstream is None:
+        return old.jetstream if _bridging(old) else None
+    return replace(new.jetstream, bridge=_bridging(old))
 
 
 class Reloader:

@@ -205,6 +205,9 @@ JETSTREAM = _section(
                     default=10, minimum=1),
     replicas=Key(Kind.INTEGER, "Copies of the stream a NATS cluster keeps, when trollpush "
                  "creates it.", default=1, minimum=1, maximum=5),
+    bridge=Key(Kind.BOOLEAN, "Publish what the other inputs take into the stream instead of "
+               "doing it here; any instance's jetstream input then does it (only a restart "
+               "switches it).", default=False),
 )
 
 #: posttroll's publisher keys, passed on as they are, plus trollpush's two topics

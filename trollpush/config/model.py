@@ -146,13 +146,16 @@ class JetStreamConfig:
     ack_wait: float = JETSTREAM["ack_wait"].default
     max_deliver: int = JETSTREAM["max_deliver"].default
     replicas: int = JETSTREAM["replicas"].default
+    #: requests taken by the other inputs go into the stream (see inputs/_bridge.py)
+    bridge: bool = JETSTREAM["bridge"].default
 
     def summary(self) -> str:
         """Servers without their credentials (``user:password@`` is left out)."""
         hosts = ", ".join(s.split("://", 1)[0] + "://" + s.split("://", 1)[-1].rsplit("@", 1)[-1]
                           for s in self.servers)
         return (f"stream {self.stream} ({self.subject}), consumer {self.consumer} on {hosts} "
-                f"(ack_wait {self.ack_wait:g} s, max_deliver {self.max_deliver})")
+                f"(ack_wait {self.ack_wait:g} s, max_deliver {self.max_deliver})"
+                + (", bridging the other inputs into it" if self.bridge else ""))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from ..config import Config
 from ..messages import Limits
 from ..models import Rejection, Request
 from ..stats import Stats
-from . import http, jetstream, requests, s3daemon, subscribe, watch
+from . import _bridge, http, jetstream, requests, s3daemon, subscribe, watch
 
 __all__ = ["REGISTRY", "Input", "InputFactory", "Intake", "OnFatal", "Sink", "build_inputs"]
 
@@ -107,5 +107,19 @@ REGISTRY: tuple[InputFactory, ...] = (
 
 def build_inputs(config: Config, intake: Intake,
                  registry: Sequence[InputFactory] = REGISTRY) -> list[Input]:
-    """The configured inputs, not started yet."""
-    return [found for factory in registry if (found := factory(config, intake)) is not None]
+    """The configured inputs, not started yet.  With ``jetstream.bridge``, every input
+    but jetstream hands its requests to the service's bridge (``_bridge``), which
+    publishes them through the jetstream input's connection."""
+    if config.jetstream is None or not config.jetstream.bridge:
+        return [found for factory in registry if (found := factory(config, intake)) is not None]
+    bridge = _bridge.bridged(config, intake)
+    out: list[Input] = []
+    for factory in registry:
+        shim = _bridge.BridgedIntake(bridge, intake)
+        found = factory(config, intake if factory is jetstream.create else shim)
+        if isinstance(found, jetstream.JetStreamInput):
+            bridge.offer(found)
+            out.append(found)
+        elif found is not None:
+            out.append(_bridge.BridgedInput(found, shim))
+    return out

@@ -20,12 +20,14 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, JetStreamConfig
 from ..errors import Reason, SetupError
 from ..messages import decode
-from ..models import Rejection, Request
+from ..models import Job, Rejection, Request, UploadResult
+from . import _bridge_wire as wire
 from ._checks import CheckThreads, checked
 from ._jetstream_info import ConsumerWatch
 
@@ -46,7 +48,9 @@ HANDED_BACK = frozenset({Reason.SHUTDOWN, Reason.JOURNAL_UNAVAILABLE})
 
 class _Delivery:
     """One JetStream message from its fetch to its acknowledgement: the request's
-    Replier, told the final message once it has been announced."""
+    Replier, told the final message once it has been announced.  A request bridged from
+    another input (``inputs/_bridge.py``) may name where its caller waits: the outcome
+    goes there too, once acknowledged, with what each upload did (a ResultReader)."""
 
     def __init__(self, owner: JetStreamInput, msg: Msg) -> None:
         self._owner = owner
@@ -54,26 +58,46 @@ class _Delivery:
         self.rejected = False  # refused before it became a request: terminated
         self.settled = False
         self.taken = time.monotonic()
+        headers = msg.headers or {}
+        #: where the caller of a bridged request waits for its outcome
+        self.reply_to = headers.get(wire.REPLY_HEADER)
+        #: bridged from an input whose requests name their destination: decoded so
+        self.direct = headers.get(wire.ORIGIN_HEADER) in wire.BRIDGED_DIRECT
+        self._results: list[tuple[Job, Sequence[UploadResult]]] = []
 
     def __repr__(self) -> str:
         return f"<_Delivery {self.msg.reply} settled={self.settled}>"
 
     @property
     def wants_ack(self) -> bool:
-        return False
+        return False  # a bridged caller was acknowledged when JetStream took its request
 
     @property
     def wants_final(self) -> bool:
         return True
 
+    def results(self, job: Job, results: Sequence[UploadResult]) -> None:
+        if self.reply_to is not None:
+            self._results.append((job, results))
+
     async def send(self, message: Any) -> None:
-        """The outcome has been announced (the pipeline publishes first): acknowledge."""
+        """The outcome has been announced (the pipeline publishes first): acknowledge,
+        then tell a waiting caller; one handed back is not its outcome (it comes again)."""
         data = getattr(message, "data", None)
         reason = data.get("reason") if isinstance(data, dict) else None
         if reason in HANDED_BACK:
             await self._owner.settle(self, "nak")
-        else:
-            await self._owner.settle(self, "term" if self.rejected else "ack")
+            return
+        await self._owner.settle(self, "term" if self.rejected else "ack")
+        nc = self._owner.connection() if self.reply_to is not None else None
+        if self.reply_to is None or nc is None:
+            return
+        try:
+            await nc.publish(self.reply_to, str(message.encode()).encode(),
+                             headers=wire.results_header(self._results))
+        except Exception as err:  # nats-py's errors, or an unencodable message
+            logger.warning("jetstream: the outcome could not be sent to its caller "
+                           "(%s: %s)", type(err).__name__, err)
 
 
 class JetStreamInput:
@@ -248,7 +272,14 @@ class JetStreamInput:
 
     def _decode(self, raw: bytes, delivery: _Delivery, check: bool) -> Request | Rejection:
         return decode(raw, origin=self.origin, reply=delivery, limits=self._intake.limits,
-                      check=check)
+                      check=check, direct=delivery.direct)
+
+    def connection(self) -> Client | None:
+        """The NATS connection while the input runs (connected or reconnecting), for
+        the bridge and the outcomes of bridged requests; None before start and once
+        it closes."""
+        nc = self._nc
+        return None if nc is None or self._closing or nc.is_closed else nc
 
     async def settle(self, delivery: _Delivery, how: str, *, delay: float | None = None) -> None:
         """Tell JetStream the message's outcome, once; it is no longer held."""
