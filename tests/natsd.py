@@ -72,7 +72,10 @@ class NatsServer:
 async def _jsz(url: str) -> bool:
     import nats
 
-    nc = await nats.connect(url, connect_timeout=1, allow_reconnect=False)
+    async def quiet(err: Exception) -> None:  # not up yet: polled again
+        pass
+
+    nc = await nats.connect(url, connect_timeout=1, allow_reconnect=False, error_cb=quiet)
     try:
         await nc.jetstream(timeout=2).account_info()
         return True
