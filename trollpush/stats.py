@@ -106,7 +106,9 @@ SERIES: Mapping[str, Series] = MappingProxyType({
     RECEIVED: _s("counter", "What each input took in, before any check: messages, "
                  "connections (s3daemon), POSTs (http) or ready files (watch).", "input"),
     UPLOADS: _s("counter", "Uploads (one file to one object) by endpoint, outcome "
-                "(completed, failed, reused) and reason of a failure.",
+                "(completed: written; failed; reused: answered from the journal; "
+                "already_there: the same content found at the object, nothing written) "
+                "and reason of a failure.",
                 "endpoint", "outcome", "reason"),
     BYTES: _s("counter", "Bytes of the uploads that landed.", "endpoint"),
     ATTEMPTS: _s("counter", "Store calls made for uploads (PUTs and parts).", "endpoint"),
