@@ -20,6 +20,7 @@ import contextlib
 import functools
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, JetStreamConfig
@@ -27,6 +28,7 @@ from ..errors import Reason, SetupError
 from ..messages import decode
 from ..models import Rejection, Request
 from ._checks import CheckThreads, checked
+from ._parked import Parked, ref
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -113,6 +115,10 @@ class JetStreamInput:
         #: outcomes sent back to JetStream, by kind (ack, term, nak, missing, progress)
         self.sent: dict[str, int] = {"ack": 0, "term": 0, "nak": 0, "missing": 0,
                                      "progress": 0}
+        #: requests of this stream recovered from the journal (see _parked); a message
+        #: still held elsewhere is not given again before max_hold
+        self.parked = Parked(config.stream, interval=config.ack_wait / 2,
+                             bound=max_hold + config.max_deliver * config.ack_wait)
 
     def __repr__(self) -> str:
         return (f"<JetStreamInput {self.config.stream}/{self.config.consumer} "
@@ -159,6 +165,7 @@ class JetStreamInput:
         self._task = loop.create_task(self._run(), name="jetstream")
         self._task.add_done_callback(self._ended)
         self._beat = loop.create_task(self._heartbeat(), name="jetstream-progress")
+        self.parked.start(js, self._intake)
 
     async def _error(self, err: Exception) -> None:
         logger.warning("jetstream: %s: %s", type(err).__name__, err)
@@ -213,9 +220,14 @@ class JetStreamInput:
 
     async def _take(self, msg: Msg) -> None:
         """Decode one message (its file checks on a check thread), then hand it over,
-        or hand it back when its file is missing here and it may come again."""
+        or hand it back when its file is missing here and it may come again.  A message
+        whose request is parked here (recovered from the journal) continues it."""
         delivery = _Delivery(self, msg)
         self._held[id(delivery)] = delivery
+        seq = msg.metadata.sequence.stream
+        if self.parked and (parked := self.parked.take(seq)) is not None:
+            await self._intake.resume(replace(parked, reply=delivery, redelivered=True))
+            return
         limits = self._intake.limits
         item = await checked(self._checks, functools.partial(
             self._decode, msg.data, delivery), limits.file_timeout, self._undelivered,
@@ -232,6 +244,9 @@ class JetStreamInput:
         # delivery is a failure like any other (acknowledged)
         delivery.rejected = (isinstance(item, Rejection)
                              and item.reason != Reason.FILE_MISSING)
+        if isinstance(item, Request):  # known again after a restart; delivered before?
+            item = replace(item, ref=ref(self.config.stream, seq),
+                           redelivered=(msg.metadata.num_delivered or 1) > 1)
         try:
             await self._intake.submit(item)
         except asyncio.CancelledError:
@@ -298,6 +313,7 @@ class JetStreamInput:
     async def stop(self) -> None:
         """Stop fetching; requests taken go on (their outcomes are still acknowledged)."""
         self._stopping = True
+        await self.parked.stop()
         if self._task is not None:
             try:
                 async with asyncio.timeout(self.FETCH_TIMEOUT + self.CALL_TIMEOUT):
@@ -308,6 +324,11 @@ class JetStreamInput:
             except Exception:  # reported by _ended already
                 pass
             self._task = None
+
+    def adopt(self, requests: list[Request]) -> list[Request]:
+        """Before the start: park the requests recovered from the journal that came
+        from this stream (see _parked); the others are returned."""
+        return self.parked.adopt(requests)
 
     def undelivered(self) -> list[Request | Rejection]:
         return list(self._undelivered)

@@ -190,7 +190,7 @@ class TransferEngine:
 
         ``look_first``: the request may have been done before (a redelivered request,
         whose earlier delivery may have landed the object before its instance died):
-        see :meth:`_again`.
+        see :func:`_again`.
         """
         end = (self._endpoints if via is None else via)[endpoint]
         options = _options(upload, end.config.checksum)
@@ -209,12 +209,8 @@ class TransferEngine:
                 if reused is not None:
                     self.stats.inc(UPLOADS, endpoint=endpoint, outcome="reused")
                     return reused
-            if look_first:
-                out = await self._again(end, upload, source, options, counter, progress,
-                                        meter)
-            else:
-                out = await self._send(end, upload, source, options, counter, progress,
-                                       meter)
+            send = _again if look_first else _send
+            out = await send(end, upload, source, options, counter, progress, meter)
         except Exception as exc:
             return self._failed(endpoint, upload, exc, source.size if source else -1,
                                 counter.attempts, time.monotonic() - start)
@@ -224,90 +220,14 @@ class TransferEngine:
                 source.close()
         seconds = time.monotonic() - start
         end.pool.last_success = time.time()
-        if out.exists:  # nothing written: no bytes, no transfer time
-            self._count(endpoint, "already_there", None, counter.attempts)
-        else:
-            self._count(endpoint, "completed", None, counter.attempts, source.size, seconds)
+        written = not out.exists  # (already there: no bytes, no transfer time counted)
+        self._count(endpoint, "completed" if written else "already_there", None,
+                    counter.attempts, source.size, seconds if written else None)
         logger.info("upload complete %s -> %s (%d bytes, %.3f s, %d attempt(s)%s%s)",
                     upload.source.uri, upload.url, source.size, seconds, counter.attempts,
                     f", {out.parts} parts" if out.parts else "",
                     ", already there: the same size and checksum" if out.exists else "")
-        return UploadResult(upload, source.size, counter.attempts, seconds, etag=out.etag,
-                            checksum=out.checksum,
-                            checksum_algorithm=None if options.checksum == "none"
-                            else options.checksum,
-                            parts=out.parts, part_size=out.part_size, source_stat=source.stat,
-                            version_id=out.version_id, storage_class=out.storage_class,
-                            encryption=out.encryption,
-                            written_with=None if out.exists else options.fingerprint,
-                            already_there=out.exists)
-
-    async def _again(self, end: Endpoint, upload: Upload, source: Source,
-                     options: ObjectOptions, counter: AttemptCounter,
-                     progress: Progress | None, meter: Meter | None) -> single.Outcome:
-        """Upload a file whose request may have been done before: look before writing.
-
-        The object at the key is looked at first (a HEAD; nothing sent when it is the
-        file), then written with ``If-None-Match: *`` (a copy another writer landed
-        meanwhile wins, and is compared): the same size and checksum are the answer
-        (``already_there``).  Another object there is overwritten, as the request asks
-        for this file there; unless the upload itself says ``if_none_match``, whose
-        ``exists`` stands.  A store that reports no checksum to compare with (or an
-        endpoint that sends none) gets the file again: never a false "already there".
-        """
-        if options.if_none_match:
-            return await self._send(end, upload, source, options, counter, progress,
-                                    meter, look=True)
-        try:
-            return await self._send(end, upload, source,
-                                    replace(options, if_none_match=True), counter,
-                                    progress, meter, look=True)
-        except ObjectExists as err:
-            logger.info("%s; the request came again and asks for %s there: uploading it "
-                        "over that object", err.detail.removesuffix(" (if_none_match)"),
-                        upload.source.uri)
-        return await self._send(end, upload, source, options, counter, progress, meter)
-
-    async def _send(self, end: Endpoint, upload: Upload, source: Source,
-                    options: ObjectOptions, counter: AttemptCounter,
-                    progress: Progress | None, meter: Meter | None = None, *,
-                    look: bool = False) -> single.Outcome:
-        """Send the opened file, up to ``tries`` times while it keeps changing; a copy
-        of a changed file that reached the store is withdrawn when this fails
-        (``look``: a conditional write looks before writing, see ``single.put``)."""
-        ep = end.config
-        committed = False  # a copy reached the store, and the file changed after it
-        try:
-            for turn in range(1, ep.tries + 1):
-                if turn > 1:
-                    await end.files.call(ep, 0, source.refresh)
-                try:
-                    if source.size >= ep.multipart_threshold:
-                        out = await multipart.send(end, upload, source, options, counter,
-                                                   progress, meter)
-                    else:
-                        out = await single.put(end, upload, source, options, counter, meter,
-                                               look=look)
-                except SourceChanged as err:
-                    logger.warning("%s (upload %d of %d)", err.detail, turn, ep.tries)
-                    continue
-                if out.exists:
-                    if committed:  # our copy of the file's earlier content is in the way
-                        break
-                    out = await conditional.existing(end, upload, source.size, options, out)
-                else:
-                    committed = True
-                if await end.files.call(ep, 0, source.fingerprint) == source.opened:
-                    return out
-                logger.warning("file changed after its upload to %s; upload %d of %d",
-                               upload.url, turn, ep.tries)
-            raise PermanentTransferError(
-                f"{upload.source.uri} kept changing during {ep.tries} upload(s)",
-                reason=Reason.FILE_CHANGED)
-        except Exception:
-            if committed:  # the copy at the store is of a file that went on changing
-                await self._withdraw(end, upload)
-            raise
+        return _landed(upload, source, options, out, counter.attempts, seconds)
 
     def _failed(self, endpoint: str, upload: Upload, exc: Exception, size: int,
                 attempts: int, seconds: float) -> UploadResult:
@@ -390,18 +310,104 @@ class TransferEngine:
             return None
         return "the store's ETag differs"
 
-    async def _withdraw(self, end: Endpoint, upload: Upload) -> None:
-        """Delete the object a file that kept changing left behind: it was whole when
-        sent, but the file went on changing right after, so it is a stale prefix or
-        version that no completion describes.  Best effort: a failure is logged."""
-        try:
-            await end.tries(0, AttemptCounter(), lambda: end.client.delete_object(
-                Bucket=upload.bucket, Key=upload.key), f"DELETE {upload.url}")
-            logger.warning("removed %s: its file kept changing after each upload",
-                           upload.url)
-        except TransferError as err:
-            logger.error("could not remove %s, the copy of a file that kept changing: %s",
-                         upload.url, err.detail)
+
+# --- sending one file ---------------------------------------------------------------------
+
+
+async def _again(end: Endpoint, upload: Upload, source: Source, options: ObjectOptions,
+                 counter: AttemptCounter, progress: Progress | None,
+                 meter: Meter | None) -> single.Outcome:
+    """Upload a file whose request may have been done before: look before writing.
+
+    The object at the key is looked at first (a HEAD; nothing sent when it is the
+    file), then written with ``If-None-Match: *`` (a copy another writer landed
+    meanwhile wins, and is compared): the same size and checksum are the answer
+    (``already_there``).  Another object there is overwritten, as the request asks
+    for this file there; unless the upload itself says ``if_none_match``, whose
+    ``exists`` stands.  A store that reports no checksum to compare with (or an
+    endpoint that sends none) gets the file again: never a false "already there".
+    """
+    if options.if_none_match:
+        return await _send(end, upload, source, options, counter, progress, meter,
+                           look=True)
+    try:
+        return await _send(end, upload, source, replace(options, if_none_match=True),
+                           counter, progress, meter, look=True)
+    except ObjectExists as err:
+        logger.info("%s; the request came again and asks for %s there: uploading it "
+                    "over that object", err.detail.removesuffix(" (if_none_match)"),
+                    upload.source.uri)
+    return await _send(end, upload, source, options, counter, progress, meter)
+
+
+async def _send(end: Endpoint, upload: Upload, source: Source,
+                options: ObjectOptions, counter: AttemptCounter,
+                progress: Progress | None, meter: Meter | None = None, *,
+                look: bool = False) -> single.Outcome:
+    """Send the opened file, up to ``tries`` times while it keeps changing; a copy
+    of a changed file that reached the store is withdrawn when this fails
+    (``look``: a conditional write looks before writing, see ``single.put``)."""
+    ep = end.config
+    committed = False  # a copy reached the store, and the file changed after it
+    try:
+        for turn in range(1, ep.tries + 1):
+            if turn > 1:
+                await end.files.call(ep, 0, source.refresh)
+            try:
+                if source.size >= ep.multipart_threshold:
+                    out = await multipart.send(end, upload, source, options, counter,
+                                               progress, meter)
+                else:
+                    out = await single.put(end, upload, source, options, counter, meter,
+                                           look=look)
+            except SourceChanged as err:
+                logger.warning("%s (upload %d of %d)", err.detail, turn, ep.tries)
+                continue
+            if out.exists:
+                if committed:  # our copy of the file's earlier content is in the way
+                    break
+                out = await conditional.existing(end, upload, source.size, options, out)
+            else:
+                committed = True
+            if await end.files.call(ep, 0, source.fingerprint) == source.opened:
+                return out
+            logger.warning("file changed after its upload to %s; upload %d of %d",
+                           upload.url, turn, ep.tries)
+        raise PermanentTransferError(
+            f"{upload.source.uri} kept changing during {ep.tries} upload(s)",
+            reason=Reason.FILE_CHANGED)
+    except Exception:
+        if committed:  # the copy at the store is of a file that went on changing
+            await _withdraw(end, upload)
+        raise
+
+
+async def _withdraw(end: Endpoint, upload: Upload) -> None:
+    """Delete the object a file that kept changing left behind: it was whole when
+    sent, but the file went on changing right after, so it is a stale prefix or
+    version that no completion describes.  Best effort: a failure is logged."""
+    try:
+        await end.tries(0, AttemptCounter(), lambda: end.client.delete_object(
+            Bucket=upload.bucket, Key=upload.key), f"DELETE {upload.url}")
+        logger.warning("removed %s: its file kept changing after each upload",
+                       upload.url)
+    except TransferError as err:
+        logger.error("could not remove %s, the copy of a file that kept changing: %s",
+                     upload.url, err.detail)
+
+
+def _landed(upload: Upload, source: Source, options: ObjectOptions, out: single.Outcome,
+            attempts: int, seconds: float) -> UploadResult:
+    """The result of an upload that landed (or found its object already there)."""
+    return UploadResult(upload, source.size, attempts, seconds, etag=out.etag,
+                        checksum=out.checksum,
+                        checksum_algorithm=None if options.checksum == "none"
+                        else options.checksum,
+                        parts=out.parts, part_size=out.part_size, source_stat=source.stat,
+                        version_id=out.version_id, storage_class=out.storage_class,
+                        encryption=out.encryption,
+                        written_with=None if out.exists else options.fingerprint,
+                        already_there=out.exists)
 
 
 async def _abort_recorded(end: Endpoint, upload: Upload, progress: Progress | None) -> None:
