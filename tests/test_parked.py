@@ -226,3 +226,41 @@ async def test_the_hand_over_aborts_the_recorded_multipart_upload_and_closes_the
     assert engine.aborted == [(job.uploads[0].url, "upload-1")]
     assert journal.unfinished() == [] and announcer.out == [] and engine.calls == []
     assert p.stats.count(stats.REQUESTS, outcome="handed_over") == 1
+
+
+class _Replier:
+    """A delivery's stand-in: what the request's end tells it."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    @property
+    def wants_ack(self) -> bool:
+        return False
+
+    @property
+    def wants_final(self) -> bool:
+        return True
+
+    async def send(self, message: Any) -> None:
+        self.sent.append(message)
+
+
+async def test_a_continued_request_whose_jobs_were_all_announced_still_ends_its_delivery(
+        ) -> None:
+    """Killed after announcing every job and before finishing the request: continued
+    with its message, nothing is done or announced again, and the delivery is told the
+    request is done (its message acknowledged, not held until redelivered)."""
+    engine, journal = FakeEngine(), MemoryJournal()
+    p, announcer = pipeline(config(second="two"), engine, journal)
+    r = _request("granule.h5", "jetstream:S:7")
+    await journal.accepted(r)
+    for job in p.routing.router.route(r).jobs:
+        await journal.begin(job, False)
+        await journal.concluded(job, ())
+    replier = _Replier()
+    p.resuming.add(r.id)
+    await p.run(replace(r, reply=replier, redelivered=True))
+    assert engine.calls == [] and announcer.out == []
+    assert [m.type for m in replier.sent] == ["ack"]
+    assert journal.unfinished() == []

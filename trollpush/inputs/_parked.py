@@ -66,6 +66,7 @@ class Parked:
         self._since = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._js: JetStreamContext | None = None
+        self._after = 0  # the last sequence looked up: the next round goes on from it
         #: what became of the parked requests so far
         self.counts = {"adopted": 0, "continued": 0, "handed_over": 0, "resumed": 0}
 
@@ -134,7 +135,11 @@ class Parked:
         from nats.js.errors import NotFoundError
 
         overdue = time.monotonic() - self._since > self.bound
-        for seq in sorted(self._by_seq)[:self.PER_ROUND]:
+        waiting = sorted(self._by_seq)  # (in turn: none waits for the first ones)
+        batch = ([s for s in waiting if s > self._after]
+                 + [s for s in waiting if s <= self._after])[:self.PER_ROUND]
+        for seq in batch:
+            self._after = seq
             try:
                 async with asyncio.timeout(self.CALL_TIMEOUT):
                     await js.get_msg(self.stream, seq)
