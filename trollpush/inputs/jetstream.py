@@ -115,8 +115,9 @@ class JetStreamInput:
         #: outcomes sent back to JetStream, by kind (ack, term, nak, missing, progress)
         self.sent: dict[str, int] = {"ack": 0, "term": 0, "nak": 0, "missing": 0,
                                      "progress": 0}
-        #: requests of this stream recovered from the journal (see _parked); a message
-        #: still held elsewhere is not given again before max_hold
+        #: requests of this stream recovered from the journal (see _parked); one whose
+        #: message stays away is resumed here after all its deliveries could have been
+        #: held as long as an instance holds one (max_hold)
         self.parked = Parked(config.stream, interval=config.ack_wait / 2,
                              bound=max_hold + config.max_deliver * config.ack_wait)
 
