@@ -43,6 +43,8 @@ class FakeEngine:
         self.calls: list[tuple[str, list[str], float]] = []
         self.gate: asyncio.Event | None = None  # set: uploads wait for it
         self.called = asyncio.Event()
+        self.looked: list[bool] = []  # look_first, per call
+        self.aborted: list[tuple[str, str]] = []  # (url, upload id)
 
     def view(self) -> FakeEngine:
         return self
@@ -50,8 +52,10 @@ class FakeEngine:
     async def upload_all(self, uploads: Sequence[Upload], endpoint: str, *, deadline: float,
                          what: str, progress: Any = None,
                          landed: Mapping[int, UploadResult] | None = None,
-                         meter: Any = None) -> tuple[UploadResult, ...]:
+                         meter: Any = None, look_first: bool = False
+                         ) -> tuple[UploadResult, ...]:
         self.calls.append((endpoint, [u.url for u in uploads], deadline))
+        self.looked.append(look_first)
         self.called.set()
         if self.gate is not None:
             await self.gate.wait()
@@ -61,6 +65,8 @@ class FakeEngine:
             else UploadResult(u, 10, 1, 0.01, etag='"e"', checksum="c", checksum_algorithm="crc32c")
             for u in uploads)
 
+    async def abort(self, upload: Upload, endpoint: str, upload_id: str) -> None:
+        self.aborted.append((upload.url, upload_id))
 
     async def start(self) -> None:
         pass

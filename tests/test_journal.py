@@ -247,6 +247,26 @@ async def test_requests_round_trip_with_datetimes_and_nesting(journal: AnyJourna
     assert back[0].metadata["processed"].utcoffset() == dt.timedelta(hours=2)
 
 
+async def test_a_request_keeps_its_ref_and_one_recorded_without_it_reads_back(
+        journal: AnyJournal) -> None:
+    """``ref`` (a JetStream message's identity) is journaled with its request; a body
+    recorded before it existed has none."""
+    from dataclasses import replace
+
+    from trollpush.journal.codec import _request, _request_body
+
+    tagged = replace(make_request(1), ref="jetstream:TROLLPUSH:42")
+    await journal.accepted(tagged)
+    assert [r.ref for r in journal.unfinished()] == ["jetstream:TROLLPUSH:42"]
+    plain = make_request(2)
+    body = _request_body(plain)
+    assert '"ref"' not in body  # (nothing recorded when there is none)
+    older = _loads(body)
+    older.pop("ref", None)
+    back = _request(plain.id, plain.accepted_at, _dumps(older, "older"))
+    assert back.ref is None and fields(back) == fields(plain)
+
+
 async def test_unfinished_is_oldest_first(journal: AnyJournal) -> None:
     for n, at in [(1, T0 + 30), (2, T0 + 10), (3, T0 + 20)]:
         await journal.accepted(make_request(n, accepted_at=at))

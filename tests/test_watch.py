@@ -507,6 +507,12 @@ class Intake:
     def status(self) -> dict[str, Any]:
         raise AssertionError("the watcher serves no status")
 
+    async def resume(self, request: Request) -> None:
+        raise AssertionError("the watcher adopts nothing")
+
+    async def hand_over(self, request: Request, detail: str) -> None:
+        raise AssertionError("the watcher adopts nothing")
+
 
 def _watcher(intake: Intake, *configs: WatchConfig) -> watch.WatchInput:
     return watch.WatchInput(tuple(configs), intake)

@@ -91,6 +91,13 @@ class Request:
     reply: Replier | None = None
     received: float = field(default_factory=time.monotonic)
     accepted_at: float = field(default_factory=time.time)  # wall clock: survives restarts
+    #: it may have been done before (a JetStream message delivered again, or a request
+    #: taken up again after a restart): look before writing, and do not write an object
+    #: that is there already with the same content
+    redelivered: bool = False
+    #: where it came from, to know it again after a restart (journaled with it):
+    #: ``jetstream:<stream>:<stream sequence>`` for a JetStream message
+    ref: str | None = None
 
     def describe(self) -> str:
         """Short text for logs."""

@@ -57,9 +57,15 @@ class Engine(Protocol):
     async def upload_all(self, uploads: Sequence[Upload], endpoint: str, *, deadline: float,
                          what: str, progress: Any = None,
                          landed: Mapping[int, UploadResult] | None = None,
-                         meter: Any = None) -> tuple[UploadResult, ...]:
+                         meter: Any = None, look_first: bool = False
+                         ) -> tuple[UploadResult, ...]:
         """Land the files, retrying what may succeed later until ``deadline``; bytes read
-        to be sent are counted in ``meter`` (``progress.Meter``) when one is given."""
+        to be sent are counted in ``meter`` (``progress.Meter``) when one is given;
+        ``look_first``: the request may have been done before (it was delivered again):
+        an object already there with the same content is not written again."""
+
+    async def abort(self, upload: Upload, endpoint: str, upload_id: str) -> None:
+        """Abort a multipart upload recorded earlier; best effort (a failure is logged)."""
 
 
 def shutdown(request: Request, detail: str) -> Rejection:
@@ -350,6 +356,10 @@ class RequestRun:
         # a request that could not start gets its failure even if it asked only for the ack
         if reply is not None and (reply.wants_final or not started) and self.messages:
             await reply.send(messages.combine(self.messages, request.subject))
+        elif reply is not None and reply.wants_final and started:  # (resumed: every job
+            # was announced before the stop) nothing more to say: the request is done
+            await reply.send(messages.ack(request, [u.url for j in self.jobs
+                                                    for u in j.uploads]))
 
     async def _client_gone(self) -> None:
         """The requester gave up: the jobs not done fail with ``client_gone``, and the
@@ -435,7 +445,8 @@ class JobRunner:
         deadline = job.request.accepted_at + self.request_run.routing.max_age
         return await self.request_run.engine.upload_all(
             job.uploads, job.endpoint, deadline=deadline, what=job.describe(),
-            progress=progress, landed=landed, meter=self.request_run.meter)
+            progress=progress, landed=landed, meter=self.request_run.meter,
+            look_first=job.request.redelivered)
 
     async def _announce(self, results: tuple[UploadResult, ...], *, finish: bool = False
                         ) -> list[Message]:

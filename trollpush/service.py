@@ -28,11 +28,12 @@ from .access import accesses
 from .announce import Announcer
 from .config import Config
 from .errors import Reason, SetupError, UnrecordableError
-from .inputs import REGISTRY, Input, InputFactory, build_inputs
+from .inputs import REGISTRY, Input, InputFactory, build_inputs, offer
 from .journal import Journal, MemoryJournal
 from .messages import Limits
 from .models import Rejection, Request
 from .pipeline import Pipeline, shutdown
+from .recovered import hand_over
 from .reload import Reloader
 from .route import Routing
 from .sdnotify import SystemdNotify
@@ -97,6 +98,7 @@ class Service:
         self._feeders: set[asyncio.Task[None]] = set()
         self._fatal: BaseException | None = None
         self._on: _Bound | None = None  # what the current run bound to its loop
+        self._pending: list[Request] = []  # recovered from the journal, to be queued
         #: SIGHUP and daemon.watch_config re-read the config (see reload.py)
         self.reloader = Reloader(self)
         #: rates over the last minute and the endpoints' failures (``trollpush status``)
@@ -221,7 +223,11 @@ class Service:
             raise SetupError(f"journal: {err}") from err
         await self.transfer.start()
         await asyncio.to_thread(self.announcer.start)
+        # what an earlier run left, read before any input takes a request: an input
+        # may adopt some of it (see inputs.offer), _recover queues the rest
+        self._pending = self.journal.unfinished()
         for each in build_inputs(self.config, self, self._factories):
+            self._pending = offer(each, self._pending)
             self.add_input(each, carry=False)
             await each.start()
         self.activity.start()
@@ -324,7 +330,7 @@ class Service:
     def _recover(self, on: _Bound) -> None:
         """Queue what the journal holds from an earlier run (crash or stop): each request
         continues from its recorded state instead of starting over."""
-        pending = self.journal.unfinished()
+        pending, self._pending = self._pending, []
         if not pending:
             return
         logger.info("resuming %d request(s) from the journal", len(pending))
@@ -343,6 +349,16 @@ class Service:
         task.add_done_callback(self._feeders.discard)
 
     # --- intake and dispatch --------------------------------------------------------------
+
+    async def resume(self, request: Request) -> None:
+        """Queue a request the journal holds already (see ``Intake.resume``)."""
+        self.pipeline.resuming.add(request.id)
+        self.stats.inc(stats.REQUESTS, input=request.origin, outcome="resumed")
+        await self._running().queue.put(request)
+
+    async def hand_over(self, request: Request, detail: str) -> None:
+        """Another instance did a recovered request (see ``Intake.hand_over``)."""
+        await hand_over(self.pipeline, request, detail)
 
     async def submit(self, item: Request | Rejection) -> bool:
         """Record a request in the journal (it is accepted from here on: on receipt for

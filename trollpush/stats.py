@@ -28,7 +28,8 @@ from types import MappingProxyType
 
 #: requests by what happened to them [input, outcome, reason]; outcomes: ``accepted``,
 #: ``rejected`` (not accepted: bad, refused, or the journal down), ``completed``,
-#: ``failed``, ``abandoned`` (cut off by a stop), ``resumed`` (from the journal)
+#: ``failed``, ``abandoned`` (cut off by a stop), ``resumed`` (from the journal),
+#: ``handed_over`` (recovered from the journal, and done by another instance)
 REQUESTS = "requests"
 #: what each input took in before any check [input]: messages (subscribe, requests),
 #: connections (s3daemon), POSTs (http), ready files (watch)
@@ -116,12 +117,15 @@ def _s(kind: str, help_: str, *labels: str) -> Series:
 #: every series, by name: what the exporter exposes and docs/metrics.md describes
 SERIES: Mapping[str, Series] = MappingProxyType({
     REQUESTS: _s("counter", "Requests by input, outcome (accepted, rejected, completed, "
-                 "failed, abandoned, resumed) and reason of a rejection or failure.",
+                 "failed, abandoned, resumed, handed_over) and reason of a rejection or "
+                 "failure.",
                  "input", "outcome", "reason"),
     RECEIVED: _s("counter", "What each input took in, before any check: messages, "
                  "connections (s3daemon), POSTs (http) or ready files (watch).", "input"),
     UPLOADS: _s("counter", "Uploads (one file to one object) by endpoint, outcome "
-                "(completed, failed, reused) and reason of a failure.",
+                "(completed: written; failed; reused: answered from the journal; "
+                "already_there: the same content found at the object, nothing written) "
+                "and reason of a failure.",
                 "endpoint", "outcome", "reason"),
     BYTES: _s("counter", "Bytes of the uploads that landed.", "endpoint"),
     ATTEMPTS: _s("counter", "Store calls made for uploads (PUTs and parts).", "endpoint"),

@@ -166,7 +166,7 @@ class Activity:
         failed: dict[str, dict[str, float]] = {}
         for labels, value in self.stats.values(stats.UPLOADS):
             name, outcome = labels.get("endpoint", ""), labels.get("outcome")
-            if outcome in ("completed", "reused"):
+            if outcome in ("completed", "reused", "already_there"):
                 landed[name] = landed.get(name, 0.0) + value
             elif outcome == "failed" and (reason := labels.get("reason", "")) not in \
                     NOT_THE_STORE:

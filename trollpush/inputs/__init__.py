@@ -8,6 +8,12 @@ never handed over, and closes them.
 
 Adding an input is a module here with ``create(config, intake) -> Input | None`` and one
 line in ``REGISTRY``; nothing in the service or the pipeline changes.
+
+An input whose requests may come again after a restart (JetStream: an unacknowledged
+message is given again) may also have ``adopt(requests) -> list[Request]``: before it
+starts, it is offered the requests recovered from the journal (:func:`offer`) and keeps
+those it knows, to take them up again with ``Intake.resume`` or end them with
+``Intake.hand_over``; the service resumes the rest.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from ..models import Rejection, Request
 from ..stats import Stats
 from . import _bridge, http, jetstream, requests, s3daemon, subscribe, watch
 
-__all__ = ["REGISTRY", "Input", "InputFactory", "Intake", "OnFatal", "Sink", "build_inputs"]
+__all__ = ["REGISTRY", "Input", "InputFactory", "Intake", "OnFatal", "Sink", "build_inputs",
+           "offer"]
 
 #: where an input hands what it took (``Intake.submit``)
 Sink = Callable[[Request | Rejection], Coroutine[Any, Any, object]]
@@ -60,6 +67,16 @@ class Intake(Protocol):
         """The requester hung up before its answer: stop the request where it is (an
         upload in progress is aborted) and end it failed with ``client_gone``, so that
         a restart does not resume it.  Call it on the loop."""
+
+    async def resume(self, request: Request) -> None:
+        """Queue a request the journal holds already (recovered at the start and adopted
+        by the input): it goes on from its recorded state, without being journaled
+        again; waits while the queue is full."""
+
+    async def hand_over(self, request: Request, detail: str) -> None:
+        """A request recovered from the journal that another instance did (``detail``
+        says how it is known): its record is closed without an announcement, and the
+        multipart uploads it recorded are aborted."""
 
 
 class Input(Protocol):
@@ -103,6 +120,13 @@ REGISTRY: tuple[InputFactory, ...] = (
     watch.create,
     jetstream.create,
 )
+
+
+def offer(each: Input, requests: list[Request]) -> list[Request]:
+    """Offer ``each`` (before it starts) the requests recovered from the journal; those
+    it does not adopt."""
+    adopt = getattr(each, "adopt", None)
+    return requests if adopt is None or not requests else list(adopt(requests))
 
 
 def build_inputs(config: Config, intake: Intake,

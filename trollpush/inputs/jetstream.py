@@ -21,6 +21,7 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, JetStreamConfig
@@ -30,6 +31,7 @@ from ..models import Job, Rejection, Request, UploadResult
 from . import _bridge_wire as wire
 from ._checks import CheckThreads, checked
 from ._jetstream_info import ConsumerWatch
+from ._parked import Parked, ref
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -139,6 +141,11 @@ class JetStreamInput:
         self.sent: dict[str, int] = {"ack": 0, "term": 0, "nak": 0, "missing": 0,
                                      "progress": 0}
         self.info = ConsumerWatch(config.stream, config.consumer, timeout=self.CALL_TIMEOUT)
+        #: requests of this stream recovered from the journal (see _parked); one whose
+        #: message stays away is resumed here after all its deliveries could have been
+        #: held as long as an instance holds one (max_hold)
+        self.parked = Parked(config.stream, interval=config.ack_wait / 2,
+                             bound=max_hold + config.max_deliver * config.ack_wait)
 
     def __repr__(self) -> str:
         return (f"<JetStreamInput {self.config.stream}/{self.config.consumer} "
@@ -191,6 +198,7 @@ class JetStreamInput:
         self._task.add_done_callback(self._ended)
         self._beat = loop.create_task(self._heartbeat(), name="jetstream-progress")
         self.info.start(js, self._intake.stats, sent=self.sent)
+        self.parked.start(js, self._intake)
 
     async def _error(self, err: Exception) -> None:
         logger.warning("jetstream: %s: %s", type(err).__name__, err)
@@ -245,9 +253,14 @@ class JetStreamInput:
 
     async def _take(self, msg: Msg) -> None:
         """Decode one message (its file checks on a check thread), then hand it over,
-        or hand it back when its file is missing here and it may come again."""
+        or hand it back when its file is missing here and it may come again.  A message
+        whose request is parked here (recovered from the journal) continues it."""
         delivery = _Delivery(self, msg)
         self._held[id(delivery)] = delivery
+        seq = msg.metadata.sequence.stream
+        if self.parked and (parked := self.parked.take(seq)) is not None:
+            await self._intake.resume(replace(parked, reply=delivery, redelivered=True))
+            return
         limits = self._intake.limits
         item = await checked(self._checks, functools.partial(
             self._decode, msg.data, delivery), limits.file_timeout, self._undelivered,
@@ -264,6 +277,9 @@ class JetStreamInput:
         # delivery is a failure like any other (acknowledged)
         delivery.rejected = (isinstance(item, Rejection)
                              and item.reason != Reason.FILE_MISSING)
+        if isinstance(item, Request):  # known again after a restart; delivered before?
+            item = replace(item, ref=ref(self.config.stream, seq),
+                           redelivered=(msg.metadata.num_delivered or 1) > 1)
         try:
             await self._intake.submit(item)
         except asyncio.CancelledError:
@@ -337,6 +353,7 @@ class JetStreamInput:
     async def stop(self) -> None:
         """Stop fetching; requests taken go on (their outcomes are still acknowledged)."""
         self._stopping = True
+        await self.parked.stop()
         if self._task is not None:
             try:
                 async with asyncio.timeout(self.FETCH_TIMEOUT + self.CALL_TIMEOUT):
@@ -347,6 +364,11 @@ class JetStreamInput:
             except Exception:  # reported by _ended already
                 pass
             self._task = None
+
+    def adopt(self, requests: list[Request]) -> list[Request]:
+        """Before the start: park the requests recovered from the journal that came
+        from this stream (see _parked); the others are returned."""
+        return self.parked.adopt(requests)
 
     def undelivered(self) -> list[Request | Rejection]:
         return list(self._undelivered)

@@ -157,11 +157,12 @@ def _unfile(d: object, where: str) -> SourceFile:
 
 
 def _request_body(r: Request) -> str:
-    return _dumps({"subject": r.subject, "type": r.type, "data": r.data,
-                   "metadata": r.metadata, "files": [_file(f) for f in r.files],
-                   "origin": r.origin, "destination": r.destination, "endpoint": r.endpoint,
-                   "overwrite": r.overwrite},
-                  f"request {r.id}")
+    body = {"subject": r.subject, "type": r.type, "data": r.data, "metadata": r.metadata,
+            "files": [_file(f) for f in r.files], "origin": r.origin,
+            "destination": r.destination, "endpoint": r.endpoint, "overwrite": r.overwrite}
+    if r.ref is not None:  # (absent in older records, and when there is none)
+        body["ref"] = r.ref
+    return _dumps(body, f"request {r.id}")
 
 
 def _request(rid: object, accepted_at: object, body: str | bytes) -> Request:
@@ -178,7 +179,8 @@ def _request(rid: object, accepted_at: object, body: str | bytes) -> Request:
                    origin=_get(d, "origin", w, str),
                    destination=_get(d, "destination", w, str, optional=True),
                    endpoint=_get(d, "endpoint", w, str, optional=True),
-                   overwrite=bool(d.get("overwrite", False)), accepted_at=float(accepted_at))
+                   overwrite=bool(d.get("overwrite", False)), accepted_at=float(accepted_at),
+                   ref=_get(d, "ref", w, str) if "ref" in d else None)
 
 
 #: ObjectOptions' fields that are text or None, recorded as they are

@@ -25,9 +25,10 @@ async def existing(end: Endpoint, upload: Upload, size: int, options: ObjectOpti
                    sent: Outcome) -> Outcome:
     """A conditional write found an object at the key: what it is, if it is what we
     sent (the same size and checksum: our own earlier attempt whose answer was lost,
-    or the same file sent before), else :class:`ObjectExists`."""
+    or the same file sent before), else :class:`ObjectExists`.  (``sent.seen``: the
+    HEAD of a look before writing, used as it is.)"""
     try:
-        head = await end.head(upload, options)
+        head = sent.seen if sent.seen is not None else await end.head(upload, options)
     except TransferError as err:
         if policy.retry_later(err):  # the store down or slow: a later round compares
             raise

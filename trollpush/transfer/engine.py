@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..config import EndpointConfig
-from ..errors import PermanentTransferError, Reason, TransferError
+from ..errors import ObjectExists, PermanentTransferError, Reason, TransferError
 from ..models import NO_OPTIONS, ObjectOptions, Upload, UploadResult
 from ..stats import (
     ATTEMPTS,
@@ -63,8 +63,9 @@ class TransferEngine:
     """Uploads files to S3 through one warm pool per endpoint.
 
     ``stats``: the registry it reports to (a fresh one if None): uploads by endpoint,
-    outcome (``completed``, ``failed``, ``reused``: answered from the journal) and
-    reason; bytes landed, attempts and retries; seconds and rate per upload; and, read
+    outcome (``completed``, ``failed``, ``reused``: answered from the journal,
+    ``already_there``: a conditional write found the same content there, nothing
+    written) and reason; bytes landed, attempts and retries; seconds and rate per upload; and, read
     from each endpoint's pool when the registry is: files and store calls in progress,
     connections open and idle, keep-warm requests, the last landing, TCP_INFO.
     """
@@ -92,7 +93,8 @@ class TransferEngine:
 
     @property
     def completed(self) -> int:
-        """Uploads that landed (answers from the journal not counted)."""
+        """Uploads that landed (answers from the journal and objects found already
+        there not counted: what was written)."""
         return self.stats.count(UPLOADS, outcome="completed")
 
     @property
@@ -147,18 +149,21 @@ class TransferEngine:
                          what: str, progress: Progress | None = None,
                          landed: Mapping[int, UploadResult] | None = None,
                          via: Mapping[str, Endpoint] | None = None,
-                         meter: Meter | None = None) -> tuple[UploadResult, ...]:
+                         meter: Meter | None = None,
+                         look_first: bool = False) -> tuple[UploadResult, ...]:
         """Upload every file (at once), in rounds until ``deadline`` (wall clock) for
         those that failed in a way worth waiting out (see ``policy.rounds``); never
         raises.  ``landed``: by index, what landed at an object earlier (first round
         only, see :meth:`upload`); ``what``: the job, for logs; ``via``: the endpoints
         of a :meth:`view` (default: the current ones); ``meter``: where the bytes read
-        to be sent are counted (a requester watches the progress)."""
+        to be sent are counted (a requester watches the progress); ``look_first``:
+        the request may have been done before (see :meth:`upload`)."""
         earlier = dict(landed or {})
 
         async def run(todo: list[int]) -> Sequence[UploadResult]:
             calls = [self.upload(uploads[i], endpoint, progress=progress,
-                                 landed=earlier.pop(i, None), via=via, meter=meter)
+                                 landed=earlier.pop(i, None), via=via, meter=meter,
+                                 look_first=look_first)
                      for i in todo]
             return [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
 
@@ -170,7 +175,7 @@ class TransferEngine:
                      progress: Progress | None = None,
                      landed: UploadResult | None = None,
                      via: Mapping[str, Endpoint] | None = None,
-                     meter: Meter | None = None) -> UploadResult:
+                     meter: Meter | None = None, look_first: bool = False) -> UploadResult:
         """Upload one file; never raises (the result says what happened).
 
         The file is opened once and every byte is read from that descriptor.  An attempt
@@ -182,6 +187,10 @@ class TransferEngine:
         0).  A conditional write (``if_none_match``) that finds an object at the key
         compares it with what was sent: the same size and checksum count as landed
         (``already_there``), anything else fails with reason ``exists``.
+
+        ``look_first``: the request may have been done before (a redelivered request,
+        whose earlier delivery may have landed the object before its instance died):
+        see :func:`_again`.
         """
         end = (self._endpoints if via is None else via)[endpoint]
         options = _options(upload, end.config.checksum)
@@ -200,7 +209,8 @@ class TransferEngine:
                 if reused is not None:
                     self.stats.inc(UPLOADS, endpoint=endpoint, outcome="reused")
                     return reused
-            out = await self._send(end, upload, source, options, counter, progress, meter)
+            send = _again if look_first else _send
+            out = await send(end, upload, source, options, counter, progress, meter)
         except Exception as exc:
             return self._failed(endpoint, upload, exc, source.size if source else -1,
                                 counter.attempts, time.monotonic() - start)
@@ -210,59 +220,14 @@ class TransferEngine:
                 source.close()
         seconds = time.monotonic() - start
         end.pool.last_success = time.time()
-        self._count(endpoint, "completed", None, counter.attempts, source.size, seconds)
+        written = not out.exists  # (already there: no bytes, no transfer time counted)
+        self._count(endpoint, "completed" if written else "already_there", None,
+                    counter.attempts, source.size, seconds if written else None)
         logger.info("upload complete %s -> %s (%d bytes, %.3f s, %d attempt(s)%s%s)",
                     upload.source.uri, upload.url, source.size, seconds, counter.attempts,
                     f", {out.parts} parts" if out.parts else "",
                     ", already there: the same size and checksum" if out.exists else "")
-        return UploadResult(upload, source.size, counter.attempts, seconds, etag=out.etag,
-                            checksum=out.checksum,
-                            checksum_algorithm=None if options.checksum == "none"
-                            else options.checksum,
-                            parts=out.parts, part_size=out.part_size, source_stat=source.stat,
-                            version_id=out.version_id, storage_class=out.storage_class,
-                            encryption=out.encryption,
-                            written_with=None if out.exists else options.fingerprint,
-                            already_there=out.exists)
-
-    async def _send(self, end: Endpoint, upload: Upload, source: Source,
-                    options: ObjectOptions, counter: AttemptCounter,
-                    progress: Progress | None, meter: Meter | None = None
-                    ) -> single.Outcome:
-        """Send the opened file, up to ``tries`` times while it keeps changing; a copy
-        of a changed file that reached the store is withdrawn when this fails."""
-        ep = end.config
-        committed = False  # a copy reached the store, and the file changed after it
-        try:
-            for turn in range(1, ep.tries + 1):
-                if turn > 1:
-                    await end.files.call(ep, 0, source.refresh)
-                try:
-                    if source.size >= ep.multipart_threshold:
-                        out = await multipart.send(end, upload, source, options, counter,
-                                                   progress, meter)
-                    else:
-                        out = await single.put(end, upload, source, options, counter, meter)
-                except SourceChanged as err:
-                    logger.warning("%s (upload %d of %d)", err.detail, turn, ep.tries)
-                    continue
-                if out.exists:
-                    if committed:  # our copy of the file's earlier content is in the way
-                        break
-                    out = await conditional.existing(end, upload, source.size, options, out)
-                else:
-                    committed = True
-                if await end.files.call(ep, 0, source.fingerprint) == source.opened:
-                    return out
-                logger.warning("file changed after its upload to %s; upload %d of %d",
-                               upload.url, turn, ep.tries)
-            raise PermanentTransferError(
-                f"{upload.source.uri} kept changing during {ep.tries} upload(s)",
-                reason=Reason.FILE_CHANGED)
-        except Exception:
-            if committed:  # the copy at the store is of a file that went on changing
-                await self._withdraw(end, upload)
-            raise
+        return _landed(upload, source, options, out, counter.attempts, seconds)
 
     def _failed(self, endpoint: str, upload: Upload, exc: Exception, size: int,
                 attempts: int, seconds: float) -> UploadResult:
@@ -345,18 +310,104 @@ class TransferEngine:
             return None
         return "the store's ETag differs"
 
-    async def _withdraw(self, end: Endpoint, upload: Upload) -> None:
-        """Delete the object a file that kept changing left behind: it was whole when
-        sent, but the file went on changing right after, so it is a stale prefix or
-        version that no completion describes.  Best effort: a failure is logged."""
-        try:
-            await end.tries(0, AttemptCounter(), lambda: end.client.delete_object(
-                Bucket=upload.bucket, Key=upload.key), f"DELETE {upload.url}")
-            logger.warning("removed %s: its file kept changing after each upload",
-                           upload.url)
-        except TransferError as err:
-            logger.error("could not remove %s, the copy of a file that kept changing: %s",
-                         upload.url, err.detail)
+
+# --- sending one file ---------------------------------------------------------------------
+
+
+async def _again(end: Endpoint, upload: Upload, source: Source, options: ObjectOptions,
+                 counter: AttemptCounter, progress: Progress | None,
+                 meter: Meter | None) -> single.Outcome:
+    """Upload a file whose request may have been done before: look before writing.
+
+    The object at the key is looked at first (a HEAD; nothing sent when it is the
+    file), then written with ``If-None-Match: *`` (a copy another writer landed
+    meanwhile wins, and is compared): the same size and checksum are the answer
+    (``already_there``).  Another object there is overwritten, as the request asks
+    for this file there; unless the upload itself says ``if_none_match``, whose
+    ``exists`` stands.  A store that reports no checksum to compare with (or an
+    endpoint that sends none) gets the file again: never a false "already there".
+    """
+    if options.if_none_match:
+        return await _send(end, upload, source, options, counter, progress, meter,
+                           look=True)
+    try:
+        return await _send(end, upload, source, replace(options, if_none_match=True),
+                           counter, progress, meter, look=True)
+    except ObjectExists as err:
+        logger.info("%s; the request came again and asks for %s there: uploading it "
+                    "over that object", err.detail.removesuffix(" (if_none_match)"),
+                    upload.source.uri)
+    return await _send(end, upload, source, options, counter, progress, meter)
+
+
+async def _send(end: Endpoint, upload: Upload, source: Source,
+                options: ObjectOptions, counter: AttemptCounter,
+                progress: Progress | None, meter: Meter | None = None, *,
+                look: bool = False) -> single.Outcome:
+    """Send the opened file, up to ``tries`` times while it keeps changing; a copy
+    of a changed file that reached the store is withdrawn when this fails
+    (``look``: a conditional write looks before writing, see ``single.put``)."""
+    ep = end.config
+    committed = False  # a copy reached the store, and the file changed after it
+    try:
+        for turn in range(1, ep.tries + 1):
+            if turn > 1:
+                await end.files.call(ep, 0, source.refresh)
+            try:
+                if source.size >= ep.multipart_threshold:
+                    out = await multipart.send(end, upload, source, options, counter,
+                                               progress, meter)
+                else:
+                    out = await single.put(end, upload, source, options, counter, meter,
+                                           look=look)
+            except SourceChanged as err:
+                logger.warning("%s (upload %d of %d)", err.detail, turn, ep.tries)
+                continue
+            if out.exists:
+                if committed:  # our copy of the file's earlier content is in the way
+                    break
+                out = await conditional.existing(end, upload, source.size, options, out)
+            else:
+                committed = True
+            if await end.files.call(ep, 0, source.fingerprint) == source.opened:
+                return out
+            logger.warning("file changed after its upload to %s; upload %d of %d",
+                           upload.url, turn, ep.tries)
+        raise PermanentTransferError(
+            f"{upload.source.uri} kept changing during {ep.tries} upload(s)",
+            reason=Reason.FILE_CHANGED)
+    except Exception:
+        if committed:  # the copy at the store is of a file that went on changing
+            await _withdraw(end, upload)
+        raise
+
+
+async def _withdraw(end: Endpoint, upload: Upload) -> None:
+    """Delete the object a file that kept changing left behind: it was whole when
+    sent, but the file went on changing right after, so it is a stale prefix or
+    version that no completion describes.  Best effort: a failure is logged."""
+    try:
+        await end.tries(0, AttemptCounter(), lambda: end.client.delete_object(
+            Bucket=upload.bucket, Key=upload.key), f"DELETE {upload.url}")
+        logger.warning("removed %s: its file kept changing after each upload",
+                       upload.url)
+    except TransferError as err:
+        logger.error("could not remove %s, the copy of a file that kept changing: %s",
+                     upload.url, err.detail)
+
+
+def _landed(upload: Upload, source: Source, options: ObjectOptions, out: single.Outcome,
+            attempts: int, seconds: float) -> UploadResult:
+    """The result of an upload that landed (or found its object already there)."""
+    return UploadResult(upload, source.size, attempts, seconds, etag=out.etag,
+                        checksum=out.checksum,
+                        checksum_algorithm=None if options.checksum == "none"
+                        else options.checksum,
+                        parts=out.parts, part_size=out.part_size, source_stat=source.stat,
+                        version_id=out.version_id, storage_class=out.storage_class,
+                        encryption=out.encryption,
+                        written_with=None if out.exists else options.fingerprint,
+                        already_there=out.exists)
 
 
 async def _abort_recorded(end: Endpoint, upload: Upload, progress: Progress | None) -> None:
@@ -395,7 +446,20 @@ class EngineView:
     async def upload_all(self, uploads: Sequence[Upload], endpoint: str, *, deadline: float,
                          what: str, progress: Progress | None = None,
                          landed: Mapping[int, UploadResult] | None = None,
-                         meter: Meter | None = None) -> tuple[UploadResult, ...]:
+                         meter: Meter | None = None,
+                         look_first: bool = False) -> tuple[UploadResult, ...]:
         return await self.engine.upload_all(uploads, endpoint, deadline=deadline, what=what,
                                             progress=progress, landed=landed,
-                                            via=self.endpoints, meter=meter)
+                                            via=self.endpoints, meter=meter,
+                                            look_first=look_first)
+
+    async def abort(self, upload: Upload, endpoint: str, upload_id: str) -> None:
+        """Abort a multipart upload recorded for ``upload`` (one another instance made
+        unneeded); best effort: a failure is logged, parts remain until a lifecycle
+        rule removes them."""
+        end = self.endpoints.get(endpoint)
+        if end is None:
+            logger.error("could not abort multipart upload %s (%s): endpoint %s is no "
+                         "longer configured", upload.url, upload_id, endpoint)
+            return
+        await asyncio.shield(multipart.abort(end, upload, upload_id))

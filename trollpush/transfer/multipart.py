@@ -77,14 +77,16 @@ async def send(end: Endpoint, upload: Upload, source: Source, options: ObjectOpt
     guard = source.guard()
     upload_id, done_parts = await _resumable(end, upload, options, chunk, source.stat,
                                              progress)
-    if upload_id is None:
-        if options.if_none_match and await _there(end, upload, options):
+    if upload_id is None and options.if_none_match:
+        seen = await end.peek(upload, options)
+        if seen is not None:
             # not one part sent to learn at the complete what a HEAD tells now: the
             # engine compares the object there with this file's checksum
             value = await end.files.call(end.config, source.size, checksum.of_object,
                                          source.fd, source.size, options.checksum, count,
                                          chunk, long=True)
-            return Outcome(None, value, count, chunk, exists=True)
+            return Outcome(None, value, count, chunk, exists=True, seen=seen)
+    if upload_id is None:
         upload_id = await _create(end, upload, options, counter, chunk, source.stat,
                                   progress)
     # from here on, any way out but success aborts the upload (no parts left behind);
@@ -121,19 +123,6 @@ async def send(end: Endpoint, upload: Upload, source: Source, options: ObjectOpt
         await asyncio.shield(abort(end, upload, upload_id))
         return Outcome(None, value, count, chunk, exists=True)
     return Outcome.of(done, options, value, count, chunk)
-
-
-async def _there(end: Endpoint, upload: Upload, options: ObjectOptions) -> bool:
-    """Whether an object is at the key already (``if_none_match``: the complete would be
-    refused).  Any doubt (no answer, a refusal) is a no: the upload goes on, and its
-    conditional complete decides."""
-    try:
-        async with end.pool.slot(), asyncio.timeout(end.config.attempt_budget(0, 1)):
-            await end.client.head_object(Bucket=upload.bucket, Key=upload.key,
-                                         **options.head())
-    except Exception:  # 404 (none there) and every doubt alike
-        return False
-    return True
 
 
 async def _create(end: Endpoint, upload: Upload, options: ObjectOptions,

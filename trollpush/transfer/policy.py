@@ -153,6 +153,17 @@ class Endpoint:
             return await self.tries(0, AttemptCounter(), lambda: self.client.head_object(
                 Bucket=upload.bucket, Key=upload.key, **options.head()), f"HEAD {upload.url}")
 
+    async def peek(self, upload: Upload, options: ObjectOptions) -> Any | None:
+        """The HeadObject of an object already at the key, or None: nothing there, or
+        any doubt (no answer, a refusal), for a conditional write to decide.  One
+        attempt, in a slot."""
+        try:
+            async with self.pool.slot(), asyncio.timeout(self.config.attempt_budget(0, 1)):
+                return await self.client.head_object(Bucket=upload.bucket, Key=upload.key,
+                                                     **options.head())
+        except Exception:  # 404 (none there) and every doubt alike
+            return None
+
     async def tries[T](self, size: int, counter: AttemptCounter,
                        call: Callable[[], Awaitable[T]], what: str,
                        guard: Guard | None = None) -> T:

@@ -34,6 +34,9 @@ class Outcome:
     encryption: str = "none"  # see ObjectOptions.encryption_of
     exists: bool = False
     storage_class: str | None = None
+    #: the HeadObject that found the object there, when the upload looked before
+    #: writing (the engine compares it instead of asking again)
+    seen: Any = None
 
     @classmethod
     def of(cls, response: Any, options: ObjectOptions, checksum: str | None, parts: int = 0,
@@ -59,12 +62,21 @@ def _version(response: Any) -> str | None:
 
 
 async def put(end: Endpoint, upload: Upload, source: Source, options: ObjectOptions,
-              counter: AttemptCounter, meter: Meter | None = None) -> Outcome:
-    """``meter``: where the bytes read to be sent are counted (a watched request)."""
+              counter: AttemptCounter, meter: Meter | None = None, *,
+              look: bool = False) -> Outcome:
+    """``meter``: where the bytes read to be sent are counted (a watched request);
+    ``look``: a conditional write (``if_none_match``) looks first (a HEAD), so that an
+    object already there costs no body sent."""
     ep = end.config
     client = end.client
     files = end.files
     size = source.size
+    if look and options.if_none_match:
+        seen = await end.peek(upload, options)
+        if seen is not None:  # the engine compares it with this file's checksum
+            value = await files.call(ep, size, checksum.of_range, source.fd, 0, size,
+                                     options.checksum, long=True)
+            return Outcome(None, value, 0, exists=True, seen=seen)
     async with end.pool.slot():
         # read (small files: once, kept for every attempt) right before sending, so
         # that the check that the file did not change covers the whole attempt
