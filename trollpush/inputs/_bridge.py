@@ -386,6 +386,13 @@ class BridgedIntake:
     def status(self) -> dict[str, Any]:
         return self.real.status()
 
+    async def resume(self, request: Request) -> None:
+        """Recovered from this instance's journal: goes on here, as without the bridge."""
+        await self.real.resume(request)
+
+    async def hand_over(self, request: Request, detail: str) -> None:
+        await self.real.hand_over(request, detail)
+
     def abandon(self, request: Request, detail: str) -> None:
         """A request in the stream is done anyway (another instance may be doing it);
         one done here is abandoned as without the bridge."""
