@@ -20,7 +20,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -196,7 +196,7 @@ class JetStreamInput:
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._run(), name="jetstream")
         self._task.add_done_callback(self._ended)
-        self._beat = loop.create_task(self._heartbeat(), name="jetstream-progress")
+        self._beat = loop.create_task(_heartbeat(self), name="jetstream-progress")
         self.info.start(js, self._intake.stats, sent=self.sent)
         self.parked.start(js, self._intake)
 
@@ -244,23 +244,30 @@ class JetStreamInput:
                 await asyncio.sleep(self.RETRY)
                 continue
             self.received += len(msgs)
+            # each decoded in turn, on a check thread; handed over without waiting, as
+            # the subscribe input's are: the journal commits a batch as one group (each
+            # waited for its own commit: a quarter of the firehose's rate)
+            handed: list[asyncio.Task[Any]] = []
             for i, msg in enumerate(msgs):
                 if self._stopping:  # never journaled: back to the stream for another
                     for rest in msgs[i:]:
                         await self._answer(rest, "nak")
-                    return
-                await self._take(msg)
+                    break
+                step = await self._take(msg)
+                if step is not None:
+                    handed.append(asyncio.ensure_future(step))
+            await asyncio.gather(*handed)
 
-    async def _take(self, msg: Msg) -> None:
-        """Decode one message (its file checks on a check thread), then hand it over,
-        or hand it back when its file is missing here and it may come again.  A message
-        whose request is parked here (recovered from the journal) continues it."""
+    async def _take(self, msg: Msg) -> Coroutine[Any, Any, object] | None:
+        """Decode one message (its file checks on a check thread); then the step that
+        hands it over, or None once it is handed back (its file is missing here and it
+        may come again).  A message whose request is parked here (recovered from the
+        journal) continues it."""
         delivery = _Delivery(self, msg)
         self._held[id(delivery)] = delivery
         seq = msg.metadata.sequence.stream
         if self.parked and (parked := self.parked.take(seq)) is not None:
-            await self._intake.resume(replace(parked, reply=delivery, redelivered=True))
-            return
+            return self._intake.resume(replace(parked, reply=delivery, redelivered=True))
         limits = self._intake.limits
         item = await checked(self._checks, functools.partial(
             self._decode, msg.data, delivery), limits.file_timeout, self._undelivered,
@@ -272,7 +279,7 @@ class JetStreamInput:
                             "instance", item.detail, delivered, self.config.max_deliver)
                 self.sent["missing"] += 1
                 await self.settle(delivery, "nak", delay=self.MISSING_DELAY)
-                return
+                return None
         # refused: terminated, never delivered again; a file missing at the last
         # delivery is a failure like any other (acknowledged)
         delivery.rejected = (isinstance(item, Rejection)
@@ -280,6 +287,9 @@ class JetStreamInput:
         if isinstance(item, Request):  # known again after a restart; delivered before?
             item = replace(item, ref=ref(self.config.stream, seq),
                            redelivered=(msg.metadata.num_delivered or 1) > 1)
+        return self._submit(item)
+
+    async def _submit(self, item: Request | Rejection) -> None:
         try:
             await self._intake.submit(item)
         except asyncio.CancelledError:
@@ -324,29 +334,6 @@ class JetStreamInput:
             return
         if how != "nak" or delay is None:
             self.sent[how] += 1
-
-    async def _heartbeat(self) -> None:
-        """Every third of ack_wait, each held message is said to be in progress."""
-        import nats.errors
-
-        interval = self.config.ack_wait / 3
-        while True:
-            await asyncio.sleep(interval)
-            now = time.monotonic()
-            for delivery in list(self._held.values()):
-                if delivery.settled:
-                    continue
-                if now - delivery.taken > self._max_hold:
-                    logger.error("jetstream: no outcome for a message after %.0f s; it is "
-                                 "left to JetStream's redelivery", now - delivery.taken)
-                    self._held.pop(id(delivery), None)
-                    self._room.set()
-                    continue
-                try:
-                    await delivery.msg.in_progress()
-                    self.sent["progress"] += 1
-                except (nats.errors.Error, OSError) as err:
-                    logger.debug("jetstream: in-progress ack failed: %s", err)
 
     # --- stop -------------------------------------------------------------------------------
 
@@ -409,6 +396,32 @@ class JetStreamInput:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(self.CALL_TIMEOUT):
                 await nc.close()
+
+
+async def _heartbeat(owner: JetStreamInput) -> None:
+    """Every third of ack_wait, each message ``owner`` holds is said to be in progress;
+    one held past its bound (no outcome came: a bug) is let go, to JetStream's
+    redelivery."""
+    import nats.errors
+
+    held = owner._held
+    while True:
+        await asyncio.sleep(owner.config.ack_wait / 3)
+        now = time.monotonic()
+        for delivery in list(held.values()):
+            if delivery.settled:
+                continue
+            if now - delivery.taken > owner._max_hold:
+                logger.error("jetstream: no outcome for a message after %.0f s; it is "
+                             "left to JetStream's redelivery", now - delivery.taken)
+                held.pop(id(delivery), None)
+                owner._room.set()
+                continue
+            try:
+                await delivery.msg.in_progress()
+                owner.sent["progress"] += 1
+            except (nats.errors.Error, OSError) as err:
+                logger.debug("jetstream: in-progress ack failed: %s", err)
 
 
 def create(config: Config, intake: Intake) -> JetStreamInput | None:
