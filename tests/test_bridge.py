@@ -25,6 +25,7 @@ from trollpush.inputs._bridge import Bridge, bridge_for
 from trollpush.inputs.jetstream import JetStreamInput
 from trollpush.reload import diff
 from trollpush.service import Service
+from trollpush.stats import JS_BRIDGED
 
 from .helpers import Listener, Producer, free_port, link, running_daemon, wait_until
 from .natsd import NatsServer, binary, state
@@ -137,6 +138,9 @@ def test_announcements_heard_by_two_instances_enter_the_stream_once(
             assert sum(x.published for x in bridges) == count
             assert sum(x.duplicates for x in bridges) == count
             assert sum(x.fallbacks for x in bridges) == 0
+            for outcome, n in (("published", count), ("duplicate", count), ("fallback", 0)):
+                assert sum(d.stats.count(JS_BRIDGED, outcome=outcome)
+                           for d in (da, db)) == n, outcome  # the metrics say the same
             assert da.transfer.completed + db.transfer.completed == count
             for path in paths:
                 body = s3.get_object(Bucket=bucket, Key=key_of(path))["Body"].read()

@@ -90,8 +90,7 @@ JS_MESSAGES = "jetstream_stream_messages"
 #: what the jetstream input told JetStream of its messages [stream, consumer, kind]:
 #: ack, term, nak, missing (handed back, the file missing here), progress
 JS_ACKS = "jetstream_acks"
-# (the JetStream bridge's counters belong here, beside the input's: followed from its
-# plain numbers with inputs/_jetstream_info.follow_counts)
+JS_BRIDGED = "jetstream_bridged"
 
 #: histogram bounds, in seconds: 1 ms to ~9 min in steps of ~2.5x
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -175,6 +174,10 @@ SERIES: Mapping[str, Series] = MappingProxyType({
     JS_ACKS: _s("counter", "What the jetstream input told JetStream of its messages: ack, "
                 "term, nak, missing (handed back: the file is missing here), progress.",
                 "stream", "consumer", "kind"),
+    JS_BRIDGED: _s("counter", "Requests the bridge took from this instance's other inputs: "
+                   "published (into the stream), duplicate (the stream had it already: "
+                   "another instance heard it too), fallback (done here: the stream could "
+                   "not take it), reply (outcomes relayed to a waiting caller).", "outcome"),
 })
 
 Labels = tuple[tuple[str, str], ...]

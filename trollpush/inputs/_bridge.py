@@ -24,6 +24,7 @@ retry bound) rather than binding to one at build time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -35,7 +36,7 @@ from ..config import Config
 from ..errors import Reason
 from ..messages import ack, decode_message, failure, not_accepted
 from ..models import Rejection, Request, ResultReader
-from ..stats import Stats
+from ..stats import JS_BRIDGED, Stats
 from . import _bridge_wire as wire
 from .jetstream import JetStreamInput
 
@@ -455,6 +456,10 @@ def bridged(config: Config, intake: Intake) -> Bridge:
     found = _BRIDGES.get(intake)
     if found is None:
         found = _BRIDGES[intake] = Bridge(config)
+        for outcome, count in (("published", "published"), ("duplicate", "duplicates"),
+                               ("fallback", "fallbacks"), ("reply", "replies")):
+            intake.stats.follow(JS_BRIDGED, functools.partial(getattr, found, count),
+                                outcome=outcome)
     else:
         found.configure(config)
     return found
