@@ -275,7 +275,8 @@ async def _delivered_once_and_lost(url: str, config: dict[str, Any], payload: by
     import nats
 
     from trollpush.config import parse_config
-    from trollpush.inputs.jetstream import _consumer, _stream
+    from trollpush.inputs._jetstream_setup import consumer as _consumer
+    from trollpush.inputs._jetstream_setup import stream as _stream
 
     cfg = parse_config(config).jetstream
     assert cfg is not None

@@ -18,7 +18,9 @@ from posttroll.message import Message
 
 from trollpush import stats
 from trollpush.config import JetStreamConfig, parse_config
-from trollpush.inputs.jetstream import JetStreamInput, _consumer, _stream
+from trollpush.inputs._jetstream_setup import consumer as _consumer
+from trollpush.inputs._jetstream_setup import stream as _stream
+from trollpush.inputs.jetstream import JetStreamInput
 from trollpush.journal import MemoryJournal
 from trollpush.messages import Limits, build_request
 from trollpush.models import Rejection, Request

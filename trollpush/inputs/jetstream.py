@@ -29,6 +29,7 @@ from ..errors import Reason, SetupError
 from ..messages import decode
 from ..models import Job, Rejection, Request, UploadResult
 from . import _bridge_wire as wire
+from . import _jetstream_setup as setup
 from ._checks import CheckThreads, checked
 from ._jetstream_info import ConsumerWatch
 from ._parked import Parked, ref
@@ -126,8 +127,7 @@ class JetStreamInput:
         self._intake = intake
         self._window = max(1, window)  # messages held (fetched, not acknowledged)
         self._held: dict[int, _Delivery] = {}
-        self._room = asyncio.Event()
-        self._room.set()
+        self._room = asyncio.Event()  # set: a held message was let go
         self._nc: Client | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
         self._task: asyncio.Task[None] | None = None
@@ -135,6 +135,7 @@ class JetStreamInput:
         self._checks = CheckThreads("trollpush-jetstream-check")
         self._stopping = False
         self._closing = False
+        self._acks_later: set[asyncio.Task[None]] = set()  # see _ack_later
         self._undelivered: list[Request | Rejection] = []
         self.received = 0
         #: outcomes sent back to JetStream, by kind (ack, term, nak, missing, progress)
@@ -179,12 +180,12 @@ class JetStreamInput:
                     disconnected_cb=self._disconnected, reconnected_cb=self._reconnected)
         except (TimeoutError, OSError, nats.errors.Error) as err:
             await self._drop()
-            raise SetupError(f"jetstream.servers {', '.join(_hosts(self.config))}: cannot connect "
-                             f"({type(err).__name__}: {err})") from err
+            raise SetupError(f"jetstream.servers {', '.join(setup.hosts(self.config))}: "
+                             f"cannot connect ({type(err).__name__}: {err})") from err
         try:
             js = self._nc.jetstream(timeout=self.CALL_TIMEOUT)
-            await _stream(js, self.config)
-            await _consumer(js, self.config)
+            await setup.stream(js, self.config)
+            await setup.consumer(js, self.config)
             self._sub = await js.pull_subscribe_bind(consumer=c.consumer, stream=c.stream)
         except SetupError:
             await self._drop()
@@ -329,6 +330,12 @@ class JetStreamInput:
             else:
                 await msg.nak(delay=delay)
         except (nats.errors.Error, OSError, TimeoutError) as err:
+            if how == "ack" and not self._closing and len(self._acks_later) < self._window:
+                task = asyncio.get_running_loop().create_task(_ack_later(
+                    self, msg, time.monotonic() + self.config.ack_wait, err))
+                self._acks_later.add(task)
+                task.add_done_callback(self._acks_later.discard)
+                return
             logger.warning("jetstream: %s of a message failed (%s: %s); JetStream gives it "
                            "again after ack_wait", how, type(err).__name__, err)
             return
@@ -372,10 +379,10 @@ class JetStreamInput:
                         await self._room.wait()
         for delivery in list(self._held.values()):
             await self.settle(delivery, "nak")
-        if self._beat is not None:
-            self._beat.cancel()
-            await asyncio.gather(self._beat, return_exceptions=True)
-            self._beat = None
+        for task in [*self._acks_later, *([self._beat] if self._beat else [])]:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._beat = None
         await self.info.stop()
         self._checks.close()
         await self._drop()
@@ -424,6 +431,26 @@ async def _heartbeat(owner: JetStreamInput) -> None:
                 logger.debug("jetstream: in-progress ack failed: %s", err)
 
 
+async def _ack_later(owner: JetStreamInput, msg: Msg, until: float, err: BaseException) -> None:
+    """An ack lost while the server was away (a restart, a partition) is tried again
+    every second until ``ack_wait`` has passed, when JetStream gives the message again
+    anyway: a request done during a short outage is then not done twice."""
+    import nats.errors
+
+    logger.info("jetstream: an ack failed (%s: %s); trying again for up to ack_wait",
+                type(err).__name__, err)
+    while time.monotonic() < until and not owner._closing:
+        await asyncio.sleep(owner.RETRY)
+        try:
+            await msg.ack_sync(timeout=owner.CALL_TIMEOUT)
+        except (nats.errors.Error, OSError, TimeoutError):
+            continue
+        owner.sent["ack"] += 1
+        return
+    logger.warning("jetstream: an ack could not be sent within ack_wait; JetStream gives "
+                   "the message again (its object is found already there)")
+
+
 def create(config: Config, intake: Intake) -> JetStreamInput | None:
     """The JetStream input, if ``jetstream`` is configured.  It holds (fetched, not yet
     acknowledged) what the daemon runs at once plus a batch, never more than its queue."""
@@ -433,44 +460,3 @@ def create(config: Config, intake: Intake) -> JetStreamInput | None:
     return JetStreamInput(config.jetstream, intake,
                           window=min(d.queue_size, d.max_in_flight + JetStreamInput.BATCH),
                           max_hold=d.max_age + d.shutdown_grace + config.jetstream.ack_wait)
-
-
-def _hosts(config: JetStreamConfig) -> list[str]:
-    """The servers without credentials, for messages."""
-    return [s.split("://", 1)[0] + "://" + s.split("://", 1)[-1].rsplit("@", 1)[-1]
-            for s in config.servers]
-
-
-async def _stream(js: JetStreamContext, c: JetStreamConfig) -> None:
-    """The stream, created if missing: work-queue retention, file storage."""
-    from nats.js import api
-    from nats.js.errors import NotFoundError
-
-    try:
-        info = await js.stream_info(c.stream)
-    except NotFoundError:
-        await js.add_stream(api.StreamConfig(
-            name=c.stream, subjects=[c.subject], retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=api.StorageType.FILE, num_replicas=c.replicas))
-        logger.info("jetstream: created stream %s (%s, work queue, file storage, %d "
-                    "replica(s))", c.stream, c.subject, c.replicas)
-        return
-    subjects = list(info.config.subjects or [])
-    if c.subject not in subjects:
-        raise SetupError(f"jetstream.subject {c.subject}: stream {c.stream} exists and "
-                         f"does not take it (its subjects: {', '.join(subjects)})")
-    if info.config.retention != api.RetentionPolicy.WORK_QUEUE:
-        logger.warning("jetstream: stream %s has %s retention, not a work queue: "
-                       "acknowledged requests stay in it", c.stream,
-                       info.config.retention)
-
-
-async def _consumer(js: JetStreamContext, c: JetStreamConfig) -> None:
-    """The durable pull consumer every instance shares (created, or updated to the
-    configured ack_wait and max_deliver)."""
-    from nats.js import api
-
-    await js.add_consumer(c.stream, api.ConsumerConfig(
-        durable_name=c.consumer, ack_policy=api.AckPolicy.EXPLICIT,
-        deliver_policy=api.DeliverPolicy.ALL, ack_wait=c.ack_wait,
-        max_deliver=c.max_deliver, filter_subject=c.subject, max_ack_pending=-1))
