@@ -334,9 +334,8 @@ class Service:
         if not pending:
             return
         logger.info("resuming %d request(s) from the journal", len(pending))
-        self.pipeline.resuming.update(r.id for r in pending)
         for request in pending:
-            self.stats.inc(stats.REQUESTS, input=request.origin, outcome="resumed")
+            self._resuming(request)
 
         async def feed() -> None:
             if self.config.publish is not None:
@@ -352,9 +351,13 @@ class Service:
 
     async def resume(self, request: Request) -> None:
         """Queue a request the journal holds already (see ``Intake.resume``)."""
+        self._resuming(request)
+        await self._running().queue.put(request)
+
+    def _resuming(self, request: Request) -> None:
+        """A journaled request goes on from its record (counted ``resumed``)."""
         self.pipeline.resuming.add(request.id)
         self.stats.inc(stats.REQUESTS, input=request.origin, outcome="resumed")
-        await self._running().queue.put(request)
 
     async def hand_over(self, request: Request, detail: str) -> None:
         """Another instance did a recovered request (see ``Intake.hand_over``)."""

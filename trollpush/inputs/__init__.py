@@ -139,11 +139,12 @@ def build_inputs(config: Config, intake: Intake,
     bridge = _bridge.bridged(config, intake)
     out: list[Input] = []
     for factory in registry:
+        if factory is jetstream.create:
+            if (taker := jetstream.create(config, intake)) is not None:
+                bridge.offer(taker)
+                out.append(taker)
+            continue
         shim = _bridge.BridgedIntake(bridge, intake)
-        found = factory(config, intake if factory is jetstream.create else shim)
-        if isinstance(found, jetstream.JetStreamInput):
-            bridge.offer(found)
-            out.append(found)
-        elif found is not None:
+        if (found := factory(config, shim)) is not None:
             out.append(_bridge.BridgedInput(found, shim))
     return out

@@ -110,12 +110,12 @@ class Bridge:
     def configure(self, config: Config) -> None:
         """The bounds, as the config being built has them."""
         d, js = config.daemon, config.jetstream
+        assert js is not None  # a bridge is made for (and kept with) a jetstream section
         self.room = d.queue_size  # callers waiting at once; publishes in the background
-        ack_wait, deliveries = (js.ack_wait, js.max_deliver) if js else (60.0, 10)
         #: seconds a caller waits for an outcome at most: the request's own max_age,
         #: each delivery's ack_wait (and a file-missing delay), a stop's grace
-        self.reply_timeout = d.max_age + d.shutdown_grace + deliveries * (
-            ack_wait + JetStreamInput.MISSING_DELAY)
+        self.reply_timeout = d.max_age + d.shutdown_grace + js.max_deliver * (
+            js.ack_wait + JetStreamInput.MISSING_DELAY)
 
     def offer(self, found: JetStreamInput) -> None:
         """A jetstream input of the service: published through once it runs."""
@@ -371,9 +371,9 @@ class BridgedIntake:
         return self.real.stats
 
     async def submit(self, item: Request | Rejection) -> bool:
-        """A request goes into the stream; a refusal (and, should one come here, a
-        request the jetstream input took) stays with the service."""
-        if isinstance(item, Rejection) or item.origin == "jetstream":
+        """A request goes into the stream; a refusal stays with the service (the
+        jetstream input is given the service's own intake, never this one)."""
+        if isinstance(item, Rejection):
             return await self.real.submit(item)
         return await self.bridge.submit(item, self)
 
